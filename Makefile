@@ -1,0 +1,45 @@
+# The two commands a newcomer runs: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STILL := $(VENV)/bin/still
+DEMO_DIR ?= demo-out
+
+.PHONY: demo test lint typecheck pytest venv docs clean bench
+
+# The venv is (re)built when missing or when pyproject.toml changes. torch==2.13.0 comes first
+# where no torch is present, so nothing later can pull a multi-GB CUDA build from PyPI.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) examples/make_sample.py --seed 7 --out $(DEMO_DIR)
+	bash examples/pipeline.sh $(DEMO_DIR) $(STILL)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check cli core still tests bench examples
+
+typecheck: venv
+	$(VENV)/bin/mypy core cli still
+
+pytest: venv
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+# Regenerate completions/ and docs/cli.md from the click tree (a test fails when they drift).
+docs: venv
+	$(PY) -m still.cli._generate
+
+bench: venv
+	for b in bench/*.py; do $(PY) $$b; done
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The typed library behind the ``still`` commands: generators over JSONL records."""

@@ -1,0 +1,247 @@
+"""Streaming JSONL input and output shared by every command.
+
+Input: one or more files or ``-`` (stdin), plain or gzip (detected by magic bytes), one JSON
+object per line. Every problem is located as ``source:line: what is wrong`` and handled by the
+bad-record policy: ``fail`` (raise :class:`BadInput`), ``skip`` (count it) or ``quarantine``
+(count it and copy the raw line to a file).
+
+Records keep their raw bytes until a command changes them, so unknown fields, number spellings
+and key order pass through byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, BinaryIO
+
+import orjson
+
+from still.core.errors import BadInput, UsageError
+from still.core.stats import RunStats
+
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class Record:
+    """One input line: its parsed object, its raw bytes (until changed) and where it came from."""
+
+    __slots__ = ("data", "raw", "source", "line")
+
+    def __init__(self, data: dict[str, Any], raw: bytes | None, source: str, line: int) -> None:
+        self.data = data
+        self.raw = raw
+        self.source = source
+        self.line = line
+
+    def changed(self) -> dict[str, Any]:
+        """Return the object for editing; the record is re-serialised when written."""
+        self.raw = None
+        return self.data
+
+    def to_bytes(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return orjson.dumps(self.data) + b"\n"
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What to do with a malformed line: fail, skip, or quarantine to ``path``."""
+
+    mode: str = "fail"
+    path: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ErrorPolicy:
+        if text in ("fail", "skip"):
+            return cls(text)
+        if text.startswith("quarantine="):
+            path = text.split("=", 1)[1]
+            if not path:
+                raise UsageError("--on-error quarantine=FILE needs a file name")
+            return cls("quarantine", path)
+        raise UsageError(f"--on-error must be fail, skip or quarantine=FILE, not {text!r}")
+
+
+def _open_source(name: str) -> tuple[str, BinaryIO]:
+    if name == "-":
+        stream: BinaryIO = sys.stdin.buffer
+        label = "<stdin>"
+    else:
+        try:
+            stream = open(name, "rb")  # noqa: SIM115 - closed by the caller
+        except OSError as exc:
+            raise UsageError(f"cannot read {name}: {exc.strerror}") from exc
+        label = name
+    peekable: Any = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(stream)
+    if peekable.peek(2)[:2] == _GZIP_MAGIC:
+        return label, gzip.GzipFile(fileobj=peekable, mode="rb")  # type: ignore[return-value]
+    return label, peekable
+
+
+def _describe_json_error(exc: orjson.JSONDecodeError, raw: bytes) -> str:
+    msg = str(exc)
+    if "utf-8" in msg.lower() or "surrogate" in msg.lower():
+        return "invalid UTF-8"
+    col = getattr(exc, "colno", None)
+    where = f" (col {col})" if col else ""
+    first = msg.split(":", 1)[0]
+    return f"invalid JSON{where}: {first}"
+
+
+class JsonlReader:
+    """Iterate :class:`Record` objects from sources, applying the bad-record policy."""
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        stats: RunStats,
+        policy: ErrorPolicy | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
+        self.sources = list(sources) or ["-"]
+        self.stats = stats
+        self.policy = policy or ErrorPolicy()
+        self.max_line_bytes = max_line_bytes
+        self._quarantine: IO[bytes] | None = None
+
+    def _bad(self, source: str, line: int, message: str, raw: bytes) -> None:
+        if self.policy.mode == "fail":
+            raise BadInput(source, line, message)
+        self.stats.error(message.split(" (", 1)[0].split(":", 1)[0])
+        if self.policy.mode == "quarantine":
+            if self._quarantine is None:
+                assert self.policy.path is not None
+                self._quarantine = open(self.policy.path, "ab")  # noqa: SIM115 - closed in __iter__
+            self._quarantine.write(raw if raw.endswith(b"\n") else raw + b"\n")
+
+    def _lines(self, stream: BinaryIO) -> Iterator[tuple[bytes, bool]]:
+        """Yield (line, too_long); a too-long line is consumed without holding it in memory."""
+        limit = self.max_line_bytes
+        readline = stream.readline
+        while True:
+            chunk = readline(limit + 1)
+            if not chunk:
+                return
+            if len(chunk) > limit and not chunk.endswith(b"\n"):
+                head = chunk[:200]
+                while chunk and not chunk.endswith(b"\n"):
+                    chunk = readline(1 << 20)
+                yield head, True
+                continue
+            yield chunk, False
+
+    def __iter__(self) -> Iterator[Record]:
+        loads = orjson.loads
+        stats = self.stats
+        try:
+            for name in self.sources:
+                source, stream = _open_source(name)
+                try:
+                    lineno = 0
+                    try:
+                        for raw, too_long in self._lines(stream):
+                            lineno += 1
+                            stats.read += 1
+                            if too_long:
+                                limit_mb = self.max_line_bytes / (1024 * 1024)
+                                self._bad(source, lineno, f"line longer than {limit_mb:g} MiB", raw)
+                                continue
+                            try:
+                                data = loads(raw)
+                            except orjson.JSONDecodeError as exc:
+                                if not raw.strip():
+                                    self._bad(source, lineno, "empty line", raw)
+                                else:
+                                    self._bad(source, lineno, _describe_json_error(exc, raw), raw)
+                                continue
+                            if type(data) is not dict:
+                                kind = type(data).__name__.replace("NoneType", "null")
+                                self._bad(source, lineno, f"expected a JSON object, got {kind}", raw)
+                                continue
+                            if not raw.endswith(b"\n"):
+                                raw += b"\n"
+                            yield Record(data, raw, source, lineno)
+                    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                        if isinstance(exc, BrokenPipeError):
+                            raise
+                        raise BadInput(source, lineno + 1, f"cannot read: {exc}") from exc
+                finally:
+                    if name != "-":
+                        stream.close()
+        finally:
+            if self._quarantine is not None:
+                self._quarantine.close()
+
+
+def read_records(
+    sources: Sequence[str],
+    stats: RunStats,
+    policy: ErrorPolicy | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[Record]:
+    return iter(JsonlReader(sources, stats, policy, max_line_bytes))
+
+
+class AtomicOutput:
+    """A binary sink: stdout, or a file that appears only when the run completes."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = None if path in (None, "-") else path
+        self._tmp: str | None = None
+        self.stream: BinaryIO
+
+    def __enter__(self) -> BinaryIO:
+        if self.path is None:
+            self.stream = sys.stdout.buffer
+            return self.stream
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, self._tmp = tempfile.mkstemp(prefix=".still-", suffix=".part", dir=directory)
+        raw = os.fdopen(fd, "wb", buffering=1 << 20)
+        if self.path.endswith(".gz"):
+            self.stream = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # type: ignore[assignment]
+            self._raw = raw
+        else:
+            self.stream = raw
+            self._raw = raw
+        return self.stream
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.path is None:
+            self.stream.flush()
+            return
+        assert self._tmp is not None
+        try:
+            self.stream.close()
+            if self._raw is not self.stream:
+                self._raw.close()
+        finally:
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._tmp)
+
+
+def write_records(records: Iterable[Record], sink: BinaryIO, stats: RunStats) -> None:
+    """Write records, counting them; one write call per record keeps memory flat."""
+    write = sink.write
+    for rec in records:
+        write(rec.to_bytes())
+        stats.written += 1
+
+
+def dumps_line(obj: Any) -> bytes:
+    return orjson.dumps(obj) + b"\n"

@@ -1,0 +1,67 @@
+"""Shared test helpers: run the real CLI in a subprocess, like a shell line."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode()
+
+    def lines(self) -> list[bytes]:
+        return self.stdout.splitlines()
+
+
+def run_still(
+    args: str | list[str],
+    stdin: bytes | str | None = None,
+    code: int | None = 0,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> Result:
+    """Run ``python -m still ARGS`` and check the exit code (``code=None`` skips the check)."""
+    argv = shlex.split(args) if isinstance(args, str) else list(args)
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    proc = subprocess.run(
+        [sys.executable, "-m", "still", *argv],
+        input=data if data is not None else b"",
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=timeout,
+    )
+    res = Result(proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"))
+    if code is not None:
+        assert res.code == code, f"exit {res.code} != {code}\nstderr:\n{res.stderr}"
+    return res
+
+
+@pytest.fixture
+def still():
+    return run_still
+
+
+def shared_file(rel: str) -> Path:
+    path = SHARED_DATA / rel
+    if not path.exists():
+        pytest.fail(f"shared data file missing: {path} (tests read ../shared/data)")
+    return path

@@ -1,0 +1,70 @@
+"""The CLI frame: help, version, startup imports, generated artefacts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT, run_still
+
+FORBIDDEN = ("torch", "transformers", "numpy", "scipy", "datasketch", "vllm")
+
+
+def _commands() -> list[str]:
+    from still.cli import COMMANDS
+
+    return sorted(COMMANDS)
+
+
+def test_version_and_module_entry():
+    res = run_still("--version")
+    assert "still" in res.out and "0." in res.out
+    res = subprocess.run([ROOT / ".venv" / "bin" / "still", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and "still" in res.stdout
+
+
+def test_help_for_every_command():
+    res = run_still("--help")
+    for name in _commands():
+        assert name in res.out
+        sub = run_still([name, "--help"])
+        assert "Usage: still " + name in sub.out
+        assert len(sub.out.splitlines()) > 5
+
+
+def test_help_and_completion_import_no_heavy_modules():
+    names = _commands()
+    code = f"""
+import sys, os
+from click.testing import CliRunner
+from still.cli import cli
+r = CliRunner()
+assert r.invoke(cli, ['--help']).exit_code == 0
+for name in {names!r}:
+    res = r.invoke(cli, [name, '--help'])
+    assert res.exit_code == 0, res.output
+os.environ['_STILL_COMPLETE'] = 'bash_complete'
+os.environ['COMP_WORDS'] = 'still d'
+os.environ['COMP_CWORD'] = '1'
+from click.shell_completion import shell_complete
+shell_complete(cli, {{}}, 'still', '_STILL_COMPLETE', 'bash_complete')
+for name in {names!r}:
+    os.environ['COMP_WORDS'] = 'still ' + name + ' --'
+    os.environ['COMP_CWORD'] = '2'
+    shell_complete(cli, {{}}, 'still', '_STILL_COMPLETE', 'bash_complete')
+heavy = [m for m in {FORBIDDEN!r} if m in sys.modules]
+print(','.join(heavy))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "", f"heavy modules imported at startup: {res.stdout.strip()}"
+
+
+def test_generated_artefacts_do_not_drift():
+    res = subprocess.run([sys.executable, "-m", "still.cli._generate", "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_unknown_command_is_usage_error():
+    res = run_still("no-such-command", code=2)
+    assert "No such command" in res.stderr
