@@ -7,13 +7,16 @@ A click group with a default subcommand: ``still decontam [OPTIONS] [INPUTS]...`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from still.cli._common import StreamOptions, run_stream, stream_options
 
 DEFAULT_COMMAND = "run"
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+# mypy resolves still.cli._common as Any through the package-dir mapping; keep `run` typed.
+_stream_options = cast(_Decorator, stream_options)
 
 
 class DefaultGroup(click.Group):
@@ -66,7 +69,10 @@ def command() -> None:
     """
 
 
-@command.command("run")
+_GROUP = cast(click.Group, command)
+
+
+@_GROUP.command("run")
 @_against_option(required=False)
 @click.option("--index", "index_dir", metavar="DIR", help="Use an index from `still decontam index build`.")
 @_BENCH_FIELD
@@ -110,7 +116,7 @@ def command() -> None:
 )
 @click.option("--ngram-min", type=int, default=8, show_default=True, help="Smallest n for the `ngram` method.")
 @click.option("--ngram-max", type=int, default=13, show_default=True, help="Largest n for the `ngram` method.")
-@stream_options
+@_stream_options
 def run(
     stream: StreamOptions,
     against: tuple[str, ...],
@@ -182,7 +188,7 @@ def run(
     )
 
 
-@command.group("index")
+@_GROUP.group("index")
 def index_group() -> None:
     """Compile benchmarks into a reusable hashed index, or show one's manifest.
 
@@ -192,7 +198,10 @@ def index_group() -> None:
     """
 
 
-@index_group.command("build")
+_INDEX_GROUP = index_group
+
+
+@_INDEX_GROUP.command("build")
 @_against_option(required=True)
 @_BENCH_FIELD
 @click.option("-o", "--output", "output", required=True, metavar="DIR", help="Index directory to write (replaced).")
@@ -214,7 +223,7 @@ def index_build(against: tuple[str, ...], bench_field: str | None, output: str, 
         click.echo(f"still decontam index: {manifest['items']} items ({names}) -> {output}", err=True)
 
 
-@index_group.command("show")
+@_INDEX_GROUP.command("show")
 @click.argument("index_dir", metavar="DIR")
 def index_show(index_dir: str) -> None:
     """Print an index's manifest (JSON) on stdout after checking its checksum."""
