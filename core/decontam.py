@@ -36,6 +36,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -151,9 +152,13 @@ BOILERPLATE_PHRASES = (
     "remember to put your answer on its own line after answer",
 )
 
-_ASCII_TABLE = bytes((c + 32) if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
-_ASCII_TOKEN = re.compile(r"[A-Za-z0-9]+")
-_UNICODE_TOKEN = re.compile(r"[^\W_]+|[" + "".join(SYMBOL_WORDS) + "]")
+# ASCII letters lower-cased, digits kept, other ASCII bytes become spaces; bytes >= 128 (UTF-8 of
+# letters that survived ``_fix_char``) stay, so they remain part of their word.
+_BYTE_TABLE = bytes(
+    (c + 32) if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c >= 128) else 32 for c in range(256)
+)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_TOKEN_BYTES = re.compile(rb"\S+")
 _DIGITS = re.compile(r"\d+")
 _U64 = np.uint64
 _GRAM_MUL = _U64(0x9E3779B97F4A7C15)
@@ -163,10 +168,7 @@ _GRAM_MUL = _U64(0x9E3779B97F4A7C15)
 
 
 def normalise_token(token: str) -> str | None:
-    """One raw token (lower-cased) in its canonical form, or None when it is dropped."""
-    if not token.isascii():
-        token = unicodedata.normalize("NFKC", token).lower()
-        token = SYMBOL_WORDS.get(token, token)
+    """One prepared token (lower-case alphanumerics) in canonical form, or None when dropped."""
     if token in DROP_TOKENS:
         return None
     token = ALIASES.get(token, token)
@@ -182,38 +184,75 @@ def mask_token(token: str) -> str:
     return _DIGITS.sub(NUM_TOKEN, token) if any(c.isdigit() for c in token) else token
 
 
-def raw_tokens(text: str) -> list[Any]:
-    """Raw lower-cased alphanumeric runs (bytes for ASCII text, str otherwise), before mapping."""
-    if text.isascii():
-        return text.encode("ascii").translate(_ASCII_TABLE).split()
-    return [t for t in _UNICODE_TOKEN.findall(text.lower())]
+@lru_cache(maxsize=65536)
+def _fix_char(char: str) -> str:
+    """A non-ASCII character as it takes part in tokens: NFKC, lower-cased, symbols as words."""
+    word = SYMBOL_WORDS.get(char)
+    if word is not None:
+        return f" {word} "
+    norm = unicodedata.normalize("NFKC", char).lower()
+    return "".join(c if c.isalnum() else " " for c in norm)
 
 
-def _split_unicode(token: str) -> list[str]:
-    """NFKC can turn one token into several ("½" is "1⁄2")."""
-    norm = unicodedata.normalize("NFKC", token).lower()
-    if norm == token or token in SYMBOL_WORDS:
-        return [token]
-    return _UNICODE_TOKEN.findall(norm) or []
+def _fix_run(m: re.Match[str]) -> str:
+    return "".join(map(_fix_char, m.group()))
+
+
+def prepared(text: str) -> bytes:
+    """The text as lower-case words separated by spaces (UTF-8): what tokens are cut from."""
+    if not text.isascii():
+        text = _NON_ASCII.sub(_fix_run, text)
+    return text.encode("utf-8").translate(_BYTE_TABLE)
+
+
+def raw_tokens(text: str) -> list[bytes]:
+    """Tokens before canonical mapping (aliases, dropped commands, leading zeros)."""
+    return prepared(text).split()
 
 
 def tokens_with_offsets(text: str) -> list[tuple[str, int, int]]:
-    """Canonical tokens with their [start, end) character offsets in ``text`` (used for spans)."""
+    """Canonical tokens with their [start, end) character offsets in ``text`` (used for spans).
+
+    The same tokens as :func:`raw_tokens` + :func:`normalise_token`, built character by character
+    for non-ASCII text so every token maps back to where it came from.
+    """
+    if text.isascii():
+        pieces: list[str] = []
+        origin: list[int] | None = None
+        flat = text
+    else:
+        pieces = []
+        origin = []
+        for i, char in enumerate(text):
+            rep = char if char.isascii() else _fix_char(char)
+            pieces.append(rep)
+            origin.extend([i] * len(rep))
+        flat = "".join(pieces)
+    data = flat.encode("utf-8").translate(_BYTE_TABLE) if origin is None else None
     out: list[tuple[str, int, int]] = []
-    pattern = _ASCII_TOKEN if text.isascii() else _UNICODE_TOKEN
-    for m in pattern.finditer(text):
-        raw = m.group().lower()
-        parts = [raw] if raw.isascii() else _split_unicode(raw)
-        for part in parts:
-            canon = normalise_token(part)
+    if data is not None:  # ASCII: bytes and characters line up
+        for m in _TOKEN_BYTES.finditer(data):
+            canon = normalise_token(m.group().decode("ascii"))
             if canon is not None:
                 out.append((canon, m.start(), m.end()))
+        return out
+    assert origin is not None
+    lowered = "".join(c.lower() if c.isascii() and c.isalnum() else (c if not c.isascii() else " ") for c in flat)
+    for word in re.finditer(r"\S+", lowered):
+        canon = normalise_token(word.group())
+        if canon is not None:
+            out.append((canon, origin[word.start()], origin[word.end() - 1] + 1))
     return out
 
 
 def canonical_tokens(text: str) -> list[str]:
     """The canonical token sequence of a text (the same sequence the fast path sees)."""
-    return [t for t, _, _ in tokens_with_offsets(text)]
+    out = []
+    for raw in raw_tokens(text):
+        canon = normalise_token(raw.decode("utf-8"))
+        if canon is not None:
+            out.append(canon)
+    return out
 
 
 def token_hash(token: str) -> int:
@@ -689,6 +728,7 @@ class Matcher:
         self._exact: dict[Any, int] = {}
         self._masked: dict[Any, int] = {}
         self._item_cache: dict[tuple[str, int], tuple[list[int], list[float], float]] = {}
+        self._anchor_raw: set[bytes] = set()
         self._compile()
 
     # -- compiling ----------------------------------------------------------------------------
@@ -727,7 +767,8 @@ class Matcher:
                 if df[g] <= p.max_df and g not in boiler_seed:
                     table.setdefault(g, []).append(i)
         self.seed_table = table
-        self.seed_count = np.array([sum(1 for g in grams if g in table) for grams in item_grams], dtype=np.int64)
+        seed_count = [sum(1 for g in grams if g in table) for grams in item_grams]
+        self.seed_need = [min(c, max(3, min(6, -(-3 * c // 10)))) for c in seed_count]
 
         # Tiny items (MIN_ITEM_TOKENS <= L < SEED_N): whole-item tuples, probed when a rare token shows up.
         self.tiny: dict[tuple[int, ...], list[int]] = {}
@@ -786,65 +827,77 @@ class Matcher:
 
     # -- per record ---------------------------------------------------------------------------
 
-    def _resolve(self, raws: Sequence[Any]) -> None:
+    def _resolve(self, raws: Sequence[bytes]) -> None:
+        """Map tokens seen for the first time to (exact id, masked id); remember anchor tokens."""
         if len(self._exact) > 2_000_000:
             self._exact.clear()
             self._masked.clear()
+            self._anchor_raw.clear()
         vocab = self.index.vocab
         for raw in raws:
             if raw in self._exact:
                 continue
-            canon = normalise_token(raw.decode("ascii") if isinstance(raw, bytes) else raw)
+            canon = normalise_token(raw.decode("utf-8", "replace"))
             if canon is None:
                 self._exact[raw] = self._masked[raw] = _DROPPED
                 continue
-            self._exact[raw] = vocab.get(token_hash(canon), UNK)
+            exact = self._exact[raw] = vocab.get(token_hash(canon), UNK)
             masked = mask_token(canon)
             self._masked[raw] = NUM if masked == NUM_TOKEN else vocab.get(token_hash(masked), UNK)
+            if exact in self.anchors:
+                self._anchor_raw.add(raw)
 
-    def token_ids(self, text: str) -> tuple[list[int], list[int]]:
-        """Exact and number-masked token ids of a text (formatting tokens dropped)."""
-        raws: list[Any] = raw_tokens(text) if text.isascii() else canonical_tokens(text)
-        exact = list(map(self._exact.get, raws))
-        if None in exact:
-            self._resolve(raws)
-            exact = list(map(self._exact.get, raws))
+    def token_ids(self, text: str) -> tuple[list[bytes], list[int]]:
+        """The text's tokens and their number-masked ids (formatting tokens dropped)."""
+        raws = prepared(text).split()
         masked = list(map(self._masked.get, raws))
-        if _DROPPED in exact:
-            keep = [i for i, t in enumerate(exact) if t != _DROPPED]
-            exact = [exact[i] for i in keep]
-            masked = [masked[i] for i in keep]
-        return exact, masked  # type: ignore[return-value]
+        if None in masked:
+            self._resolve(raws)
+            masked = list(map(self._masked.get, raws))
+        if _DROPPED in masked:  # raws keep them; exact_ids drops them the same way
+            masked = [t for t in masked if t != _DROPPED]
+        return raws, masked  # type: ignore[return-value]
 
-    def candidates(self, exact: list[int], masked: list[int]) -> list[int]:
-        """Items worth scoring: sharing a non-boilerplate masked 5-gram, or a tiny/whole item."""
-        table = self.seed_table
+    def exact_ids(self, raws: list[bytes]) -> list[int]:
+        exact = list(map(self._exact.__getitem__, raws))
+        return [t for t in exact if t != _DROPPED] if _DROPPED in exact else exact
+
+    def candidates(self, raws: list[bytes], masked: list[int]) -> tuple[list[int], list[int] | None]:
+        """Items worth scoring (and the exact ids when they were needed to find them).
+
+        An item is a candidate when the record shares enough of its non-boilerplate masked
+        5-grams: 3, or 30% of them for long items, capped at 6 (a 13-gram quote covers 9).
+        Tiny items are probed only when one of their rarest tokens occurs.
+        """
         found: set[int] = set()
         if len(masked) >= SEED_N:
+            table = self.seed_table
             shared = table.keys() & set(zip(masked, masked[1:], masked[2:], masked[3:], masked[4:], strict=False))
             if shared:
                 counts: Counter[int] = Counter()
                 for g in shared:
                     counts.update(table[g])
-                seed_count = self.seed_count
-                # A shared n-gram (n >= 8) spans at least 4 seed grams, a containment hit half of them.
-                found.update(i for i, c in counts.items() if c >= min(3, int(seed_count[i])))
-        if self.anchors and not self.anchors.isdisjoint(exact):
+                need = self.seed_need
+                found.update(i for i, c in counts.items() if c >= need[i])
+        exact: list[int] | None = None
+        if self._anchor_raw and not self._anchor_raw.isdisjoint(raws):
+            exact = self.exact_ids(raws)
             for n in self.tiny_sizes:
                 for g in zip(*(exact[k:] for k in range(n)), strict=False):
                     hit = self.tiny.get(g)
                     if hit is not None:
                         found.update(hit)
-        if self.whole and len(exact) < MIN_ITEM_TOKENS:
+        if self.whole and len(masked) < MIN_ITEM_TOKENS:
+            exact = self.exact_ids(raws)
             found.update(self.whole.get(tuple(exact), ()))
-        return sorted(found)
+        return sorted(found), exact
 
     def match(self, text: str, field_name: str = "query") -> list[Hit]:
-        exact, masked = self.token_ids(text)
-        cands = self.candidates(exact, masked)
+        raws, masked = self.token_ids(text)
+        cands, exact = self.candidates(raws, masked)
         if not cands:
             return []
-        return self._score(text, exact, masked, cands, field_name)
+        return self._score(text, exact if exact is not None else self.exact_ids(raws), masked, cands, field_name)
 
     def _item_grams(self, method: str, i: int) -> tuple[list[int], list[float], float]:
         """An item's grams, their weights and the weights' total (cached: items recur)."""
@@ -858,8 +911,7 @@ class Matcher:
     def _score(self, text: str, exact: list[int], masked: list[int], cands: list[int], field_name: str) -> list[Hit]:
         th = self.token_h
         sequences = {"exact": th[np.array(exact, dtype=np.int64)]}
-        collapsed, positions = collapse_numbers(masked)
-        sequences["digits"] = th[np.array(collapsed, dtype=np.int64)]
+        positions: list[int] = []
         record_grams: dict[tuple[str, int], tuple[list[int], set[int]]] = {}
         offsets: list[tuple[str, int, int]] | None = None
         hits: list[Hit] = []
@@ -876,6 +928,9 @@ class Matcher:
                     continue
                 kind = "digits" if method == "digits" else "exact"
                 rec = record_grams.get((kind, n))
+                if kind not in sequences:
+                    collapsed, positions = collapse_numbers(masked)
+                    sequences[kind] = th[np.array(collapsed, dtype=np.int64)]
                 if rec is None:
                     listed = gram_hashes(sequences[kind], n).tolist()
                     rec = record_grams[(kind, n)] = (listed, set(listed))
