@@ -51,7 +51,9 @@ class OpenR1Baseline:
         return [" ".join(words[i : i + self.n]) for i in range(len(words) - self.n + 1)]
 
     def contaminated(self, text: str) -> bool:
-        return any(g in self.lookup for g in self.ngrams(self.normalise(text)))
+        # open-r1's expression, verbatim; it also runs once per benchmark, here once for all of them.
+        ngrams = self.ngrams(self.normalise(text))
+        return any(set(ngram in self.lookup for ngram in ngrams))
 
 
 def variant(text: str, rng: random.Random) -> str:

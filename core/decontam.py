@@ -26,6 +26,7 @@ How it works (README "still decontam" has the user-facing version):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ BENCH_FIELDS = ("problem", "question", "prompt", "query", "text")
 ITEM_ID_FIELDS = ("id", "unique_id", "task_id", "question_id", "problem_id")
 
 SEED_N = 5  # candidate and containment gram size
+SEED_STRIDE = 2  # records probe every SEED_STRIDE-th 5-gram for candidates
 MIN_ITEM_TOKENS = 3  # shorter items can only match a record that is nothing but the item
 NGRAM_MIN = 8
 NGRAM_MAX = 13
@@ -149,6 +152,36 @@ BOILERPLATE_PHRASES = (
     "how many positive integers",
     "let your final answer be",
     "the last line of your response should be of the form answer answer where answer is the answer to the problem",
+    # Generic question stems of school and competition maths.
+    "what is the units digit of",
+    "what is the product of the",
+    "what is the sum of all",
+    "what is the smallest positive integer",
+    "what is the largest positive integer",
+    "what is the greatest common divisor of",
+    "find the greatest common divisor of",
+    "what is the least common multiple of",
+    "find the least common multiple of",
+    "what is the remainder when",
+    "find the remainder when",
+    "what is the probability that",
+    "as a fraction in lowest terms",
+    "give your answer as a fraction",
+    "what is the area of the",
+    "what is the perimeter of the",
+    "find the length of the",
+    "how many positive divisors does",
+    "how many different ways",
+    "find the sum of all",
+    "find the smallest positive integer",
+    "find the largest possible value of",
+    "find the minimum value of",
+    "find the maximum value of",
+    "compute the value of",
+    "in how many ways can",
+    "how much money does",
+    "how many more",
+    "how many hours does it take",
     "remember to put your answer on its own line after answer",
 )
 
@@ -210,38 +243,50 @@ def raw_tokens(text: str) -> list[bytes]:
     return prepared(text).split()
 
 
+_WORD = re.compile(r"[A-Za-z0-9\u0080-\U0010ffff]+")
+
+
 def tokens_with_offsets(text: str) -> list[tuple[str, int, int]]:
     """Canonical tokens with their [start, end) character offsets in ``text`` (used for spans).
 
-    The same tokens as :func:`raw_tokens` + :func:`normalise_token`, built character by character
-    for non-ASCII text so every token maps back to where it came from.
+    The same tokens as :func:`raw_tokens` + :func:`normalise_token`; replaced non-ASCII runs are
+    tracked so every token maps back to the characters it came from.
     """
+    runs: list[tuple[int, int, int, int]] = []  # (prepared start, original start, prepared len, original len)
     if text.isascii():
-        pieces: list[str] = []
-        origin: list[int] | None = None
         flat = text
     else:
-        pieces = []
-        origin = []
-        for i, char in enumerate(text):
-            rep = char if char.isascii() else _fix_char(char)
-            pieces.append(rep)
-            origin.extend([i] * len(rep))
-        flat = "".join(pieces)
-    data = flat.encode("utf-8").translate(_BYTE_TABLE) if origin is None else None
+        parts: list[str] = []
+        size = last = 0
+        for m in _NON_ASCII.finditer(text):
+            parts.append(text[last : m.start()])
+            size += m.start() - last
+            rep = _fix_run(m)
+            runs.append((size, m.start(), len(rep), m.end() - m.start()))
+            parts.append(rep)
+            size += len(rep)
+            last = m.end()
+        parts.append(text[last:])
+        flat = "".join(parts)
+    starts = [r[0] for r in runs]
+
+    def original(pos: int, is_end: bool) -> int:
+        k = bisect.bisect_right(starts, pos) - 1
+        if k < 0:
+            return pos
+        p_start, o_start, p_len, o_len = runs[k]
+        if pos < p_start + p_len or (is_end and pos == p_start + p_len):
+            return o_start + o_len if is_end else o_start
+        return pos - p_start - p_len + o_start + o_len
+
     out: list[tuple[str, int, int]] = []
-    if data is not None:  # ASCII: bytes and characters line up
-        for m in _TOKEN_BYTES.finditer(data):
-            canon = normalise_token(m.group().decode("ascii"))
-            if canon is not None:
-                out.append((canon, m.start(), m.end()))
-        return out
-    assert origin is not None
-    lowered = "".join(c.lower() if c.isascii() and c.isalnum() else (c if not c.isascii() else " ") for c in flat)
-    for word in re.finditer(r"\S+", lowered):
-        canon = normalise_token(word.group())
+    for word in _WORD.finditer(flat):
+        canon = normalise_token(word.group().lower())
         if canon is not None:
-            out.append((canon, origin[word.start()], origin[word.end() - 1] + 1))
+            if runs:
+                out.append((canon, original(word.start(), False), original(word.end(), True)))
+            else:
+                out.append((canon, word.start(), word.end()))
     return out
 
 
@@ -287,18 +332,14 @@ def gram_hashes(token_hashes: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
-def collapse_numbers(masked: Sequence[int]) -> tuple[list[int], list[int]]:
+def collapse_numbers(masked: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Masked ids with runs of numbers collapsed to one (``3.5`` vs ``4``), and each kept position."""
-    out: list[int] = []
-    pos: list[int] = []
-    prev = -1
-    for i, tok in enumerate(masked):
-        if tok == NUM and prev == NUM:
-            continue
-        out.append(tok)
-        pos.append(i)
-        prev = tok
-    return out, pos
+    arr = np.asarray(masked, dtype=np.int64)
+    is_num = arr == NUM
+    keep = np.ones(arr.size, dtype=bool)
+    keep[1:] = ~(is_num[1:] & is_num[:-1])
+    positions = np.flatnonzero(keep)
+    return arr[positions], positions
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -758,8 +799,8 @@ class Matcher:
             item_grams.append(grams)
             df.update(grams)
         boiler_seed: set[tuple[int, ...]] = set()
-        for ids in boiler:
-            m = [int(mask_of[i]) if i != UNK else UNK for i in ids]
+        for ids in boiler:  # with a number on either side, as questions put them
+            m = [NUM, NUM] + [int(mask_of[i]) if i != UNK else UNK for i in ids] + [NUM, NUM]
             boiler_seed.update(zip(*(m[k:] for k in range(SEED_N)), strict=False))
         table: dict[tuple[int, ...], list[int]] = {}
         for i, grams in enumerate(item_grams):
@@ -767,8 +808,10 @@ class Matcher:
                 if df[g] <= p.max_df and g not in boiler_seed:
                     table.setdefault(g, []).append(i)
         self.seed_table = table
+        self.seed_keys = frozenset(table)
         seed_count = [sum(1 for g in grams if g in table) for grams in item_grams]
-        self.seed_need = [min(c, max(3, min(6, -(-3 * c // 10)))) for c in seed_count]
+        full_need = [min(c, max(3, min(6, -(-3 * c // 10)))) for c in seed_count]
+        self.seed_need = [max(1, -(-c // SEED_STRIDE)) for c in full_need]
 
         # Tiny items (MIN_ITEM_TOKENS <= L < SEED_N): whole-item tuples, probed when a rare token shows up.
         self.tiny: dict[tuple[int, ...], list[int]] = {}
@@ -799,15 +842,15 @@ class Matcher:
         self.tables["ngram"] = self._table([th[x] for x in items], self.ngram_n)
         seed_n = np.minimum(self.lengths, SEED_N)
         self.tables["containment"] = self._table([th[x] for x in items], seed_n)
-        collapsed = [collapse_numbers(mask_of[x].tolist())[0] for x in items]
+        collapsed = [collapse_numbers(mask_of[x])[0] for x in items]
         digit_n = np.array(
             [
-                SEED_N if len(c) >= DIGITS_MIN_TOKENS and sum(t != NUM for t in c) >= DIGITS_MIN_WORDS else 0
+                SEED_N if c.size >= DIGITS_MIN_TOKENS and int((c != NUM).sum()) >= DIGITS_MIN_WORDS else 0
                 for c in collapsed
             ],
             dtype=np.int64,
         )
-        self.tables["digits"] = self._table([th[np.array(c, dtype=np.int64)] for c in collapsed], digit_n)
+        self.tables["digits"] = self._table([th[c] for c in collapsed], digit_n)
 
     def _table(self, seqs: list[np.ndarray], sizes: np.ndarray) -> _GramTable:
         per_item = [
@@ -866,17 +909,22 @@ class Matcher:
         """Items worth scoring (and the exact ids when they were needed to find them).
 
         An item is a candidate when the record shares enough of its non-boilerplate masked
-        5-grams: 3, or 30% of them for long items, capped at 6 (a 13-gram quote covers 9).
+        5-grams: 3, or 30% of them for long items, capped at 6 (a 13-gram quote covers 9); the
+        record probes every other 5-gram, so half of that.
         Tiny items are probed only when one of their rarest tokens occurs.
         """
         found: set[int] = set()
         if len(masked) >= SEED_N:
             table = self.seed_table
-            shared = table.keys() & set(zip(masked, masked[1:], masked[2:], masked[3:], masked[4:], strict=False))
+            # Probe every other 5-gram (decon samples every 10th token): an embedded question
+            # still shows half of its 5-grams, at a third of the cost of building all of them.
+            step = SEED_STRIDE
+            grams = zip(
+                masked[::step], masked[1::step], masked[2::step], masked[3::step], masked[4::step], strict=False
+            )
+            shared = self.seed_keys.intersection(grams)
             if shared:
-                counts: Counter[int] = Counter()
-                for g in shared:
-                    counts.update(table[g])
+                counts = Counter(chain.from_iterable(map(table.__getitem__, shared)))
                 need = self.seed_need
                 found.update(i for i, c in counts.items() if c >= need[i])
         exact: list[int] | None = None
@@ -911,7 +959,7 @@ class Matcher:
     def _score(self, text: str, exact: list[int], masked: list[int], cands: list[int], field_name: str) -> list[Hit]:
         th = self.token_h
         sequences = {"exact": th[np.array(exact, dtype=np.int64)]}
-        positions: list[int] = []
+        positions = np.empty(0, dtype=np.int64)
         record_grams: dict[tuple[str, int], tuple[list[int], set[int]]] = {}
         offsets: list[tuple[str, int, int]] | None = None
         hits: list[Hit] = []
@@ -930,7 +978,7 @@ class Matcher:
                 rec = record_grams.get((kind, n))
                 if kind not in sequences:
                     collapsed, positions = collapse_numbers(masked)
-                    sequences[kind] = th[np.array(collapsed, dtype=np.int64)]
+                    sequences[kind] = th[collapsed]
                 if rec is None:
                     listed = gram_hashes(sequences[kind], n).tolist()
                     rec = record_grams[(kind, n)] = (listed, set(listed))
@@ -950,8 +998,8 @@ class Matcher:
             where = [k for k, g in enumerate(rec_list) if g in matched]
             first, last = where[0], where[-1] + n - 1
             if method == "digits":
-                first = positions[first]
-                last = positions[last + 1] - 1 if last + 1 < len(positions) else len(exact) - 1
+                first = int(positions[first])
+                last = int(positions[last + 1]) - 1 if last + 1 < positions.size else len(exact) - 1
             if offsets is None:
                 offsets = tokens_with_offsets(text)
             span = (offsets[first][1], offsets[last][2]) if last < len(offsets) else (0, len(text))
