@@ -590,6 +590,7 @@ class DecontamIndex:
         benchmarks: list[dict[str, Any]],
         vocab_hashes: np.ndarray,
         mask_of: np.ndarray,
+        token_len: np.ndarray,
         item_tokens: np.ndarray,
         item_offsets: np.ndarray,
         item_bench: np.ndarray,
@@ -602,6 +603,7 @@ class DecontamIndex:
         self.item_bench = item_bench  # int32, N
         self.item_ids = item_ids
         self.mask_of = mask_of  # int32, id -> id of its number-masked form
+        self.token_len = token_len  # int8, id -> length of the token (to pick rare anchors)
         self.vocab = {int(h): i for i, h in enumerate(vocab_hashes.tolist()) if i > UNK}
 
     # -- building -----------------------------------------------------------------------------
@@ -611,6 +613,7 @@ class DecontamIndex:
         vocab: dict[str, int] = {"": UNK, NUM_TOKEN: NUM}
         hashes: list[int] = [0, token_hash(NUM_TOKEN)]
         mask_of: list[int] = [UNK, NUM]
+        lengths: list[int] = [0, 1]
 
         def intern(form: str) -> int:
             idx = vocab.get(form)
@@ -618,6 +621,7 @@ class DecontamIndex:
                 idx = vocab[form] = len(hashes)
                 hashes.append(token_hash(form))
                 mask_of.append(idx)
+                lengths.append(min(len(form), 127))
             return idx
 
         flat: list[int] = []
@@ -641,6 +645,7 @@ class DecontamIndex:
             meta,
             np.array(hashes, dtype=_U64),
             np.array(mask_of, dtype=np.int32),
+            np.array(lengths, dtype=np.int8),
             np.array(flat, dtype=np.int32),
             np.array(offsets, dtype=np.int64),
             np.array(bench_of, dtype=np.int32),
@@ -664,6 +669,7 @@ class DecontamIndex:
                     fh,
                     vocab_hashes=self.vocab_hashes,
                     mask_of=self.mask_of,
+                    token_len=self.token_len,
                     item_tokens=self.item_tokens,
                     item_offsets=self.item_offsets,
                     item_bench=self.item_bench,
@@ -719,6 +725,7 @@ class DecontamIndex:
                 manifest["benchmarks"],
                 z["vocab_hashes"],
                 z["mask_of"],
+                z["token_len"],
                 z["item_tokens"],
                 z["item_offsets"],
                 z["item_bench"],
@@ -790,43 +797,70 @@ class Matcher:
         self.lengths = np.array([x.size for x in items], dtype=np.int64)
         boiler = self._boilerplate_ids()
 
-        # Stage 1: masked 5-grams -> items, boilerplate removed.
+        # Stage 1: masked 5-grams -> items, boilerplate removed. Records probe every other 5-gram,
+        # so an item is found this way only if both parities of its 5-grams have two seeds.
         df: Counter[tuple[int, ...]] = Counter()
-        item_grams: list[set[tuple[int, ...]]] = []
+        item_grams: list[list[tuple[int, ...]]] = []
         for toks in items:
             m = mask_of[toks].tolist()
-            grams = set(zip(*(m[k:] for k in range(SEED_N)), strict=False)) if len(m) >= SEED_N else set()
+            grams = list(zip(*(m[k:] for k in range(SEED_N)), strict=False))
             item_grams.append(grams)
-            df.update(grams)
+            df.update(set(grams))
         boiler_seed: set[tuple[int, ...]] = set()
-        for ids in boiler:  # with a number on either side, as questions put them
+        for ids in boiler:  # with numbers on either side, as questions put them
             m = [NUM, NUM] + [int(mask_of[i]) if i != UNK else UNK for i in ids] + [NUM, NUM]
             boiler_seed.update(zip(*(m[k:] for k in range(SEED_N)), strict=False))
         table: dict[tuple[int, ...], list[int]] = {}
+        self.seed_need = [0] * n_items
+        anchored: list[int] = []
         for i, grams in enumerate(item_grams):
-            for g in grams:
-                if df[g] <= p.max_df and g not in boiler_seed:
-                    table.setdefault(g, []).append(i)
+            seeds = [(j, g) for j, g in enumerate(grams) if df[g] <= p.max_df and g not in boiler_seed]
+            parity = min(len({g for j, g in seeds if j % SEED_STRIDE == r}) for r in range(SEED_STRIDE))
+            if parity < 2:
+                anchored.append(i)
+                continue
+            for g in {g for _, g in seeds}:
+                table.setdefault(g, []).append(i)
+            # A shared 8-gram shows 4 seeds, a 13-gram 9; a long question needs more.
+            full = min(6, max(3, -(-3 * len(seeds) // 10)))
+            self.seed_need[i] = min(parity, -(-full // SEED_STRIDE))
         self.seed_table = table
         self.seed_keys = frozenset(table)
-        seed_count = [sum(1 for g in grams if g in table) for grams in item_grams]
-        full_need = [min(c, max(3, min(6, -(-3 * c // 10)))) for c in seed_count]
-        self.seed_need = [max(1, -(-c // SEED_STRIDE)) for c in full_need]
 
-        # Tiny items (MIN_ITEM_TOKENS <= L < SEED_N): whole-item tuples, probed when a rare token shows up.
-        self.tiny: dict[tuple[int, ...], list[int]] = {}
-        self.tiny_sizes: list[int] = []
+        # Anchored items (short or mostly boilerplate once numbers are masked): their exact
+        # 5-grams (or the whole item when shorter), probed only when their rarest token occurs.
+        self.exact_table: dict[tuple[int, ...], list[int]] = {}
+        self.exact_need = [0] * n_items
         self.anchors: set[int] = set()
+        self.anchor_items: dict[int, list[int]] = {}
+        self.anchor_sets: dict[int, frozenset[int]] = {}
         self.whole: dict[tuple[int, ...], list[int]] = {}
         token_df = Counter(int(t) for toks in items for t in set(toks.tolist()))
-        for i, toks in enumerate(items):
-            key = tuple(toks.tolist())
-            if MIN_ITEM_TOKENS <= len(key) < SEED_N:
-                self.tiny.setdefault(key, []).append(i)
-                self.anchors.add(min(key, key=lambda t: (token_df[t], t)))
-            elif 0 < len(key) < MIN_ITEM_TOKENS:
-                self.whole.setdefault(key, []).append(i)
-        self.tiny_sizes = sorted({len(k) for k in self.tiny})
+        exact_df: Counter[tuple[int, ...]] = Counter()
+        exact_grams: dict[int, set[tuple[int, ...]]] = {}
+        for i in anchored:
+            toks = items[i].tolist()
+            anchor = min(toks, key=lambda t: (self._anchor_class(t, token_df[t]), token_df[t], t)) if toks else UNK
+            if len(toks) < MIN_ITEM_TOKENS or self._anchor_class(anchor, token_df[anchor]) >= 2:
+                # Short and made of common tokens only ("Simplify $(-k + 4) + (-2 + 3k)$"): probing
+                # for it would cost every record, so it is found when it is the whole text.
+                if toks:
+                    self.whole.setdefault(tuple(toks), []).append(i)
+                continue
+            k = min(SEED_N, len(toks))
+            exact_grams[i] = set(zip(*(toks[j:] for j in range(k)), strict=False))
+            exact_df.update(exact_grams[i])
+            self.anchor_items.setdefault(anchor, []).append(i)
+            self.anchor_sets[i] = frozenset(toks)
+        for i, item_exact in exact_grams.items():
+            kept = [g for g in item_exact if exact_df[g] <= p.max_df]
+            for g in kept:
+                self.exact_table.setdefault(g, []).append(i)
+            self.exact_need[i] = min(3, len(kept))
+        self.anchors = set(self.anchor_items)
+        self.whole_max = max((len(k) for k in self.whole), default=0)
+        self.exact_sizes = sorted({len(g) for g in self.exact_table})
+        self.exact_keys = frozenset(self.exact_table)
 
         # Stage 2 tables (numpy hashes with 1/df weights).
         th = self.token_h
@@ -851,6 +885,17 @@ class Matcher:
             dtype=np.int64,
         )
         self.tables["digits"] = self._table([th[c] for c in collapsed], digit_n)
+
+    def _anchor_class(self, token: int, df: int) -> int:
+        """How common a token is likely to be in any text (lower is rarer): a word of 4+ letters
+        that few items use, then a number of 3+ digits, then other words, then small numbers."""
+        length = int(self.index.token_len[token])
+        is_number = int(self.index.mask_of[token]) == NUM
+        if not is_number and length >= 4 and df <= 5:
+            return 0
+        if is_number and length >= 3:
+            return 1
+        return 2 if not is_number and length >= 3 else 3
 
     def _table(self, seqs: list[np.ndarray], sizes: np.ndarray) -> _GramTable:
         per_item = [
@@ -909,9 +954,8 @@ class Matcher:
         """Items worth scoring (and the exact ids when they were needed to find them).
 
         An item is a candidate when the record shares enough of its non-boilerplate masked
-        5-grams: 3, or 30% of them for long items, capped at 6 (a 13-gram quote covers 9); the
-        record probes every other 5-gram, so half of that.
-        Tiny items are probed only when one of their rarest tokens occurs.
+        5-grams (the record probes every other one: two of them, three for long items). Items
+        with too few such seeds are probed by their exact 5-grams when their rarest token occurs.
         """
         found: set[int] = set()
         if len(masked) >= SEED_N:
@@ -930,12 +974,16 @@ class Matcher:
         exact: list[int] | None = None
         if self._anchor_raw and not self._anchor_raw.isdisjoint(raws):
             exact = self.exact_ids(raws)
-            for n in self.tiny_sizes:
-                for g in zip(*(exact[k:] for k in range(n)), strict=False):
-                    hit = self.tiny.get(g)
-                    if hit is not None:
-                        found.update(hit)
-        if self.whole and len(masked) < MIN_ITEM_TOKENS:
+            present = set(exact)
+            # Probe only when every token of an anchored item occurs somewhere in the record.
+            ready = {i for a in self.anchors & present for i in self.anchor_items[a] if self.anchor_sets[i] <= present}
+            if ready:
+                exact_counts: Counter[int] = Counter()
+                for n in self.exact_sizes:
+                    probe = set(zip(*(exact[k:] for k in range(n)), strict=False))
+                    exact_counts.update(chain.from_iterable(map(self.exact_table.__getitem__, probe & self.exact_keys)))
+                found.update(i for i, c in exact_counts.items() if i in ready and c >= self.exact_need[i])
+        if self.whole and len(masked) <= self.whole_max:
             exact = self.exact_ids(raws)
             found.update(self.whole.get(tuple(exact), ()))
         return sorted(found), exact
