@@ -993,7 +993,8 @@ class Matcher:
         cands, exact = self.candidates(raws, masked)
         if not cands:
             return []
-        return self._score(text, exact if exact is not None else self.exact_ids(raws), masked, cands, field_name)
+        exact = exact if exact is not None else self.exact_ids(raws)
+        return self._score(text, raws, exact, masked, cands, field_name)
 
     def _item_grams(self, method: str, i: int) -> tuple[list[int], list[float], float]:
         """An item's grams, their weights and the weights' total (cached: items recur)."""
@@ -1004,12 +1005,23 @@ class Matcher:
             got = self._item_cache[key] = (grams.tolist(), weights.tolist(), float(weights.sum()))
         return got
 
-    def _score(self, text: str, exact: list[int], masked: list[int], cands: list[int], field_name: str) -> list[Hit]:
+    def _offsets(self, text: str, raws: list[bytes]) -> list[tuple[int, int]]:
+        """[start, end) of each kept token; ASCII text reuses the fast tokens (bytes == chars)."""
+        if not text.isascii():
+            return [(a, b) for _, a, b in tokens_with_offsets(text)]
+        spans = [m.span() for m in _TOKEN_BYTES.finditer(prepared(text))]
+        if len(spans) == len(raws) and _DROPPED in map(self._exact.__getitem__, raws):
+            spans = [sp for sp, r in zip(spans, raws, strict=True) if self._exact[r] != _DROPPED]
+        return spans
+
+    def _score(
+        self, text: str, raws: list[bytes], exact: list[int], masked: list[int], cands: list[int], field_name: str
+    ) -> list[Hit]:
         th = self.token_h
         sequences = {"exact": th[np.array(exact, dtype=np.int64)]}
         positions = np.empty(0, dtype=np.int64)
         record_grams: dict[tuple[str, int], tuple[list[int], set[int]]] = {}
-        offsets: list[tuple[str, int, int]] | None = None
+        offsets: list[tuple[int, int]] | None = None
         hits: list[Hit] = []
         for i in cands:
             best: tuple[float, str, set[int], list[int], int] | None = None
@@ -1049,8 +1061,8 @@ class Matcher:
                 first = int(positions[first])
                 last = int(positions[last + 1]) - 1 if last + 1 < positions.size else len(exact) - 1
             if offsets is None:
-                offsets = tokens_with_offsets(text)
-            span = (offsets[first][1], offsets[last][2]) if last < len(offsets) else (0, len(text))
+                offsets = self._offsets(text, raws)
+            span = (offsets[first][0], offsets[last][1]) if last < len(offsets) else (0, len(text))
             hits.append(Hit(int(self.index.item_bench[i]), i, method, score, span, field_name))
         return hits
 
