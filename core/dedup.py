@@ -363,10 +363,16 @@ class RedisIndex:
         self.lsh = MinHashLSH(
             num_perm=config.num_perm,
             params=(bands, rows),
-            storage_config={"type": "redis", "basename": f"{p}:lsh".encode(), "redis": {"url": url}},
+            storage_config={"type": "redis", "basename": f"{p}:lsh".encode(), "redis": self._connection_kwargs()},
             prepickle=True,
         )
         self._local_members: dict[int, int] = {}
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        kwargs = self.client.connection_pool.connection_kwargs
+        return {
+            k: kwargs[k] for k in ("host", "port", "db", "username", "password", "path") if kwargs.get(k) is not None
+        }
 
     def _minhash(self, sig: np.ndarray) -> Any:
         from datasketch import MinHash

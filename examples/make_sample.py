@@ -39,7 +39,7 @@ def math_problem(rng: random.Random, i: int) -> tuple[str, int]:
 
 
 def code_problem(rng: random.Random, i: int) -> tuple[str, dict[str, list[str]], str, str]:
-    k = rng.randint(2, 9)
+    k = rng.randint(2, 60)
     kind = i % 3
     if kind == 0:
         prompt = f"Read integers n and then n numbers; print the sum of those divisible by {k}."
