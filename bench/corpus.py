@@ -21,10 +21,12 @@ def documents(n: int, words: int = 250, dup_rate: float = 0.1, seed: int = 0) ->
     rng = random.Random(seed)
     vocab = vocabulary(rng)
     weights = [1.0 / (i + 1) ** 0.9 for i in range(len(vocab))]
-    originals: list[list[str]] = []
+    originals: list[tuple[int, list[str]]] = []
     for i in range(n):
+        copy_of = None
         if originals and rng.random() < dup_rate:
-            base = list(rng.choice(originals[-5000:]))
+            copy_of, original = rng.choice(originals[-5000:])
+            base = list(original)
             edits = rng.randint(0, max(1, len(base) // 12))
             for _ in range(edits):
                 op = rng.random()
@@ -40,9 +42,12 @@ def documents(n: int, words: int = 250, dup_rate: float = 0.1, seed: int = 0) ->
         else:
             length = max(5, int(rng.gauss(words, words / 5)))
             text = rng.choices(vocab, weights=weights, k=length)
-            originals.append(text)
+            originals.append((i, text))
             planted = False
-        yield {"id": f"d{i}", "query": " ".join(text), "planted": planted}
+        doc: dict[str, object] = {"id": f"d{i}", "query": " ".join(text), "planted": planted}
+        if copy_of is not None:
+            doc["copy_of"] = copy_of
+        yield doc
 
 
 def write(path: str, n: int, words: int = 250, dup_rate: float = 0.1, seed: int = 0) -> None:
