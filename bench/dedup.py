@@ -169,8 +169,10 @@ def main() -> None:
         ids = [json.loads(line)["id"] for line in open(data)]
         high, low = ground_truth(str(data))
         size_mb = data.stat().st_size / 1e6
-        print(f"corpus: {args.docs} docs of ~{args.words} words ({size_mb:.0f} MB), {len(high)} planted near "
-              f"duplicates with J >= {THRESHOLD + 0.05:.2f}; one core each (taskset -c 0)\n")
+        print(
+            f"corpus: {args.docs} docs of ~{args.words} words ({size_mb:.0f} MB), {len(high)} planted near "
+            f"duplicates with J >= {THRESHOLD + 0.05:.2f}; one core each (taskset -c 0)\n"
+        )
         results = []
         still = [sys.executable, "-m", "still", "dedup", "-q", "--stats", str(work / "stats.json")]
         secs, rss = _run(_pin() + still + [str(data), "-o", str(work / "still.jsonl")])
@@ -183,14 +185,17 @@ def main() -> None:
                 print(f"{name}: skipped (pip install rensa)")
                 continue
             out = work / "out.txt"
-            secs, rss = _run(_pin() + [sys.executable, __file__, "--tool", name, "--input", str(data),
-                                       "--output", str(out)])
+            secs, rss = _run(
+                _pin() + [sys.executable, __file__, "--tool", name, "--input", str(data), "--output", str(out)]
+            )
             kept_ids = set(out.read_text().split()) if out.read_text().strip() else None
             results.append((name, secs, rss, kept_ids))
         base = args.docs / results[0][1]
         print(f"{'tool':38s} {'docs/s':>9s} {'still/x':>8s} {'peak RSS':>9s} {'recall':>7s} {'false drops':>11s}")
-        print("(recall: planted duplicates with J >= 0.85 dropped; false drops: records with J < 0.8 to every"
-              " earlier one dropped; rensa's flags mark both records of a pair)")
+        print(
+            "(recall: planted duplicates with J >= 0.85 dropped; false drops: records with J < 0.8 to every"
+            " earlier one dropped; rensa's flags mark both records of a pair)"
+        )
         for name, secs, rss, kept_ids in results:
             rate = args.docs / secs
             if kept_ids is None:
@@ -201,8 +206,10 @@ def main() -> None:
                 false = str(len(dropped & low))
             print(f"{name:38s} {rate:9.0f} {base / rate:8.2f} {rss:8.0f}M {recall:>7s} {false:>11s}")
         per_million = stats["index_bytes"] / args.docs * 1e6 / 1e6
-        print(f"\nstill dedup index memory: {stats['index_bytes'] / 1e6:.1f} MB for {args.docs} docs "
-              f"= {per_million:.0f} MB per million documents (shingle sets on disk); LSH {stats['lsh']}")
+        print(
+            f"\nstill dedup index memory: {stats['index_bytes'] / 1e6:.1f} MB for {args.docs} docs "
+            f"= {per_million:.0f} MB per million documents (shingle sets on disk); LSH {stats['lsh']}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -148,9 +148,13 @@ class ShingleStore:
         return len(self.offsets) - 1
 
     def append(self, sets: Sequence[np.ndarray]) -> None:
+        if not sets:
+            return
+        end = self.offsets[-1]
         for s in sets:
-            self.file.write(s.astype("<u8", copy=False).tobytes())
-            self.offsets.append(self.offsets[-1] + int(s.size))
+            end += int(s.size)
+            self.offsets.append(end)
+        self.file.write(np.concatenate(sets).astype("<u8", copy=False).tobytes())
         self._dirty = True
 
     def get(self, rep: int) -> np.ndarray:
@@ -502,15 +506,26 @@ class Deduper:
         return self.fields.query(rec) + "\n\u241e\n" + self.fields.response(rec)
 
     def features(self, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
-        """Fill exact keys and shingle sets; return (signatures, band keys) for the block."""
-        exact_hash = xxhash.xxh3_64_intdigest
-        for it in items:
-            it.exact = exact_hash(it.norm.encode("utf-8", "surrogatepass"))
+        """Fill exact keys and shingle sets; return (signatures, band keys) for the block.
+
+        With whitespace collapsed (the default), the exact key is the key of the token sequence,
+        computed with the shingles; otherwise it is xxh3 of the normalised text.
+        """
+        token_keys = self.normalise.collapses_space
+        if token_keys or self.config.near:
+            sets, keys = self.shingler.shingles_and_keys([it.norm for it in items], keys=token_keys)
+            for it, sh in zip(items, sets):
+                it.shingles = sh
+            if token_keys:
+                for it, key in zip(items, keys.tolist()):
+                    it.exact = key
+        if not token_keys:
+            exact_hash = xxhash.xxh3_64_intdigest
+            for it in items:
+                it.exact = exact_hash(it.norm.encode("utf-8", "surrogatepass"))
         if not self.config.near:
             empty = np.empty((len(items), 0), dtype=np.uint32)
             return empty, empty
-        for it, sh in zip(items, self.shingler.shingles([it.norm for it in items])):
-            it.shingles = sh
         sigs = mh.signatures([it.shingles for it in items], self.config.num_perm, self.config.seed)
         return sigs, mh.band_keys(sigs, self.bands, self.rows)
 
@@ -673,7 +688,7 @@ def _make_item(deduper: Deduper, rec: Record, index: int, stats: RunStats) -> tu
     except StillError as exc:
         stats.reject(rec, str(exc).split(": ", 1)[-1] if rec.line else str(exc))
         return None
-    return Item(rec, index, norm=deduper.normalise(text)), text
+    return Item(rec, index, norm=deduper.normalise(text, collapse=False)), text
 
 
 def _emit(deduper: Deduper, items: list[Item], stats: RunStats) -> Iterator[Record]:
@@ -738,7 +753,7 @@ def _dedup_by_priority(records: Iterable[Record], deduper: Deduper, stats: RunSt
             block = []
             for _, _, i in order[start : start + size]:
                 rec = load(i)
-                block.append(Item(rec, i, norm=deduper.normalise(deduper.key_text(rec))))
+                block.append(Item(rec, i, norm=deduper.normalise(deduper.key_text(rec), collapse=False)))
             deduper.decide(block)
             for it in block:
                 it.rec = Record({}, None, it.rec.source, it.rec.line)  # free the parsed copy

@@ -51,15 +51,19 @@ class KeyIndex:
         for run_keys, run_ids in self.runs:
             for t in range(self.tables):
                 q = keys[:, t].astype(self.key_dtype, copy=False)
-                lo = np.searchsorted(run_keys[t], q, side="left")
-                hi = np.searchsorted(run_keys[t], q, side="right")
-                found = np.nonzero(hi > lo)[0]
+                table = run_keys[t]
+                lo = np.searchsorted(table, q, side="left")
+                found = np.flatnonzero(table[np.minimum(lo, table.size - 1)] == q)
                 if found.size == 0:
                     continue
                 any_hit = True
                 row_ids = run_ids[t]
                 for qi in found.tolist():
-                    hits[qi].update(row_ids[lo[qi] : hi[qi]].tolist())
+                    start = stop = int(lo[qi])
+                    key = q[qi]
+                    while stop < table.size and table[stop] == key:
+                        stop += 1
+                    hits[qi].update(row_ids[start:stop].tolist())
         if not any_hit:
             return [[] for _ in range(n)]
         return [sorted(h) for h in hits]

@@ -61,7 +61,13 @@ class Normaliser:
             raise UsageError(f"unknown normalisation step {bad[0]!r} (choose from {', '.join(NORMALISE_STEPS)})")
         return cls(tuple(s for s in NORMALISE_STEPS if s in steps))
 
-    def __call__(self, text: str) -> str:
+    @property
+    def collapses_space(self) -> bool:
+        return "space" in self.steps or "punct" in self.steps
+
+    def __call__(self, text: str, collapse: bool = True) -> str:
+        """Normalise ``text``; ``collapse=False`` skips the whitespace collapse for callers that
+        only split the result into tokens (the tokens are the same)."""
         steps = self.steps
         if "nfkc" in steps and not text.isascii():
             text = unicodedata.normalize("NFKC", text)
@@ -71,7 +77,7 @@ class Normaliser:
             text = _PUNCT.sub(" ", text)
         if "digits" in steps:
             text = _DIGITS.sub("0", text)
-        if "space" in steps or "punct" in steps:
+        if collapse and ("space" in steps or "punct" in steps):
             text = " ".join(text.split())
         return text
 
@@ -95,6 +101,19 @@ def token_hash(token: bytes) -> int:
     for c in token:
         v = (v * _TOKEN_BASE + c + 1) & _M64
     return _fmix64_int(v)
+
+
+_SEQUENCE_BASE = 0x9FB21C651E98DF25  # odd
+_SEQUENCE_LEN = 0xD6E8FEB86659FD93
+
+
+def sequence_key(toks: Sequence[bytes]) -> int:
+    """Reference 64-bit key of a token sequence (the exact-duplicate key when whitespace is
+    collapsed): sum of token_hash(t_i) * C**i plus len * K, mod 2**64, then fmix64."""
+    e = 0
+    for i, tok in enumerate(toks):
+        e = (e + token_hash(tok) * pow(_SEQUENCE_BASE, i, 1 << 64)) & _M64
+    return _fmix64_int((e + len(toks) * _SEQUENCE_LEN) & _M64)
 
 
 def shingle_size(n_tokens: int, ngram: int) -> int:
@@ -173,6 +192,8 @@ class BlockShingler:
         self.ngram = ngram
         self._pow = np.ones(1, dtype=_U64)
         self._inv_pow = np.ones(1, dtype=_U64)
+        self._seq_pow = np.ones(1, dtype=_U64)
+        self._seq_inv = np.ones(1, dtype=_U64)
 
     def _powers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         if self._pow.size < size:
@@ -230,9 +251,31 @@ class BlockShingler:
         counts = np.bincount(owner, minlength=len(encoded)).astype(np.int64)
         return hashes, counts
 
+    def sequence_keys(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per text, :func:`sequence_key` of its tokens, from the block's token hashes at once."""
+        total = hashes.size
+        offsets = np.zeros(counts.size, dtype=np.int64)
+        np.cumsum(counts[:-1], out=offsets[1:])
+        sums = np.zeros(counts.size, dtype=_U64)
+        if total:
+            if self._seq_pow.size < total:
+                size = max(total, 2 * self._seq_pow.size)
+                self._seq_pow = _power_table(_SEQUENCE_BASE, size)
+                self._seq_inv = _power_table(pow(_SEQUENCE_BASE, -1, 1 << 64), size)
+            weighted = hashes * self._seq_pow[:total]
+            nonempty = np.flatnonzero(counts)
+            starts = offsets[nonempty]
+            sums[nonempty] = np.add.reduceat(weighted, starts) * self._seq_inv[starts]
+        return _fmix64(sums + counts.astype(_U64) * _U64(_SEQUENCE_LEN))
+
     def shingles(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per text, the 64-bit hashes of its word n-grams (with repeats)."""
+        return self.shingles_and_keys(texts)[0]
+
+    def shingles_and_keys(self, texts: Sequence[str], keys: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per text, the word n-gram hashes and (with ``keys``) the token-sequence key."""
         hashes, counts = self.token_hashes(texts)
+        seq = self.sequence_keys(hashes, counts) if keys else _EMPTY_U64
         n = self.ngram
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
@@ -253,7 +296,7 @@ class BlockShingler:
                 out[i] = h[start : start + cnt - n + 1]
             elif cnt:
                 out[i] = shingle_hashes(hashes[start : start + cnt], shingle_size(cnt, n))
-        return out
+        return out, seq
 
 
 _EMPTY_U64 = np.empty(0, dtype=_U64)

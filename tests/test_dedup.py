@@ -386,3 +386,21 @@ def test_redis_unreachable_is_a_clear_error() -> None:
 def test_state_and_redis_conflict() -> None:
     res = run_still("dedup --state /tmp/x --redis redis://127.0.0.1:1/0", stdin="", code=2)
     assert "choose one" in res.stderr
+
+
+def test_block_hashes_equal_reference_definitions() -> None:
+    rng = random.Random(4)
+    alphabet = ["a", "bb", "x+1", "é", "\u4e2d\u6587", "=", "longer-token"]
+    texts = ["", " ", "\t lead", "trail \n"] + [
+        " ".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(40)
+    ]
+    shingler = mh.BlockShingler(5)
+    for chunk in (1, 16, 1 << 18):
+        hashes, counts = shingler.token_hashes(texts, chunk_bytes=chunk)
+        assert hashes.tolist() == [mh.token_hash(t) for x in texts for t in mh.tokens(x)]
+        assert counts.tolist() == [len(mh.tokens(x)) for x in texts]
+        keys = shingler.sequence_keys(hashes, counts)
+        assert keys.tolist() == [mh.sequence_key(mh.tokens(x)) for x in texts]
+    # the exact key ignores whitespace runs exactly when whitespace is collapsed
+    assert _run(["a  b c", "a b\tc"], near=False) == _run(["a  b c"], near=False)
+    assert len(_run(["a  b c", "a b\tc"], near=False, normalise=("lower",))) == 2
