@@ -129,3 +129,48 @@ def test_shard_parts_cover_the_input_once() -> None:
         parts += res.lines()
     assert sorted(parts) == sorted(whole)
     run_still("dedup --shard 3/3", stdin=data, code=2)
+
+
+def test_dotted_query_field_and_derived_ids(tmp_path) -> None:
+    rows = [
+        {"meta": {"turns": [{"text": "What is 2+2?"}]}},
+        {"meta": {"turns": [{"text": "what   is 2+2?"}]}},
+        {"meta": {"turns": [{"text": "What is 2+3?"}]}},
+    ]
+    data = "".join(json.dumps(r) + "\n" for r in rows)
+    res = run_still(["dedup", "--exact-only", "--query-field", "meta.turns.0.text"], stdin=data)
+    assert len(res.lines()) == 2
+    clusters = tmp_path / "c.jsonl"
+    run_still(["dedup", "--exact-only", "--query-field", "meta.turns.0.text", "--clusters", str(clusters)], stdin=data)
+    (line,) = clusters.read_text().splitlines()
+    cluster = json.loads(line)
+    # ids derived from the normalised query: the same for both spellings
+    assert cluster["representative"]["id"] == cluster["members"][0]["id"]
+    assert cluster["representative"]["id"].startswith("q") and len(cluster["representative"]["id"]) == 17
+
+
+def test_fields_library_rules() -> None:
+    from still.core.fields import Fields, derive_id
+    from still.core.jsonl import Record
+
+    chat = Record(
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "a1"},
+                {"role": "user", "content": [{"type": "text", "text": "second"}]},
+                {"role": "assistant", "content": "a2"},
+            ]
+        },
+        None,
+        "<t>",
+        1,
+    )
+    fields = Fields()
+    assert fields.query(chat) == "first\n\nsecond"
+    assert fields.response(chat) == "a2"
+    assert fields.record_id(chat) == derive_id("first\n\nsecond")
+    assert derive_id("Hello  World") == derive_id("hello world")
+    problem = Record({"problem": "p", "id": 7}, None, "<t>", 2)
+    assert fields.query(problem) == "p" and fields.record_id(problem) == "7"
