@@ -421,25 +421,30 @@ class RedisIndex:
         conflicts: dict[int, int] = {}
         if not reps:
             return conflicts
-        pipe = self.client.pipeline()
+        # One transaction per block: a representative's size, key and shingles exist before any
+        # other worker can learn its number from the exact-key claim or the LSH.
+        pipe = self.client.pipeline(transaction=True)
         for rep, it in zip(reps, items):
+            pipe.hsetnx(self.k_members, str(rep), 1)
+            pipe.hset(self.k_repkey, str(rep), str(it.exact))
+            pipe.hset(self.k_shingles, str(rep), it.shingles.astype("<u8").tobytes())
             pipe.hsetnx(self.k_exact, str(it.exact), rep)
-        claimed = pipe.execute()
+        claimed = pipe.execute()[3::4]
         losers = [(rep, it) for rep, it, ok in zip(reps, items, claimed) if not ok]
         if losers:
             owners = self.client.hmget(self.k_exact, [str(it.exact) for _, it in losers])
             conflicts = {rep: int(o) for (rep, _), o in zip(losers, owners) if o is not None}
-        pipe = self.client.pipeline()
-        with self.lsh.insertion_session() as session:
-            for row, (rep, it) in enumerate(zip(reps, items)):
-                if rep in conflicts:
-                    continue
-                pipe.hset(self.k_repkey, str(rep), str(it.exact))
-                pipe.hset(self.k_shingles, str(rep), it.shingles.astype("<u8").tobytes())
-                pipe.hsetnx(self.k_members, str(rep), 1)
-                if self.config.near and it.shingles.size:
-                    session.insert(str(rep), self._minhash(sigs[row]), check_duplication=False)
-        pipe.execute()
+            pipe = self.client.pipeline(transaction=True)
+            for rep in conflicts:
+                pipe.hdel(self.k_members, str(rep))
+                pipe.hdel(self.k_repkey, str(rep))
+                pipe.hdel(self.k_shingles, str(rep))
+            pipe.execute()
+        if self.config.near:
+            with self.lsh.insertion_session() as session:
+                for row, (rep, it) in enumerate(zip(reps, items)):
+                    if rep not in conflicts and it.shingles.size:
+                        session.insert(str(rep), self._minhash(sigs[row]), check_duplication=False)
         return conflicts
 
     def close(self, success: bool) -> None:
@@ -584,9 +589,13 @@ class Deduper:
             sigs[rows_idx] if self.config.near else sigs,
         )
         for it in items:
-            if it.match is not None or it.rep in conflicts:
-                if it.rep in conflicts:  # another worker claimed this exact key first
-                    it.rep, it.jaccard, it.match = conflicts[it.rep], 1.0, "exact"
+            if it.rep in conflicts:
+                # another worker claimed this exact key first: its representative has the same
+                # token sequence, so members keep their similarity and ours becomes an exact copy
+                if it.match is None:
+                    it.jaccard, it.match = 1.0, "exact"
+                it.rep = conflicts[it.rep]
+            if it.match is not None:
                 it.rank = self.index.add_member(it.rep)
             if self.clusters is not None:
                 self._note_cluster(it)

@@ -404,3 +404,19 @@ def test_block_hashes_equal_reference_definitions() -> None:
     # the exact key ignores whitespace runs exactly when whitespace is collapsed
     assert _run(["a  b c", "a b\tc"], near=False) == _run(["a  b c"], near=False)
     assert len(_run(["a  b c", "a b\tc"], near=False, normalise=("lower",))) == 2
+
+
+def test_redis_workers_never_both_keep_an_exact_duplicate(tmp_path: Path, redis_url: str) -> None:
+    import collections
+
+    rows = [json.dumps({"query": f"shared question number {i % 300} about graphs"}) + "\n" for i in range(1200)]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(rows))
+    cmd = [sys.executable, "-m", "still", "dedup", "-q", "--block-size", "16", "--redis", redis_url]
+    cmd += ["--redis-prefix", "t3", str(path)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    kept = [json.loads(line)["query"] for out, _ in outs for line in out.splitlines()]
+    counts = collections.Counter(kept)
+    assert len(counts) == 300 and max(counts.values()) == 1
