@@ -2,7 +2,7 @@
 
 Every record gets two seeded hash priorities: ``qprio = H(seed, id)`` for its query and
 ``rprio = H(seed, id, model, sample_idx, response)`` for the response (xxh3-64). A selection of
-"N records" keeps the N lowest keys ``(qprio, rprio, H(raw line))`` of its stratum in a bounded
+"N records" keeps the N lowest keys ``(qprio, rprio)`` (exact ties: by raw bytes) of its stratum in a bounded
 max-heap (bottom-k), so the kept set depends only on the set of input records and the seed, never
 on their order or chunking. ``--per-query K`` caps how many responses of one query a stratum keeps
 (the K lowest ``rprio``); since all responses of a query share ``qprio``, queries enter whole.
@@ -241,7 +241,12 @@ class SampleConfig:
 
 
 class _Stratum:
-    """Bottom-k of one stratum with an optional per-query cap (all keys: lower is better)."""
+    """Bottom-k of one stratum with an optional per-query cap (all keys: lower is better).
+
+    Entries are ``[negkey, raw, qkey, alive]`` in a min-heap, i.e. a max-heap on the key, so
+    ``heap[0]`` is the worst kept record. Equal keys (the same id, model, sample_idx and
+    response) are ordered by their raw bytes, so even exact ties never depend on input order.
+    """
 
     __slots__ = ("label", "target", "cap", "heap", "per_query", "alive", "dead", "evict_reason")
 
@@ -249,47 +254,52 @@ class _Stratum:
         self.label = label
         self.target = target
         self.cap = cap
-        # max-heap via negated keys: entries are [negkey, qkey, raw, alive]
         self.heap: list[list[Any]] = []
         self.per_query: dict[Any, list[tuple[Any, ...]]] = {}
         self.alive = 0
         self.dead = 0
         self.evict_reason = evict_reason
 
-    def worst(self) -> tuple[Any, ...] | None:
+    def worst(self) -> list[Any] | None:
         heap = self.heap
         while heap and not heap[0][3]:
             heapq.heappop(heap)
             self.dead -= 1
-        return heap[0][0] if heap else None
+        return heap[0] if heap else None
 
-    def offer(self, key: tuple[Any, ...], qkey: Any, raw: bytes, stats: RunStats) -> None:
+    def rejects_prefix(self, neg_prefix: tuple[Any, ...]) -> bool:
+        """True when every key starting with this (negated) prefix is worse than the worst kept."""
+        if self.alive < self.target:
+            return False
+        worst = self.worst()
+        return worst is not None and neg_prefix < worst[0][: len(neg_prefix)]
+
+    def offer(self, neg: tuple[Any, ...], qkey: Any, raw: bytes, stats: RunStats) -> None:
         if self.target == 0:
             stats.drop(self.evict_reason)
             return
-        neg = tuple(-x for x in key)
         if self.alive >= self.target:
             worst = self.worst()
-            if worst is not None and neg <= worst:  # key >= the worst kept key
+            if worst is not None and (neg, raw) <= (worst[0], worst[1]):  # key >= the worst kept key
                 stats.drop(self.evict_reason)
                 return
-        entry = [neg, qkey, raw, True]
+        entry = [neg, raw, qkey, True]
         if self.cap is not None:
             group = self.per_query.get(qkey)
             if group is None:
                 group = self.per_query[qkey] = []
             if len(group) >= self.cap:
-                # group holds (negkey, id, entry) as a max-heap on key; [0] is the query's worst
-                if neg <= group[0][0]:
+                # group holds (negkey, raw, entry): [0] is the query's worst kept response
+                if (neg, raw) <= group[0][:2]:
                     stats.drop("per-query limit")
                     return
-                _, _, old = heapq.heapreplace(group, (neg, id(entry), entry))
+                old = heapq.heapreplace(group, (neg, raw, entry))[2]
                 old[3] = False
                 self.alive -= 1
                 self.dead += 1
                 stats.drop("per-query limit")
             else:
-                heapq.heappush(group, (neg, id(entry), entry))
+                heapq.heappush(group, (neg, raw, entry))
         heapq.heappush(self.heap, entry)
         self.alive += 1
         if self.alive > self.target:
@@ -298,11 +308,12 @@ class _Stratum:
             self.alive -= 1
             stats.drop(self.evict_reason)
             if self.cap is not None:
-                group = self.per_query[evicted[1]]
-                # the stratum's worst entry is also the worst of its own query (shared qprio prefix)
+                group = self.per_query[evicted[2]]
+                # the stratum's worst entry is also the worst of its own query (keys share the
+                # query prefix), so it sits at group[0]
                 heapq.heappop(group)
                 if not group:
-                    del self.per_query[evicted[1]]
+                    del self.per_query[evicted[2]]
         if self.dead > 1024 and self.dead > self.alive:
             self.heap = [e for e in self.heap if e[3]]
             heapq.heapify(self.heap)
@@ -310,18 +321,20 @@ class _Stratum:
 
     def selected(self) -> list[bytes]:
         live = [e for e in self.heap if e[3]]
-        live.sort(key=lambda e: e[0], reverse=True)  # ascending key = descending negkey
-        return [e[2] for e in live]
+        live.sort(reverse=True)  # ascending key = descending (negkey, raw)
+        return [e[1] for e in live]
 
 
-@dataclass
 class _Prepared:
     """Per-record values computed once."""
 
-    rec: Record
-    rid: str
-    qprio: int
-    qs: QueryStats | None
+    __slots__ = ("rec", "rid", "qprio", "qs")
+
+    def __init__(self, rec: Record, rid: str, qprio: int, qs: QueryStats | None) -> None:
+        self.rec = rec
+        self.rid = rid
+        self.qprio = qprio
+        self.qs = qs
 
 
 class Sampler:
@@ -337,15 +350,23 @@ class Sampler:
         self.strata: dict[tuple[str, ...], _Stratum] | None = None
         if targets is not None:
             reason = "quota full" if config.quota else "not selected"
-            self.strata = {
-                key: _Stratum("/".join(key) or "all", t, self.cap, reason) for key, t in targets.items()
-            }
+            self.strata = {key: _Stratum("/".join(key) or "all", t, self.cap, reason) for key, t in targets.items()}
         self.thresholds = dict(config.pass_thresholds)
         if config.preset == "deepdistill-stage2" and "*" not in config.cv_threshold:
             # Stage II: one uniform pass threshold of 0.99
             self.thresholds = {"*": 0.99}
         self.band_cut: _BandCut | None = None
         self.model: str | None = config.model
+        self._paths: tuple[str, str] | None = None
+        self._get_pr = path_getter(config.pass_rate_field or "grade")
+        self._get_cv = path_getter(config.cv_field or "grade")
+        self._get_category = path_getter(config.category_field)
+        self._get_level = path_getter(config.level_field)
+        self._get_quota = path_getter(config.quota_field) if config.quota_field else None
+        self._get_score = path_getter(config.score_field)
+        # 2: required, 1: used when present, 0: not needed
+        self._need_pr = 2 if (config.pass_rate_band is not None or config.preset is not None) else 0
+        self._need_cv = bool(config.cv_min) or config.preset in ("deepdistill-stage1", "deepdistill-stage2")
         self.out_counts: Counter[str] = Counter()
         self.level_counts: Counter[str] = Counter()
 
@@ -355,16 +376,18 @@ class Sampler:
 
     def rprio(self, rec: Record, rid: str) -> int:
         data = rec.data
-        try:
-            response = self.config.fields.response(rec)
-        except BadInput:
-            response = ""
+        response = data.get("response") if self.config.fields.response_path is None else None
+        if type(response) is not str:
+            try:
+                response = self.config.fields.response(rec)
+            except BadInput:
+                response = ""
         parts = (rid, str(data.get("model", "")), str(data.get("sample_idx", "")), response)
         return _H(self.seed_prefix + "\x1f".join(parts).encode("utf-8", "surrogatepass"))
 
     # ---- per-record fields ---------------------------------------------------------------------
     def category(self, rec: Record) -> str:
-        value = get_path(rec.data, self.config.category_field)
+        value = self._get_category(rec.data)
         return "" if is_missing(value) or value is None else value_key(value)
 
     def threshold(self, category: str) -> float:
@@ -374,16 +397,18 @@ class Sampler:
         return t
 
     def score(self, rec: Record) -> float:
-        value = get_path(rec.data, self.config.score_field)
+        value = self._get_score(rec.data)
         if is_missing(value) or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadInput(rec.source, rec.line, f"no numeric {self.config.score_field} (needed for pass rate / CV)")
         return float(value)
 
-    def _grade_path(self, rec: Record, what: str) -> str:
-        explicit = self.config.pass_rate_field if what == "pass_rate" else self.config.cv_field
-        if explicit:
-            return explicit
-        if self.model is None:
+    def _grade_paths(self, rec: Record) -> tuple[str, str]:
+        """The pass-rate and CV paths, resolving the model from the first graded record."""
+        if self._paths is not None:
+            return self._paths
+        cfg = self.config
+        needs_model = (self._need_pr and cfg.pass_rate_field is None) or (self._need_cv and cfg.cv_field is None)
+        if needs_model and self.model is None:
             grade = rec.data.get("grade")
             if isinstance(grade, dict) and len(grade) == 1:
                 self.model = next(iter(grade))
@@ -391,27 +416,32 @@ class Sampler:
                 raise UsageError(f"{rec.where}: grade has several models ({', '.join(grade)}); choose one with --model")
             else:
                 raise BadInput(rec.source, rec.line, "no grade field (run `still grade`, or give --pass-rate-field)")
-        return f"grade.{self.model}.{what}"
+        self._paths = (
+            cfg.pass_rate_field or f"grade.{self.model}.pass_rate",
+            cfg.cv_field or f"grade.{self.model}.cv",
+        )
+        self._get_pr = path_getter(self._paths[0])
+        self._get_cv = path_getter(self._paths[1])
+        return self._paths
 
     def grade_stats(self, rec: Record) -> QueryStats:
-        def num(what: str, required: bool) -> float | None:
-            path = self._grade_path(rec, what)
-            value = get_path(rec.data, path)
-            if is_missing(value) or value is None:
-                if required:
-                    raise BadInput(rec.source, rec.line, f"no {path}")
-                return None
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise BadInput(rec.source, rec.line, f"{path} is not a number: {value!r}")
-            return float(value)
-
-        cfg = self.config
-        need_pr = cfg.pass_rate_band is not None or cfg.preset is not None
-        need_cv = bool(cfg.cv_min) or cfg.preset in ("deepdistill-stage1", "deepdistill-stage2")
-        pass_rate = num("pass_rate", need_pr)
-        cv = num("cv", False) if need_cv else None
-        if need_cv and cv is None and (pass_rate is None or pass_rate > 0):
-            raise BadInput(rec.source, rec.line, f"no {self._grade_path(rec, 'cv')}")
+        pr_path, cv_path = self._grade_paths(rec)
+        data = rec.data
+        pass_rate: float | None = None
+        cv: float | None = None
+        if self._need_pr:
+            value = self._get_pr(data)
+            if type(value) is float or type(value) is int:
+                pass_rate = float(value)
+            elif self._need_pr == 2 or not (is_missing(value) or value is None):
+                raise BadInput(rec.source, rec.line, _not_number(pr_path, value))
+        if self._need_cv:
+            value = self._get_cv(data)
+            if type(value) is float or type(value) is int:
+                cv = float(value)
+            elif value is not None:
+                # null is a valid CV: undefined when the mean score is 0
+                raise BadInput(rec.source, rec.line, _not_number(cv_path, value))
         return QueryStats(pass_rate, cv, None if pass_rate is None else pass_rate > 0)
 
     def group_stats(self, group: list[Record]) -> QueryStats:
@@ -530,29 +560,28 @@ class Sampler:
         cfg = self.config
         key: tuple[str, ...] = ()
         if cfg.quota_field:
-            v = get_path(rec.data, cfg.quota_field)
+            v = self._get_quota(rec.data)  # type: ignore[misc]
             if is_missing(v) or v is None:
                 return None
             key += (value_key(v),)
         if cfg.level_weights:
-            v = get_path(rec.data, cfg.level_field)
+            v = self._get_level(rec.data)
             if is_missing(v) or v is None:
                 return None
             key += (value_key(v),)
         return key
 
-    def sort_key(self, p: _Prepared) -> tuple[Any, ...]:
-        rec = p.rec
-        tie = _H(rec.to_bytes())
+    def key_prefix(self, p: _Prepared) -> tuple[Any, ...]:
+        """The query-level part of the negated key: every response of a query shares it."""
         if self.config.preset == "deepdistill-stage2":
             cv = p.qs.cv if p.qs is not None and p.qs.cv is not None else 0.0
-            return (-cv, p.qprio, self.rprio(rec, p.rid), tie)
-        return (p.qprio, self.rprio(rec, p.rid), tie)
+            return (cv, -p.qprio)  # highest CV first, then query priority
+        return (-p.qprio,)
 
     def offer(self, p: _Prepared) -> Record | None:
         """Decide one record; returns it when it is selected on sight (streaming mode)."""
         stats = self.stats
-        if not self.keep(p, stats.drop):
+        if p.qs is not None and not self.keep(p, stats.drop):
             return None
         if self.band_cut is not None:
             verdict = self.band_cut.admit(self.band_value(p.rec), self.rprio(p.rec, p.rid), p, stats)
@@ -569,12 +598,17 @@ class Sampler:
         if stratum is None:
             self.stats.drop("not in quota")
             return None
-        stratum.offer(self.sort_key(p), p.qprio, p.rec.to_bytes(), self.stats)
+        prefix = self.key_prefix(p)
+        if stratum.rejects_prefix(prefix):
+            self.stats.drop(stratum.evict_reason)
+            return None
+        neg = (*prefix, -self.rprio(p.rec, p.rid))
+        stratum.offer(neg, p.qprio, p.rec.to_bytes(), self.stats)
         return None
 
     def count_out(self, rec: Record) -> None:
         self.out_counts[self.category(rec) or "(none)"] += 1
-        lv = get_path(rec.data, self.config.level_field)
+        lv = self._get_level(rec.data)
         self.level_counts["(none)" if is_missing(lv) or lv is None else value_key(lv)] += 1
 
     def finish(self) -> Iterator[Record]:
@@ -622,6 +656,22 @@ class Sampler:
         if self.config.level_weights:
             names.append(self.config.level_field)
         return names
+
+
+def path_getter(path: str) -> Callable[[dict[str, Any]], Any]:
+    """A fast reader for one dotted path (plain keys skip the generic walk)."""
+    if "." not in path:
+        missing = _missing()
+        return lambda data: data.get(path, missing)
+    return lambda data: get_path(data, path)
+
+
+def _missing() -> Any:
+    return get_path({}, "x")
+
+
+def _not_number(path: str, value: Any) -> str:
+    return f"no {path}" if is_missing(value) or value is None else f"{path} is not a number: {value!r}"
 
 
 def _ignore(reason: str) -> None:
