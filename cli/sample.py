@@ -316,12 +316,19 @@ def _print_summary(stats: RunStats) -> None:
         short = f", SHORTFALL {s['shortfall']}" if s["shortfall"] else ""
         lines.append(f"  stratum {label}: selected {s['selected']} of {target}{short}")
     for name, dist in info.get("distribution", {}).items():
-        if dist:
+        if dist and set(dist) != {"(none)"}:
             lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in dist.items()))
     if "band" in info:
         b = info["band"]
-        lines.append(f"  band: kept {b['kept']} of {b['values']} (values {b['from']}..{b['to']})")
+        span = f"{_num(b['from'])}..{_num(b['to'])}"
+        lines.append(f"  band: kept {b['kept']} of {b['values']} (values {span}, ties at the edges by priority)")
     for st in info.get("stages", []):
         lines.append(f"  {st['file']}: {st['records']} records")
     if lines:
         click.echo("still sample:\n" + "\n".join(lines), err=True)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
