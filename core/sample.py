@@ -141,13 +141,15 @@ def coefficient_of_variation(scores: list[float], ddof: int) -> float | None:
     return math.sqrt(var) / mu
 
 
-@dataclass(frozen=True)
 class QueryStats:
     """What a query-level rule needs: pass rate, CV and whether any response passed."""
 
-    pass_rate: float | None
-    cv: float | None
-    any_pass: bool | None
+    __slots__ = ("pass_rate", "cv", "any_pass")
+
+    def __init__(self, pass_rate: float | None, cv: float | None, any_pass: bool | None) -> None:
+        self.pass_rate = pass_rate
+        self.cv = cv
+        self.any_pass = any_pass
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,7 @@ class Sampler:
             # Stage II: one uniform pass threshold of 0.99
             self.thresholds = {"*": 0.99}
         self.band_cut: _BandCut | None = None
+        self.stage2 = config.preset == "deepdistill-stage2"
         self.model: str | None = config.model
         self._paths: tuple[str, str] | None = None
         self._get_pr = path_getter(config.pass_rate_field or "grade")
@@ -454,9 +457,12 @@ class Sampler:
     def with_query_stats(self, records: Iterable[Record]) -> Iterator[_Prepared]:
         """Attach query stats (grade fields, or adjacent verify.score groups) and priorities."""
         fields = self.config.fields
+        get_id = path_getter(fields.id_path)
         if not self.config.needs_query_stats:
             for rec in records:
-                rid = fields.record_id(rec)
+                rid = get_id(rec.data)
+                if type(rid) is not str:
+                    rid = fields.record_id(rec)
                 yield _Prepared(rec, rid, self.qprio(rid), None)
             return
         mode = self.config.query_stats
@@ -470,7 +476,9 @@ class Sampler:
                     or isinstance(rec.data.get("grade"), dict)
                 )
                 mode = "grade" if has_grade else "adjacent"
-            rid = fields.record_id(rec)
+            rid = get_id(rec.data)
+            if type(rid) is not str:
+                rid = fields.record_id(rec)
             if mode == "grade":
                 yield _Prepared(rec, rid, self.qprio(rid), self.grade_stats(rec))
                 continue
@@ -558,6 +566,10 @@ class Sampler:
     # ---- selection -----------------------------------------------------------------------------
     def stratum_key(self, rec: Record) -> tuple[str, ...] | None:
         cfg = self.config
+        if self._get_quota is not None and not cfg.level_weights:
+            v = self._get_quota(rec.data)
+            if type(v) is str:
+                return (v,)
         key: tuple[str, ...] = ()
         if cfg.quota_field:
             v = self._get_quota(rec.data)  # type: ignore[misc]
@@ -598,11 +610,21 @@ class Sampler:
         if stratum is None:
             self.stats.drop("not in quota")
             return None
-        prefix = self.key_prefix(p)
-        if stratum.rejects_prefix(prefix):
-            self.stats.drop(stratum.evict_reason)
-            return None
-        neg = (*prefix, -self.rprio(p.rec, p.rid))
+        if self.stage2:
+            prefix = self.key_prefix(p)
+            if stratum.rejects_prefix(prefix):
+                self.stats.drop(stratum.evict_reason)
+                return None
+            neg: tuple[Any, ...] = (*prefix, -self.rprio(p.rec, p.rid))
+        else:
+            # fast path of rejects_prefix: a full stratum whose worst kept query ranks before this one
+            neg_q = -p.qprio
+            if stratum.alive >= stratum.target and stratum.heap:
+                worst = stratum.heap[0]
+                if worst[3] and neg_q < worst[0][0]:
+                    self.stats.drop(stratum.evict_reason)
+                    return None
+            neg = (neg_q, -self.rprio(p.rec, p.rid))
         stratum.offer(neg, p.qprio, p.rec.to_bytes(), self.stats)
         return None
 
@@ -659,11 +681,24 @@ class Sampler:
 
 
 def path_getter(path: str) -> Callable[[dict[str, Any]], Any]:
-    """A fast reader for one dotted path (plain keys skip the generic walk)."""
+    """A fast reader for one dotted path: plain dict walks inline, anything else (list
+    indices) through :func:`get_path`."""
+    missing = _missing()
     if "." not in path:
-        missing = _missing()
         return lambda data: data.get(path, missing)
-    return lambda data: get_path(data, path)
+    parts = tuple(path.split("."))
+
+    def get(data: dict[str, Any]) -> Any:
+        cur: Any = data
+        for part in parts:
+            if type(cur) is not dict:
+                return get_path(data, path)
+            cur = cur.get(part, missing)
+            if cur is missing:
+                return missing
+        return cur
+
+    return get
 
 
 def _missing() -> Any:
@@ -761,8 +796,9 @@ def run_sample(
         if first_pass is None:
             raise UsageError("a quantile band needs a second reading of the input (pass 1)")
         sampler.first_pass(first_pass)
+    offer = sampler.offer
     for p in sampler.with_query_stats(records):
-        rec = sampler.offer(p)
+        rec = offer(p)
         if rec is not None:
             yield rec
     yield from sampler.finish()
