@@ -136,6 +136,9 @@ def main() -> None:
     t_pd, rss_pd = timed(pandas_cmd)
     print(f"pandas       : {t_pd:7.2f} s  {args.rows / t_pd:10,.0f} rows/s  peak RSS {rss_pd} MiB")
     print(f"ratio        : still is {t_pd / t_still:.2f}x faster, uses {rss_pd / max(rss_still, 1):.1f}x less memory")
+    n_still = sum(1 for _ in open(os.path.join(tmp, "still.jsonl"), "rb"))
+    n_pd = sum(1 for _ in open(os.path.join(tmp, "pandas.jsonl"), "rb"))
+    print(f"selected     : still {n_still}, pandas {n_pd} (same quotas; different random draws)")
     if not args.keep:
         for name in ("rows.jsonl", "still.jsonl", "pandas.jsonl"):
             p = os.path.join(tmp, name)

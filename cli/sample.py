@@ -59,8 +59,8 @@ if TYPE_CHECKING:
 @click.option(
     "--pass-threshold",
     metavar="CAT=T,...",
-    help="A response passes when score > T [default: DeepDistill math/code/if 0.99, science 4.99, "
-    "other/multiturn 0.7, *=0.99].",
+    help="A response passes when score > T [default: DeepDistill math/code/if 0.99, other/multiturn 0.7, "
+    "science 0.998 (its 4.99 of 5, on [0,1] scores), *=0.99].",
 )
 @click.option(
     "--cv-ddof",

@@ -37,12 +37,14 @@ from still.core.fields import Fields, get_path, is_missing
 from still.core.jsonl import Record
 from still.core.stats import RunStats
 
-# DeepDistill §2.4.2: a response passes when verify_score exceeds its category's threshold.
+# DeepDistill §2.4.2: a response passes when verify_score exceeds its category's threshold. The
+# paper scores science 0-5 (pass > 4.99); `verify` scores everything in [0, 1], so science uses
+# 4.99 / 5 = 0.998 here (give --pass-threshold science=4.99 for raw AM-40M science scores).
 DEEPDISTILL_PASS_THRESHOLDS: dict[str, float] = {
     "math": 0.99,
     "code": 0.99,
     "if": 0.99,
-    "science": 4.99,
+    "science": 0.998,
     "other": 0.7,
     "multiturn": 0.7,
     "*": 0.99,

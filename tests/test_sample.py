@@ -227,7 +227,8 @@ def stage_rows() -> list[dict]:
         ("hard-none-pass", "math", [0.0, 0.5, 0.9]),  # max <= 0.99: dropped
         ("challenging", "code", [1.0, 0.0, 0.2, 1.0]),  # CV high: keep only the two passing
         ("easy-math", "math", [1.0, 1.0, 1.0]),  # CV 0: easy, math: dropped
-        ("science-ok", "science", [5.0, 1.0, 2.0]),  # science threshold 4.99: passes once, CV high
+        # science on DeepDistill's 0-5 scale (run with --pass-threshold science=4.99)
+        ("science-ok", "science", [5.0, 1.0, 2.0]),  # passes once, CV high: keep the passing one
         ("science-low", "science", [4.5, 4.0, 4.9]),  # max 4.9 <= 4.99: dropped
     ]
     spec += [(f"easy-other-{i}", "other", [0.8, 0.8]) for i in range(40)]  # > 0.7, CV 0: coin flip
@@ -241,7 +242,7 @@ def stage_rows() -> list[dict]:
 def test_deepdistill_stage1_rules(tmp_path: Path) -> None:
     stats = tmp_path / "s.json"
     res = run_still(
-        f"sample --preset deepdistill-stage1 --cv-threshold *=0.3 --stats {stats}",
+        f"sample --preset deepdistill-stage1 --cv-threshold *=0.3 --pass-threshold science=4.99 --stats {stats}",
         stdin=dump(stage_rows()),
     )
     out = [json.loads(x) for x in res.lines()]
@@ -258,7 +259,10 @@ def test_deepdistill_stage1_rules(tmp_path: Path) -> None:
     assert dropped["failing response of challenging query"] == 2 + 2
     assert dropped["easy query"] == 3 + 2 * (40 - len(easy_kept))
     # the coin is seeded: another seed keeps a different subset of the easy queries
-    other = run_still("sample --preset deepdistill-stage1 --cv-threshold *=0.3 --seed 1", stdin=dump(stage_rows()))
+    other = run_still(
+        "sample --preset deepdistill-stage1 --cv-threshold *=0.3 --pass-threshold science=4.99 --seed 1",
+        stdin=dump(stage_rows()),
+    )
     assert {json.loads(x)["id"] for x in other.lines()} != set(by_id)
     # a category without a CVt is an error naming the line
     res = run_still("sample --preset deepdistill-stage1 --cv-threshold math=0.3", stdin=dump(stage_rows()), code=2)
@@ -385,3 +389,13 @@ def test_memory_stays_flat_on_a_million_rows() -> None:
     large = peak_kib(1_000_000)
     # 10x the rows (~250 MB piped through) may not grow the peak by more than 16 MiB
     assert large - small < 16 * 1024, (small, large)
+
+
+def test_pass_rate_from_adjacent_verify_scores_and_from_grade_agree() -> None:
+    # ROWS carry both: grade.r1.pass_rate and per-response verify.score (passing: > 0.99 in every
+    # domain, science's default 0.998 included)
+    via_grade = run_still("sample --pass-rate 0.5..0.75", stdin=dump(ROWS))
+    stripped = [{k: v for k, v in r.items() if k != "grade"} for r in ROWS]
+    via_scores = run_still("sample --pass-rate 0.5..0.75", stdin=dump(stripped))
+    assert len(via_scores.lines()) == len(via_grade.lines()) > 0
+    assert {json.loads(x)["id"] for x in via_scores.lines()} == {json.loads(x)["id"] for x in via_grade.lines()}
