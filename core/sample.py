@@ -53,6 +53,9 @@ DEEPDISTILL_PASS_THRESHOLDS: dict[str, float] = {
 EASY_KEPT_CATEGORIES = ("other", "multiturn")
 PRESETS = ("deepdistill-stage1", "deepdistill-stage2", "openthoughts")
 _INF = float("inf")
+# How many recently finished queries `--query-stats adjacent` remembers to catch interleaved input
+# (~100 bytes each): round-robin output over up to this many queries is reported, not misread.
+RECENT_GROUPS_CHECKED = 65536
 _H = xxhash.xxh3_64_intdigest
 
 
@@ -470,6 +473,7 @@ class Sampler:
         mode = self.config.query_stats
         group: list[Record] = []
         group_id = ""
+        closed: dict[str, str] = {}  # recently finished queries -> where they started (FIFO)
         for rec in records:
             if mode == "auto":
                 has_grade = (
@@ -486,7 +490,17 @@ class Sampler:
                 continue
             if group and rid != group_id:
                 yield from self._flush_group(group, group_id)
+                closed[group_id] = group[0].where
+                if len(closed) > RECENT_GROUPS_CHECKED:
+                    del closed[next(iter(closed))]
                 group = []
+                if rid in closed:
+                    raise BadInput(
+                        rec.source,
+                        rec.line,
+                        f"query {rid!r} continues after other queries (its lines started at {closed[rid]}); "
+                        "--query-stats adjacent needs each query's lines together: sort by id or run `still grade`",
+                    )
             group_id = rid
             group.append(rec)
         if group:

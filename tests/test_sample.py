@@ -399,3 +399,10 @@ def test_pass_rate_from_adjacent_verify_scores_and_from_grade_agree() -> None:
     via_scores = run_still("sample --pass-rate 0.5..0.75", stdin=dump(stripped))
     assert len(via_scores.lines()) == len(via_grade.lines()) > 0
     assert {json.loads(x)["id"] for x in via_scores.lines()} == {json.loads(x)["id"] for x in via_grade.lines()}
+
+
+def test_adjacent_stats_reject_interleaved_queries() -> None:
+    # round-robin order (sample 0 of every query, then sample 1 ...) would give one-line groups
+    rows = [{"id": f"q{q}", "response": f"{q}/{i}", "verify": {"score": i / 2}} for i in range(3) for q in range(5)]
+    res = run_still("sample --cv-min 0.1", stdin=dump(rows), code=3)
+    assert "<stdin>:6: query 'q0' continues after other queries (its lines started at <stdin>:1)" in res.stderr
