@@ -737,13 +737,16 @@ class _BandCut:
         kept_values = [v for v in sorted(counts) if below[v] < end and below[v] + counts[v] > start]
         self.lo_value = kept_values[0] if kept_values else _INF
         self.hi_value = kept_values[-1] if kept_values else -_INF
-        # per edge value: (skip, take) positions in that value's rprio order, and a bounded heap
-        self.edges: dict[float, tuple[int, int]] = {}
+        # per edge value: keep positions [s, e) of its ties in ascending (rprio, H(line)) order.
+        # "low" keeps the e smallest in a heap and skips s at the end; "high" keeps the
+        # counts - s largest and cuts the tail: whichever heap is smaller.
+        self.edges: dict[float, tuple[int, int, bool, int]] = {}  # value -> (s, e, low, heap size)
         for v in {self.lo_value, self.hi_value} - {_INF, -_INF}:
             s = max(start - below[v], 0)
             e = min(end - below[v], counts[v])
             if (s, e) != (0, counts[v]):
-                self.edges[v] = (s, e)
+                low = e <= counts[v] - s
+                self.edges[v] = (s, e, low, e if low else counts[v] - s)
         self.held: dict[float, list[tuple[int, int, int, _Prepared]]] = {v: [] for v in self.edges}
         self._seq = 0
 
@@ -766,12 +769,13 @@ class _BandCut:
         edge = self.edges.get(value)
         if edge is None:
             return True
-        _, take = edge
+        _, _, low, size = edge
         heap = self.held[value]
         tie = _H(p.rec.to_bytes())
         self._seq += 1
-        item = (-rprio, -tie, self._seq, p)
-        if len(heap) < take:
+        # low: a max-heap on (rprio, tie) keeps the smallest; high: a min-heap keeps the largest
+        item = (-rprio, -tie, self._seq, p) if low else (rprio, tie, self._seq, p)
+        if len(heap) < size:
             heapq.heappush(heap, item)
         elif item[:2] > heap[0][:2]:
             heapq.heapreplace(heap, item)
@@ -781,13 +785,15 @@ class _BandCut:
         return None
 
     def release(self, stats: RunStats) -> Iterator[_Prepared]:
-        for v, (skip, _) in self.edges.items():
-            ordered = sorted(self.held[v], key=lambda t: (-t[0], -t[1]))
+        for v, (s, e, low, _) in self.edges.items():
+            sign = -1 if low else 1
+            ordered = sorted(self.held[v], key=lambda t: (sign * t[0], sign * t[1]))
+            first = s if low else 0
             for i, (_, _, _, p) in enumerate(ordered):
-                if i < skip:
-                    stats.drop("outside band")
-                else:
+                if first <= i < first + (e - s):
                     yield p
+                else:
+                    stats.drop("outside band")
             self.held[v] = []
 
     def describe(self) -> dict[str, Any]:

@@ -406,3 +406,28 @@ def test_adjacent_stats_reject_interleaved_queries() -> None:
     rows = [{"id": f"q{q}", "response": f"{q}/{i}", "verify": {"score": i / 2}} for i in range(3) for q in range(5)]
     res = run_still("sample --cv-min 0.1", stdin=dump(rows), code=3)
     assert "<stdin>:6: query 'q0' continues after other queries (its lines started at <stdin>:1)" in res.stderr
+
+
+def test_band_edges_hold_only_what_they_keep() -> None:
+    from still.core.sample import _BandCut
+
+    # 1000 ties at the lowest value; the top 10% of 1100 (110 rows) takes all 100 higher rows and
+    # 10 of the ties: the edge heap holds 10 ("high" mode), not 1000
+    hist = Counter({5.0: 1000, **{float(10 + i): 1 for i in range(100)}})
+    cut = _BandCut.from_histogram(hist, (0.9, 1.0))
+    assert cut.edges == {5.0: (990, 1000, False, 10)}
+    # a band inside the ties: positions [100, 300) of them: 300 held ("low" mode)
+    cut = _BandCut.from_histogram(Counter({1.0: 1000}), (0.1, 0.3))
+    assert cut.edges == {1.0: (100, 300, True, 300)}
+
+
+def test_band_inside_one_tied_value_is_exact_and_order_free() -> None:
+    rows = [{"id": f"q{i}", "response": f"r{i}", "n_tokens": 7} for i in range(50)]
+    res = run_still("sample --length-band 0.2..0.6", stdin=dump(rows))
+    assert len(res.lines()) == 20
+    res2 = run_still("sample --length-band 0.2..0.6", stdin=dump(rows[::-1]))
+    assert sorted(res2.lines()) == sorted(res.lines())
+    top = run_still("sample --length-top 0.4", stdin=dump(rows))  # positions [30, 50) of the ties
+    low = run_still("sample --length-band 0..0.6", stdin=dump(rows))  # positions [0, 30)
+    assert len(top.lines()) == 20 and len(low.lines()) == 30
+    assert set(top.lines()) | set(low.lines()) == set(dump(rows).splitlines())
