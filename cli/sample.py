@@ -10,7 +10,7 @@ import click
 from still.cli._common import StreamOptions, finish, stream_options
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from still.core.jsonl import Record
     from still.core.stats import RunStats
@@ -242,13 +242,15 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
         max_bytes = int(stream.max_line_mb * 1024 * 1024)
         shard = stream.parsed_shard()
         fields = stream.fields()
-        records = shard_filter(read_records(inputs, stats, stream.policy(), max_bytes), shard, fields, stats)
+        reader = _as_stdin(read_records(inputs, stats, stream.policy(), max_bytes), spooled)
+        records = shard_filter(reader, shard, fields, stats)
         first_pass = None
         if config.band is not None:
             policy = stream.policy()
             quiet_policy = ErrorPolicy("skip") if policy.mode == "quarantine" else policy
             scratch = RunStats("sample")
-            first_pass = shard_filter(read_records(inputs, scratch, quiet_policy, max_bytes), shard, fields, scratch)
+            first_reader = _as_stdin(read_records(inputs, scratch, quiet_policy, max_bytes), spooled)
+            first_pass = shard_filter(first_reader, shard, fields, scratch)
         selected = run_sample(records, config, stats, first_pass)
         if stages is None:
             with AtomicOutput(stream.output) as sink:
@@ -261,12 +263,30 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
     finish(stats, stream)
 
 
+def _as_stdin(records: Iterator[Record], spooled: str | None) -> Iterator[Record]:
+    """Name lines read back from the stdin spool ``<stdin>``, as the user gave them."""
+    if spooled is None:
+        yield from records
+        return
+    from still.core.errors import BadInput
+
+    try:
+        for rec in records:
+            if rec.source == spooled:
+                rec.source = "<stdin>"
+            yield rec
+    except BadInput as exc:
+        if exc.source != spooled:
+            raise
+        raise BadInput("<stdin>", exc.line, exc.message) from None
+
+
 def _write_stages(records: Iterable[Record], prefix: str, n_stages: int, stage_by: str, stats: RunStats) -> None:
     """Spool records per value of ``stage_by``, then write PREFIX.stageK.jsonl (K = 1..N)."""
     import shutil
     import tempfile
 
-    from still.core.errors import BadInput, UsageError
+    from still.core.errors import UsageError
     from still.core.fields import get_path, is_missing
     from still.core.jsonl import AtomicOutput
     from still.core.sample import stage_of_values, value_key
@@ -278,7 +298,8 @@ def _write_stages(records: Iterable[Record], prefix: str, n_stages: int, stage_b
             for rec in records:
                 v = get_path(rec.data, stage_by)
                 if is_missing(v) or v is None:
-                    raise BadInput(rec.source, rec.line, f"no {stage_by} (needed by --stages)")
+                    stats.reject(rec, f"no {stage_by} (needed by --stages)")  # --on-error decides
+                    continue
                 key = value_key(v)
                 if key not in spools:
                     if len(spools) >= 4096:

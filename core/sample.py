@@ -363,6 +363,7 @@ class Sampler:
             # Stage II: one uniform pass threshold of 0.99
             self.thresholds = {"*": 0.99}
         self.band_cut: _BandCut | None = None
+        self.reject: Callable[[Record, str], None] = stats.reject
         self.stage2 = config.preset == "deepdistill-stage2"
         self.model: str | None = config.model
         self._paths: tuple[str, str] | None = None
@@ -467,7 +468,11 @@ class Sampler:
             for rec in records:
                 rid = get_id(rec.data)
                 if type(rid) is not str:
-                    rid = fields.record_id(rec)
+                    try:
+                        rid = fields.record_id(rec)
+                    except BadInput as exc:
+                        self._unusable(rec, exc)
+                        continue
                 yield _Prepared(rec, rid, self.qprio(rid), None)
             return
         mode = self.config.query_stats
@@ -483,10 +488,18 @@ class Sampler:
                 )
                 mode = "grade" if has_grade else "adjacent"
             rid = get_id(rec.data)
-            if type(rid) is not str:
-                rid = fields.record_id(rec)
+            try:
+                if type(rid) is not str:
+                    rid = fields.record_id(rec)
+                if mode == "grade":
+                    qs = self.grade_stats(rec)
+                else:
+                    self.score(rec)  # validated before it joins its group
+            except BadInput as exc:
+                self._unusable(rec, exc)
+                continue
             if mode == "grade":
-                yield _Prepared(rec, rid, self.qprio(rid), self.grade_stats(rec))
+                yield _Prepared(rec, rid, self.qprio(rid), qs)
                 continue
             if group and rid != group_id:
                 yield from self._flush_group(group, group_id)
@@ -574,10 +587,23 @@ class Sampler:
         """Pass 1 for a quantile band: the exact histogram of values among kept records."""
         assert self.config.band is not None
         hist: Counter[float] = Counter()
-        for p in self.with_query_stats(records):
-            if self.keep(p, _ignore):
-                hist[self.band_value(p.rec)] += 1
+        self.reject = _ignore_reject  # pass 2 counts unusable lines once, under --on-error
+        try:
+            for p in self.with_query_stats(records):
+                try:
+                    if self.keep(p, _ignore):
+                        hist[self.band_value(p.rec)] += 1
+                except BadInput as exc:
+                    self._unusable(p.rec, exc)
+        finally:
+            self.reject = self.stats.reject
         self.band_cut = _BandCut.from_histogram(hist, self.config.band)
+
+    def _unusable(self, rec: Record, exc: BadInput) -> None:
+        """A well-formed line this selection cannot use: --on-error decides (fail re-raises)."""
+        if exc.source != rec.source or exc.line != rec.line:
+            raise exc
+        self.reject(rec, exc.message)
 
     # ---- selection -----------------------------------------------------------------------------
     def stratum_key(self, rec: Record) -> tuple[str, ...] | None:
@@ -725,6 +751,10 @@ def _not_number(path: str, value: Any) -> str:
     return f"no {path}" if is_missing(value) or value is None else f"{path} is not a number: {value!r}"
 
 
+def _ignore_reject(rec: Record, message: str) -> None:
+    return None
+
+
 def _ignore(reason: str) -> None:
     return None
 
@@ -820,7 +850,11 @@ def run_sample(
         sampler.first_pass(first_pass)
     offer = sampler.offer
     for p in sampler.with_query_stats(records):
-        rec = offer(p)
+        try:
+            rec = offer(p)
+        except BadInput as exc:
+            sampler._unusable(p.rec, exc)
+            continue
         if rec is not None:
             yield rec
     yield from sampler.finish()

@@ -324,8 +324,9 @@ def test_bad_input_names_source_and_line(tmp_path: Path) -> None:
     bad.write_text('{"id": "a", "grade": {"m": {"pass_rate": 0.5}}}\n{"id": "b", "grade": {"m": {}}}\n')
     res = run_still(f"sample --pass-rate 0..1 {bad}", code=3)
     assert f"{bad}:2: no grade.m.pass_rate" in res.stderr
-    res = run_still("sample -n 1", stdin=b'{"id": 1}\nnot json\n', code=3)
-    assert "<stdin>:2: invalid JSON" in res.stderr
+    for args in ("-n 1", "--length-top 0.5"):  # the band spools stdin to a file: still named <stdin>
+        res = run_still(f"sample {args}", stdin=b'{"id": 1, "n_tokens": 3}\nnot json\n', code=3)
+        assert "<stdin>:2: invalid JSON" in res.stderr
     res = run_still("sample --cv-min 0.1 --query-stats adjacent", stdin=b'{"id": "a", "response": "r"}\n', code=3)
     assert "<stdin>:1: no numeric verify.score" in res.stderr
     res = run_still("sample --quota domain", stdin=b"", code=2)
@@ -431,3 +432,22 @@ def test_band_inside_one_tied_value_is_exact_and_order_free() -> None:
     low = run_still("sample --length-band 0..0.6", stdin=dump(rows))  # positions [0, 30)
     assert len(top.lines()) == 20 and len(low.lines()) == 30
     assert set(top.lines()) | set(low.lines()) == set(dump(rows).splitlines())
+
+
+def test_unusable_lines_follow_on_error(tmp_path: Path) -> None:
+    rows = [{"id": f"q{i}", "response": "r", "n_tokens": i} for i in range(10)]
+    rows[3] = {"id": "q3", "response": "r"}  # no n_tokens
+    data = dump(rows)
+    res = run_still("sample --length-top 0.5", stdin=data, code=3)
+    assert "<stdin>:4: no n_tokens" in res.stderr
+    stats = tmp_path / "s.json"
+    res = run_still(f"sample --length-top 0.5 --on-error skip --stats {stats}", stdin=data)
+    assert sorted(json.loads(x)["n_tokens"] for x in res.lines()) == [5, 6, 7, 8, 9]  # top half of 9
+    info = json.loads(stats.read_text())
+    assert info["errors"] == {"no n_tokens": 1} and info["written"] == 5 and info["read"] == 10
+    quarantine = tmp_path / "bad.jsonl"
+    run_still(
+        f"sample --pass-rate 0..1 --pass-rate-field pr --on-error quarantine={quarantine}",
+        stdin=b'{"id": "a", "pr": 0.5}\n{"id": "b", "pr": "x"}\n',
+    )
+    assert quarantine.read_bytes() == b'{"id": "b", "pr": "x"}\n'
