@@ -343,6 +343,8 @@ def _print_summary(stats: RunStats) -> None:
         b = info["band"]
         span = f"{_num(b['from'])}..{_num(b['to'])}"
         lines.append(f"  band: kept {b['kept']} of {b['values']} (values {span}, ties at the edges by priority)")
+    if "note" in info:
+        lines.append(f"  note: {info['note']}")
     for st in info.get("stages", []):
         lines.append(f"  {st['file']}: {st['records']} records")
     if lines:

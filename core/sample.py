@@ -364,6 +364,8 @@ class Sampler:
             self.thresholds = {"*": 0.99}
         self.band_cut: _BandCut | None = None
         self.reject: Callable[[Record, str], None] = stats.reject
+        self.groups_scored = 0
+        self.nonbinary_scores = False
         self.stage2 = config.preset == "deepdistill-stage2"
         self.model: str | None = config.model
         self._paths: tuple[str, str] | None = None
@@ -455,6 +457,9 @@ class Sampler:
 
     def group_stats(self, group: list[Record]) -> QueryStats:
         scores = [self.score(r) for r in group]
+        self.groups_scored += 1
+        if not self.nonbinary_scores and any(sc != 0.0 and sc != 1.0 for sc in scores):
+            self.nonbinary_scores = True
         thr = self.threshold(self.category(group[0]))
         passed = sum(1 for s in scores if s > thr)
         return QueryStats(passed / len(scores), coefficient_of_variation(scores, self.config.cv_ddof), passed > 0)
@@ -708,6 +713,11 @@ class Sampler:
         }
         if self.band_cut is not None:
             summary["band"] = self.band_cut.describe()
+        if self._need_cv and self.groups_scored and not self.nonbinary_scores:
+            summary["note"] = (
+                "every score was 0 or 1: CV is then a function of the pass rate (sqrt((1-p)/p) with ddof 0) "
+                "and selects nothing a --pass-rate band would not"
+            )
         summary["seed"] = self.config.seed
         if self.config.preset:
             summary["preset"] = self.config.preset

@@ -218,6 +218,9 @@ def test_paper_cv_examples_with_both_ddofs() -> None:
     assert ids(run_still("sample --cv-min 0.6 --cv-ddof 0", stdin=dump(rows))) == []
     assert ids(run_still("sample --cv-min 0.17", stdin=dump(rows))) == ["QB", "QD"]
     assert ids(run_still("sample --cv-min 0.17 --cv-ddof 0", stdin=dump(rows))) == ["QB"]
+    assert "note:" not in run_still("sample --cv-min 0.17", stdin=dump(rows)).stderr
+    binary = [{"id": f"q{i // 4}", "response": str(i), "verify": {"score": float(i % 3 == 0)}} for i in range(40)]
+    assert "CV is then a function of the pass rate" in run_still("sample --cv-min 0.5", stdin=dump(binary)).stderr
 
 
 def stage_rows() -> list[dict]:
