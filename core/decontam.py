@@ -191,7 +191,6 @@ _BYTE_TABLE = bytes(
     (c + 32) if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c >= 128) else 32 for c in range(256)
 )
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
-_TOKEN_BYTES = re.compile(rb"\S+")
 _DIGITS = re.compile(r"\d+")
 _U64 = np.uint64
 _GRAM_MUL = _U64(0x9E3779B97F4A7C15)
@@ -246,47 +245,55 @@ def raw_tokens(text: str) -> list[bytes]:
 _WORD = re.compile(r"[A-Za-z0-9\u0080-\U0010ffff]+")
 
 
-def tokens_with_offsets(text: str) -> list[tuple[str, int, int]]:
-    """Canonical tokens with their [start, end) character offsets in ``text`` (used for spans).
+class _Flat:
+    """A text with its non-ASCII runs replaced as :func:`prepared` does, mapping positions back."""
 
-    The same tokens as :func:`raw_tokens` + :func:`normalise_token`; replaced non-ASCII runs are
-    tracked so every token maps back to the characters it came from.
-    """
-    runs: list[tuple[int, int, int, int]] = []  # (prepared start, original start, prepared len, original len)
-    if text.isascii():
-        flat = text
-    else:
-        parts: list[str] = []
-        size = last = 0
-        for m in _NON_ASCII.finditer(text):
-            parts.append(text[last : m.start()])
-            size += m.start() - last
-            rep = _fix_run(m)
-            runs.append((size, m.start(), len(rep), m.end() - m.start()))
-            parts.append(rep)
-            size += len(rep)
-            last = m.end()
-        parts.append(text[last:])
-        flat = "".join(parts)
-    starts = [r[0] for r in runs]
+    def __init__(self, text: str) -> None:
+        # (prepared start, original start, prepared length, original length) per replaced run
+        self.runs: list[tuple[int, int, int, int]] = []
+        if text.isascii():
+            self.text = text
+        else:
+            parts: list[str] = []
+            size = last = 0
+            for m in _NON_ASCII.finditer(text):
+                parts.append(text[last : m.start()])
+                size += m.start() - last
+                rep = _fix_run(m)
+                self.runs.append((size, m.start(), len(rep), m.end() - m.start()))
+                parts.append(rep)
+                size += len(rep)
+                last = m.end()
+            parts.append(text[last:])
+            self.text = "".join(parts)
+        self.starts = [r[0] for r in self.runs]
 
-    def original(pos: int, is_end: bool) -> int:
-        k = bisect.bisect_right(starts, pos) - 1
+    def original(self, pos: int, is_end: bool) -> int:
+        k = bisect.bisect_right(self.starts, pos) - 1
         if k < 0:
             return pos
-        p_start, o_start, p_len, o_len = runs[k]
+        p_start, o_start, p_len, o_len = self.runs[k]
         if pos < p_start + p_len or (is_end and pos == p_start + p_len):
             return o_start + o_len if is_end else o_start
         return pos - p_start - p_len + o_start + o_len
 
+    def word_spans(self) -> list[tuple[int, int]]:
+        """[start, end) in the replaced text of every raw token, in :func:`raw_tokens` order."""
+        return [m.span() for m in _WORD.finditer(self.text)]
+
+
+def tokens_with_offsets(text: str) -> list[tuple[str, int, int]]:
+    """Canonical tokens with their [start, end) character offsets in ``text``.
+
+    The same tokens as :func:`raw_tokens` + :func:`normalise_token`; a token next to replaced
+    non-ASCII characters may take them into its span.
+    """
+    flat = _Flat(text)
     out: list[tuple[str, int, int]] = []
-    for word in _WORD.finditer(flat):
-        canon = normalise_token(word.group().lower())
+    for a, b in flat.word_spans():
+        canon = normalise_token(flat.text[a:b].lower())
         if canon is not None:
-            if runs:
-                out.append((canon, original(word.start(), False), original(word.end(), True)))
-            else:
-                out.append((canon, word.start(), word.end()))
+            out.append((canon, flat.original(a, False), flat.original(b, True)))
     return out
 
 
@@ -775,7 +782,7 @@ class Matcher:
         self.token_h = index.vocab_hashes
         self._exact: dict[Any, int] = {}
         self._masked: dict[Any, int] = {}
-        self._item_cache: dict[tuple[str, int], tuple[list[int], list[float], float]] = {}
+        self._item_cache: dict[tuple[str, int], tuple[dict[int, float], float]] = {}
         self._anchor_raw: set[bytes] = set()
         self._compile()
 
@@ -996,23 +1003,25 @@ class Matcher:
         exact = exact if exact is not None else self.exact_ids(raws)
         return self._score(text, raws, exact, masked, cands, field_name)
 
-    def _item_grams(self, method: str, i: int) -> tuple[list[int], list[float], float]:
-        """An item's grams, their weights and the weights' total (cached: items recur)."""
+    def _item_grams(self, method: str, i: int) -> tuple[dict[int, float], float]:
+        """An item's grams with their weights, and the weights' total (cached: items recur)."""
         key = (method, i)
         got = self._item_cache.get(key)
         if got is None:
             grams, weights = self.tables[method].item(i)
-            got = self._item_cache[key] = (grams.tolist(), weights.tolist(), float(weights.sum()))
+            got = self._item_cache[key] = (
+                dict(zip(grams.tolist(), weights.tolist(), strict=True)),
+                float(weights.sum()),
+            )
         return got
 
-    def _offsets(self, text: str, raws: list[bytes]) -> list[tuple[int, int]]:
-        """[start, end) of each kept token; ASCII text reuses the fast tokens (bytes == chars)."""
-        if not text.isascii():
-            return [(a, b) for _, a, b in tokens_with_offsets(text)]
-        spans = [m.span() for m in _TOKEN_BYTES.finditer(prepared(text))]
-        if len(spans) == len(raws) and _DROPPED in map(self._exact.__getitem__, raws):
-            spans = [sp for sp, r in zip(spans, raws, strict=True) if self._exact[r] != _DROPPED]
-        return spans
+    def _token_spans(self, text: str, raws: list[bytes]) -> tuple[_Flat, list[tuple[int, int]]]:
+        """The kept tokens' [start, end) in the replaced text, and the map back to ``text``."""
+        flat = _Flat(text)
+        spans = flat.word_spans()
+        if _DROPPED in map(self._exact.__getitem__, raws):
+            spans = [sp for sp, r in zip(spans, raws, strict=False) if self._exact[r] != _DROPPED]
+        return flat, spans
 
     def _score(
         self, text: str, raws: list[bytes], exact: list[int], masked: list[int], cands: list[int], field_name: str
@@ -1021,8 +1030,8 @@ class Matcher:
         sequences = {"exact": th[np.array(exact, dtype=np.int64)]}
         positions = np.empty(0, dtype=np.int64)
         record_grams: dict[tuple[str, int], tuple[list[int], set[int]]] = {}
-        offsets: list[tuple[int, int]] | None = None
         hits: list[Hit] = []
+        token_spans: tuple[_Flat, list[tuple[int, int]]] | None = None
         for i in cands:
             best: tuple[float, str, set[int], list[int], int] | None = None
             for method in METHODS:
@@ -1031,7 +1040,7 @@ class Matcher:
                 n = int(self.tables[method].n[i])
                 if n <= 0:
                     continue
-                grams, weights, total = self._item_grams(method, i)
+                weights, total = self._item_grams(method, i)
                 if total <= 0.0:
                     continue
                 kind = "digits" if method == "digits" else "exact"
@@ -1042,16 +1051,19 @@ class Matcher:
                 if rec is None:
                     listed = gram_hashes(sequences[kind], n).tolist()
                     rec = record_grams[(kind, n)] = (listed, set(listed))
-                found = [(g, w) for g, w in zip(grams, weights, strict=True) if g in rec[1]]
-                score = sum(w for _, w in found) / total
+                found = rec[1].intersection(weights)
+                found_w = list(map(weights.__getitem__, found))
+                score = sum(found_w) / total
                 if method == "ngram":  # an n-gram of this item only (df 1), not shared boilerplate
-                    fired = any(w >= 1.0 for _, w in found)
+                    fired = max(found_w, default=0.0) >= 1.0
                 elif method == "containment":
                     fired = score >= self.params.containment - 1e-9
                 else:
                     fired = score >= self.params.digits - 1e-9
                 if fired and (best is None or score > best[0] + 1e-9):
-                    best = (score, method, {g for g, w in found if w > 0}, rec[0], n)
+                    best = (score, method, {g for g, w in zip(found, found_w, strict=True) if w > 0}, rec[0], n)
+                    if score >= 1.0 - 1e-9:  # nothing scores higher
+                        break
             if best is None:
                 continue
             score, method, matched, rec_list, n = best
@@ -1060,9 +1072,14 @@ class Matcher:
             if method == "digits":
                 first = int(positions[first])
                 last = int(positions[last + 1]) - 1 if last + 1 < positions.size else len(exact) - 1
-            if offsets is None:
-                offsets = self._offsets(text, raws)
-            span = (offsets[first][0], offsets[last][1]) if last < len(offsets) else (0, len(text))
+            if token_spans is None:
+                token_spans = self._token_spans(text, raws)
+            flat, spans = token_spans
+            span = (
+                (flat.original(spans[first][0], False), flat.original(spans[last][1], True))
+                if last < len(spans)
+                else (0, len(text))
+            )
             hits.append(Hit(int(self.index.item_bench[i]), i, method, score, span, field_name))
         return hits
 
