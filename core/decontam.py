@@ -9,9 +9,10 @@ How it works (README "still decontam" has the user-facing version):
   scripts go through NFKC and common maths symbols become their LaTeX names (``×`` is ``times``).
 * **Index.** Each benchmark item becomes a sequence of token ids; tokens are stored only as 64-bit
   xxh3 hashes, so an index file holds no benchmark text.
-* **Candidates.** Every record is cut into word 5-grams with numbers masked; a 5-gram that occurs in
-  an item (and is not boilerplate) makes that item a candidate. This is one Python set probe per
-  5-gram, the only per-record cost for the clean majority.
+* **Candidates.** Every record is cut into word 5-grams with numbers masked; an item sharing enough
+  of its (non-boilerplate) 5-grams becomes a candidate. This is one set probe per 5-gram, the only
+  per-record cost for the clean majority. Short items are probed by their exact tokens when their
+  rarest token occurs.
 * **Methods** scored on candidates only (each can be switched off, and each hit names its method):
   ``ngram``: the record shares at least one word n-gram found in this item only, n adapted to the
   item's length (n = L for items under 8 tokens, else min(13, max(8, L // 3))); ``containment``: the
@@ -61,7 +62,7 @@ BENCH_FIELDS = ("problem", "question", "prompt", "query", "text")
 ITEM_ID_FIELDS = ("id", "unique_id", "task_id", "question_id", "problem_id")
 
 SEED_N = 5  # candidate and containment gram size
-SEED_STRIDE = 2  # records probe every SEED_STRIDE-th 5-gram for candidates
+SEED_STRIDE = 1  # records probe every SEED_STRIDE-th 5-gram (2 is faster but misses more short items)
 MIN_ITEM_TOKENS = 3  # shorter items can only match a record that is nothing but the item
 NGRAM_MIN = 8
 NGRAM_MAX = 13
@@ -804,8 +805,8 @@ class Matcher:
         self.lengths = np.array([x.size for x in items], dtype=np.int64)
         boiler = self._boilerplate_ids()
 
-        # Stage 1: masked 5-grams -> items, boilerplate removed. Records probe every other 5-gram,
-        # so an item is found this way only if both parities of its 5-grams have two seeds.
+        # Stage 1: masked 5-grams -> items, boilerplate removed. When records probe only every
+        # k-th 5-gram, an item is found this way only if each offset class has two seeds.
         df: Counter[tuple[int, ...]] = Counter()
         item_grams: list[list[tuple[int, ...]]] = []
         for toks in items:
@@ -841,6 +842,7 @@ class Matcher:
         self.anchors: set[int] = set()
         self.anchor_items: dict[int, list[int]] = {}
         self.anchor_sets: dict[int, frozenset[int]] = {}
+        self.anchor_masked: dict[int, frozenset[int]] = {}
         self.whole: dict[tuple[int, ...], list[int]] = {}
         token_df = Counter(int(t) for toks in items for t in set(toks.tolist()))
         exact_df: Counter[tuple[int, ...]] = Counter()
@@ -859,6 +861,7 @@ class Matcher:
             exact_df.update(exact_grams[i])
             self.anchor_items.setdefault(anchor, []).append(i)
             self.anchor_sets[i] = frozenset(toks)
+            self.anchor_masked[i] = frozenset(int(mask_of[t]) for t in toks)
         for i, item_exact in exact_grams.items():
             kept = [g for g in item_exact if exact_df[g] <= p.max_df]
             for g in kept:
@@ -895,14 +898,15 @@ class Matcher:
 
     def _anchor_class(self, token: int, df: int) -> int:
         """How common a token is likely to be in any text (lower is rarer): a word of 4+ letters
-        that few items use, then a number of 3+ digits, then other words, then small numbers."""
+        that few items use, then a number of 3+ digits, then the rest (items anchored only by
+        these are matched whole: probing for them would cost most records)."""
         length = int(self.index.token_len[token])
         is_number = int(self.index.mask_of[token]) == NUM
         if not is_number and length >= 4 and df <= 5:
             return 0
         if is_number and length >= 3:
             return 1
-        return 2 if not is_number and length >= 3 else 3
+        return 2
 
     def _table(self, seqs: list[np.ndarray], sizes: np.ndarray) -> _GramTable:
         per_item = [
@@ -961,14 +965,13 @@ class Matcher:
         """Items worth scoring (and the exact ids when they were needed to find them).
 
         An item is a candidate when the record shares enough of its non-boilerplate masked
-        5-grams (the record probes every other one: two of them, three for long items). Items
-        with too few such seeds are probed by their exact 5-grams when their rarest token occurs.
+        5-grams (3, or 30% of them for long items, at most 6). Items with fewer than two such
+        seeds are probed by their exact 5-grams when their rarest token occurs.
         """
         found: set[int] = set()
         if len(masked) >= SEED_N:
             table = self.seed_table
-            # Probe every other 5-gram (decon samples every 10th token): an embedded question
-            # still shows half of its 5-grams, at a third of the cost of building all of them.
+            # SEED_STRIDE > 1 probes every k-th 5-gram only (decon samples every 10th token).
             step = SEED_STRIDE
             grams = zip(
                 masked[::step], masked[1::step], masked[2::step], masked[3::step], masked[4::step], strict=False
@@ -980,11 +983,21 @@ class Matcher:
                 found.update(i for i, c in counts.items() if c >= need[i])
         exact: list[int] | None = None
         if self._anchor_raw and not self._anchor_raw.isdisjoint(raws):
-            exact = self.exact_ids(raws)
-            present = set(exact)
-            # Probe only when every token of an anchored item occurs somewhere in the record.
-            ready = {i for a in self.anchors & present for i in self.anchor_items[a] if self.anchor_sets[i] <= present}
+            # Probe only when every token of an anchored item occurs somewhere in the record
+            # (numbers compared masked first: cheap, and most records stop here).
+            present = set(masked)
+            items_of = self.anchor_items
+            ready = {
+                i
+                for raw in self._anchor_raw.intersection(raws)
+                for i in items_of[self._exact[raw]]
+                if self.anchor_masked[i] <= present
+            }
             if ready:
+                exact = self.exact_ids(raws)
+                present_exact = set(exact)
+                ready = {i for i in ready if self.anchor_sets[i] <= present_exact}
+            if ready and exact is not None:
                 exact_counts: Counter[int] = Counter()
                 for n in self.exact_sizes:
                     probe = set(zip(*(exact[k:] for k in range(n)), strict=False))
