@@ -277,3 +277,16 @@ def test_help():
     for opt in ("--against", "--index", "--fields", "--mark", "--report", "--methods", "--bench-field"):
         assert opt in run_help
     assert "-o, --output DIR" in run_still(["decontam", "index", "build", "--help"]).out
+
+
+def test_spans_cover_the_question_with_latex_and_unicode_around(matcher):
+    problem = bench_rows("gsm8k_test")[1]["question"]  # "A robe takes 2 bolts of blue fiber ..."
+    for before, after in (
+        ("Résumé — « café » first. $\\left( x \\right)$ then: ", " ✓ done."),
+        ("\\displaystyle Plain ASCII prefix \\left[ ", " \\right] and a tail."),
+    ):
+        text = before + problem + after
+        hits = matcher.match(text)
+        assert len(hits) == 1
+        start, end = hits[0].span
+        assert text[start:end] == problem.rstrip("?")
