@@ -98,7 +98,7 @@ _GROUP = cast(click.Group, command)
     type=float,
     default=0.5,
     show_default=True,
-    help="`containment` fires at this IDF-weighted fraction of the question's 5-grams.",
+    help="`containment` fires at this 1/df-weighted fraction of the question's 5-grams.",
 )
 @click.option(
     "--digits",

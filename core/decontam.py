@@ -16,7 +16,7 @@ How it works (README "still decontam" has the user-facing version):
 * **Methods** scored on candidates only (each can be switched off, and each hit names its method):
   ``ngram``: the record shares at least one word n-gram found in this item only, n adapted to the
   item's length (n = L for items under 8 tokens, else min(13, max(8, L // 3))); ``containment``: the
-  IDF-weighted fraction of the item's 5-grams present in the record is at least a threshold (a
+  1/df-weighted fraction of the item's 5-grams present in the record is at least a threshold (a
   question embedded in a longer prompt scores 1.0); ``digits``: the same fraction on number-masked
   tokens (runs of numbers collapse to one), for items long enough to be specific without their
   numbers (Light-R1 found MATH-500 items that differ from training data only in numbers).
