@@ -685,11 +685,15 @@ class DecontamIndex:
                 )
             manifest = self.manifest(_file_sha256(arrays))
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            old: Path | None = None
             if directory.exists():
                 if not (directory / "manifest.json").exists():
                     raise UsageError(f"{directory} exists and is not a decontam index; not replacing it")
-                shutil.rmtree(directory)
+                old = parent / f".{directory.name}.old-{os.getpid()}"
+                os.replace(directory, old)  # the old index goes only once the new one is in place
             os.replace(tmp, directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

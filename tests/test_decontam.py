@@ -214,6 +214,9 @@ def test_index_build_reuse_round_trip_and_manifest(tmp_path):
     (idx / "index.npz").write_bytes(b"corrupt")
     bad = run_still(["decontam", "--index", str(idx)], stdin=data, code=2)
     assert "checksum" in bad.stderr
+    run_still(["decontam", "index", "build", "-q", "--against", paths, "-o", str(idx)])  # replaces it
+    assert run_still(["decontam", "--mark", "--index", str(idx)], stdin=data).stdout == fresh.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
 def test_output_is_deterministic():
