@@ -69,6 +69,7 @@ NGRAM_MAX = 13
 DIGITS_MIN_TOKENS = 10  # masked tokens an item needs for the digit-agnostic method
 DIGITS_MIN_WORDS = 6  # of which words (not numbers)
 
+RECENT_TEXTS = 4096  # results remembered by text (queries repeat once per response)
 UNK = 0  # a token that no benchmark item contains
 NUM = 1  # every number, in the masked view
 NUM_TOKEN = "#"
@@ -789,6 +790,7 @@ class Matcher:
         self._masked: dict[Any, int] = {}
         self._item_cache: dict[tuple[str, int], tuple[dict[int, float], float]] = {}
         self._anchor_raw: set[bytes] = set()
+        self._recent: dict[tuple[str, str], list[Hit]] = {}
         self._compile()
 
     # -- compiling ----------------------------------------------------------------------------
@@ -1013,6 +1015,19 @@ class Matcher:
         return sorted(found), exact
 
     def match(self, text: str, field_name: str = "query") -> list[Hit]:
+        """Benchmark items found in ``text``. Distillation data repeats each query once per
+        response, so the last few thousand results are remembered by text."""
+        key = (text, field_name)
+        cached = self._recent.get(key)
+        if cached is not None:
+            return cached
+        hits = self._match_uncached(text, field_name)
+        if len(self._recent) >= RECENT_TEXTS:
+            del self._recent[next(iter(self._recent))]
+        self._recent[key] = hits
+        return hits
+
+    def _match_uncached(self, text: str, field_name: str = "query") -> list[Hit]:
         raws, masked = self.token_ids(text)
         cands, exact = self.candidates(raws, masked)
         if not cands:
