@@ -206,8 +206,10 @@ def normalise_token(token: str) -> str | None:
     if token in DROP_TOKENS:
         return None
     token = ALIASES.get(token, token)
-    if token.isdigit() and token[0] == "0":
-        token = token.lstrip("0") or "0"
+    if token[0] == "0" and len(token) > 1:  # zero padding: "023" is "23", "04r" is "4r"
+        digits = _DIGITS.match(token)
+        assert digits is not None
+        token = (digits.group().lstrip("0") or "0") + token[digits.end() :]
     return token
 
 

@@ -87,6 +87,7 @@ def test_normalisation_ignores_latex_spacing_punctuation_and_zero_padding():
     ):
         assert canonical_tokens(variant) == base, variant
     assert canonical_tokens("3 × 4 ≤ 12") == canonical_tokens("$3 \\times 4 \\le 12$")
+    assert canonical_tokens("$(04r^6)(0010x)$") == canonical_tokens("(4r^{6}) (10x)")
     assert canonical_tokens("3.5") != canonical_tokens("35")
     assert ngram_size(60) == 13 and ngram_size(20) == 8 and ngram_size(5) == 5
 
