@@ -193,6 +193,20 @@ _BYTE_TABLE = bytes(
     (c + 32) if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c >= 128) else 32 for c in range(256)
 )
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+# Formatting commands, blanked with spaces of the same length so character offsets stay valid.
+_LATEX_DROP = re.compile(
+    r"\\(?:" + "|".join(sorted(DROP_TOKENS, key=len, reverse=True)) + r")(?![A-Za-z])", re.IGNORECASE
+)
+
+
+def _blank(m: re.Match[str]) -> str:
+    return " " * (m.end() - m.start())
+
+
+def _drop_formatting(text: str) -> str:
+    return _LATEX_DROP.sub(_blank, text) if "\\" in text else text
+
+
 _DIGITS = re.compile(r"\d+")
 _U64 = np.uint64
 _GRAM_MUL = _U64(0x9E3779B97F4A7C15)
@@ -201,10 +215,8 @@ _GRAM_MUL = _U64(0x9E3779B97F4A7C15)
 # ----------------------------------------------------------------------------- normalisation
 
 
-def normalise_token(token: str) -> str | None:
-    """One prepared token (lower-case alphanumerics) in canonical form, or None when dropped."""
-    if token in DROP_TOKENS:
-        return None
+def normalise_token(token: str) -> str:
+    """One prepared token (lower-case alphanumerics) in canonical form."""
     token = ALIASES.get(token, token)
     if token[0] == "0" and len(token) > 1:  # zero padding: "023" is "23", "04r" is "4r"
         digits = _DIGITS.match(token)
@@ -236,6 +248,7 @@ def _fix_run(m: re.Match[str]) -> str:
 
 def prepared(text: str) -> bytes:
     """The text as lower-case words separated by spaces (UTF-8): what tokens are cut from."""
+    text = _drop_formatting(text)
     if not text.isascii():
         text = _NON_ASCII.sub(_fix_run, text)
     return text.encode("utf-8").translate(_BYTE_TABLE)
@@ -255,6 +268,7 @@ class _Flat:
     def __init__(self, text: str) -> None:
         # (prepared start, original start, prepared length, original length) per replaced run
         self.runs: list[tuple[int, int, int, int]] = []
+        text = _drop_formatting(text)
         if text.isascii():
             self.text = text
         else:
@@ -295,20 +309,13 @@ def tokens_with_offsets(text: str) -> list[tuple[str, int, int]]:
     flat = _Flat(text)
     out: list[tuple[str, int, int]] = []
     for a, b in flat.word_spans():
-        canon = normalise_token(flat.text[a:b].lower())
-        if canon is not None:
-            out.append((canon, flat.original(a, False), flat.original(b, True)))
+        out.append((normalise_token(flat.text[a:b].lower()), flat.original(a, False), flat.original(b, True)))
     return out
 
 
 def canonical_tokens(text: str) -> list[str]:
     """The canonical token sequence of a text (the same sequence the fast path sees)."""
-    out = []
-    for raw in raw_tokens(text):
-        canon = normalise_token(raw.decode("utf-8"))
-        if canon is not None:
-            out.append(canon)
-    return out
+    return [normalise_token(raw.decode("utf-8")) for raw in raw_tokens(text)]
 
 
 def token_hash(token: str) -> int:
@@ -754,8 +761,6 @@ class DecontamIndex:
 
 # ----------------------------------------------------------------------------- matching
 
-_DROPPED = -1
-
 
 @dataclass
 class Hit:
@@ -945,9 +950,6 @@ class Matcher:
             if raw in self._exact:
                 continue
             canon = normalise_token(raw.decode("utf-8", "replace"))
-            if canon is None:
-                self._exact[raw] = self._masked[raw] = _DROPPED
-                continue
             exact = self._exact[raw] = vocab.get(token_hash(canon), UNK)
             masked = mask_token(canon)
             self._masked[raw] = NUM if masked == NUM_TOKEN else vocab.get(token_hash(masked), UNK)
@@ -955,19 +957,17 @@ class Matcher:
                 self._anchor_raw.add(raw)
 
     def token_ids(self, text: str) -> tuple[list[bytes], list[int]]:
-        """The text's tokens and their number-masked ids (formatting tokens dropped)."""
+        """The text's tokens and their number-masked ids."""
         raws = prepared(text).split()
-        masked = list(map(self._masked.get, raws))
-        if None in masked:
+        try:
+            masked = list(map(self._masked.__getitem__, raws))
+        except KeyError:  # tokens seen for the first time
             self._resolve(raws)
-            masked = list(map(self._masked.get, raws))
-        if _DROPPED in masked:  # raws keep them; exact_ids drops them the same way
-            masked = [t for t in masked if t != _DROPPED]
-        return raws, masked  # type: ignore[return-value]
+            masked = list(map(self._masked.__getitem__, raws))
+        return raws, masked
 
     def exact_ids(self, raws: list[bytes]) -> list[int]:
-        exact = list(map(self._exact.__getitem__, raws))
-        return [t for t in exact if t != _DROPPED] if _DROPPED in exact else exact
+        return list(map(self._exact.__getitem__, raws))
 
     def candidates(self, raws: list[bytes], masked: list[int]) -> tuple[list[int], list[int] | None]:
         """Items worth scoring (and the exact ids when they were needed to find them).
@@ -1052,10 +1052,7 @@ class Matcher:
     def _token_spans(self, text: str, raws: list[bytes]) -> tuple[_Flat, list[tuple[int, int]]]:
         """The kept tokens' [start, end) in the replaced text, and the map back to ``text``."""
         flat = _Flat(text)
-        spans = flat.word_spans()
-        if _DROPPED in map(self._exact.__getitem__, raws):
-            spans = [sp for sp, r in zip(spans, raws, strict=False) if self._exact[r] != _DROPPED]
-        return flat, spans
+        return flat, flat.word_spans()
 
     def _score(
         self, text: str, raws: list[bytes], exact: list[int], masked: list[int], cands: list[int], field_name: str
