@@ -455,7 +455,7 @@ _HOW_TO_ENABLE = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_sandbox(kind: str = "auto") -> Sandbox:
     """The sandbox for ``kind`` (auto|bwrap|unshare|none), checked once per process.
 
