@@ -375,10 +375,13 @@ def _declared_tests() -> list[str]:
 
 
 def run_pytest() -> list[dict[str, Any]]:
-    try:
-        import pytest  # noqa: F401 - imported before the solution so its objects can be checked
-    except ImportError:
-        pass
+    with open(TEST_FILE, encoding="utf-8", errors="replace") as f:
+        uses_pytest = "pytest" in f.read()
+    if uses_pytest:  # imported before the solution, so a solution that patches it is caught
+        try:
+            import pytest  # noqa: F401
+        except ImportError:
+            pass
     import unittest  # noqa: F401
 
     snap = _snapshot()
