@@ -98,7 +98,10 @@ def test_host_loopback_listener_receives_nothing(sb):
 def test_writes_outside_the_sandbox_do_not_reach_the_host(sb, tmp_path):
     marker = secrets.token_hex(8)
     targets = [ROOT / f"escape-{marker}", tmp_path / f"escape-{marker}", Path("/root") / f"escape-{marker}"]
-    code = "import sys\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'w').write('x')\n        print('WROTE', p)\n    except OSError as e:\n        print('DENIED', p, e.errno)\n"
+    code = (
+        "import sys\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'w').write('x')\n"
+        "        print('WROTE', p)\n    except OSError as e:\n        print('DENIED', p, e.errno)\n"
+    )
     try:
         res = sb.run([PY, "-c", code, *map(str, targets)], limits=Limits())
         assert res.exit_code == 0, res.stderr
@@ -141,7 +144,8 @@ def test_home_files_and_environment_secrets_are_not_visible(sb, monkeypatch):
 
 
 def test_code_runs_unprivileged_and_read_only(sb):
-    code = "import os\nprint(os.getuid())\ntry:\n    open('/usr/pwned', 'w')\nexcept OSError as e:\n    print('ro', e.errno)\n"
+    code = "import os\nprint(os.getuid())\ntry:\n    open('/usr/pwned', 'w')\n"
+    code += "except OSError as e:\n    print('ro', e.errno)\n"
     res = sb.run([PY, "-c", code], limits=Limits())
     lines = res.stdout.decode().split()
     if os.geteuid() == 0 and sb.backend == "bwrap":

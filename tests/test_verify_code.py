@@ -26,7 +26,8 @@ CFG = CodeConfig(timeout_s=3.0)
 ADD_IO = {"inputs": ["1 2\n", "5 7\n", "-1 1\n"], "outputs": ["3\n", "12\n", "0\n"]}
 ADD_HE = {
     "prompt": 'def add(a, b):\n    """Return a + b."""\n',
-    "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert abs(candidate(0.5, 0.25) - 0.75) < 1e-9\n",
+    "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"
+    "    assert abs(candidate(0.5, 0.25) - 0.75) < 1e-9\n",
     "entry_point": "add",
 }
 ADD_PYTEST = (
@@ -205,7 +206,8 @@ def test_red_team_patched_unittest():
 
 
 def test_red_team_model_written_tests_do_not_count():
-    code = "def add(a, b):\n    return 0\n\ndef test_mine():\n    assert True\n\nclass TestMine:\n    def test_x(self):\n        pass"
+    code = "def add(a, b):\n    return 0\n\ndef test_mine():\n    assert True\n\n"
+    code += "class TestMine:\n    def test_x(self):\n        pass"
     res = verdict(code, ADD_PYTEST)
     # Only the 4 reference tests count (add(0, 0) == 0 happens to hold); the model's 2 tests do not.
     assert res["verdict"] == "wrong_answer" and res["reason"].startswith("1/4 tests passed")
@@ -249,7 +251,8 @@ def test_pytest_features_fixtures_classes_capsys():
         "@pytest.fixture\ndef numbers():\n    yield [1, 2, 3]\n\n"
         "def test_fixture(numbers):\n    assert add(*numbers[:2]) == 3\n\n"
         "def test_capsys(capsys):\n    print(add(2, 3))\n    assert capsys.readouterr().out == '5\\n'\n\n"
-        "def test_tmp(tmp_path):\n    (tmp_path / 'f').write_text('x')\n    assert (tmp_path / 'f').read_text() == 'x'\n\n"
+        "def test_tmp(tmp_path):\n    (tmp_path / 'f').write_text('x')\n"
+        "    assert (tmp_path / 'f').read_text() == 'x'\n\n"
         "class TestAdd:\n    def setup_method(self, method):\n        self.base = 10\n\n"
         "    def test_base(self):\n        assert add(self.base, 1) == 11\n\n"
         "@pytest.mark.skip(reason='not today')\ndef test_skipped():\n    assert False\n"
@@ -275,7 +278,8 @@ def test_cpp_pass_wrong_and_compile_error():
 
 @needs_gxx
 def test_cpp_memory_and_time_limits():
-    alloc = '#include <vector>\n#include <cstdio>\nint main(){std::vector<char> v(10000000000ULL, 1); printf("%d", v[5]);}\n'
+    alloc = "#include <vector>\n#include <cstdio>\n"
+    alloc += 'int main(){std::vector<char> v(10000000000ULL, 1); printf("%d", v[5]);}\n'
     assert check_code(f"```cpp\n{alloc}```", ADD_IO, {}, CFG)["verdict"] == "memory_limit"
     spin = "int main(){volatile long x=0; for(;;) x++;}\n"
     res = check_code(f"```cpp\n{spin}```", ADD_IO, {}, CodeConfig(timeout_s=1.0))
