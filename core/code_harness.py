@@ -3,7 +3,7 @@
 Not imported by still: verify_code copies this file into the read-only box as ``harness.py``,
 next to ``solution.py`` (the model's code) and ``test_solution.py`` (the reference tests).
 
-argv: harness.py MODE NONCE_FD PER_TEST_S [ENTRY_POINT]
+argv: harness.py MODE NONCE_FD PER_TEST_S ENTRY_POINT CALL_CHECK SITE_DIRS
   MODE assert: exec the tests in the solution's namespace (HumanEval); call check(ENTRY_POINT)
                when the tests define check() without calling it.
   MODE pytest: import test_solution (KodCode convention) and call every test function/method
@@ -441,6 +441,8 @@ def main() -> None:
     call_check = len(sys.argv) > 5 and sys.argv[5] == "1"
     PER_TEST_S = per_test
     sys.path.insert(0, BOX)
+    if len(sys.argv) > 6:  # run with -S: site-packages come last, as site would add them
+        sys.path.extend(d for d in sys.argv[6].split(os.pathsep) if d)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
     results = run_assert(entry_point, call_check) if mode == "assert" else run_pytest()
     # Every test has run: only now is the nonce read and printed.

@@ -9,9 +9,10 @@ Isolation comes from the kernel, not from Python-level guards (which untrusted P
   ``/tmp/out``. ``$HOME``, ``/root``, ``/home``, ``/run`` (sockets), other sandboxes' files and the
   caller's data never appear. The environment is empty except PATH/HOME/LANG and a few
   determinism knobs. Inside the net namespace only ``lo`` exists, so nothing can reach the host's
-  127.0.0.1 or any other address. When the caller is root, the code runs as uid/gid 65534
-  (``setpriv``), with no capabilities and ``no_new_privs``, so it is not root on the host even if
-  a namespace were escaped, and ``RLIMIT_NPROC`` applies (the kernel ignores it for uid 0).
+  127.0.0.1 or any other address. When the caller is root, the code runs under a fresh
+  unprivileged uid/gid per run (``setpriv``), with no capabilities and ``no_new_privs``, so it is
+  not root on the host even if a namespace were escaped, and ``RLIMIT_NPROC`` applies (the kernel
+  ignores it for uid 0) to this run alone.
 - **unshare** (util-linux, fallback when bubblewrap is missing): user/net/pid/ipc/uts/mount
   namespaces; every inherited mount is remounted read-only, tmpfs covers ``/tmp`` (the writable
   place), ``/root``, ``/home``, ``/run``, ``/mnt``, ``/media`` and ``$HOME`` (the Python
@@ -30,6 +31,7 @@ the namespace, daemons included.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import selectors
@@ -45,7 +47,20 @@ from dataclasses import dataclass, field
 from still.core.errors import StillError, UsageError
 
 SANDBOX_CHOICES = ("auto", "bwrap", "unshare", "none")
-SANDBOX_UID = 65534  # "nobody": the uid the code runs as when the caller is root
+# When the caller is root, each run gets its own unprivileged uid/gid from this range (no passwd
+# entry, owns nothing on the host): RLIMIT_NPROC counts per uid, so concurrent sandboxes cannot
+# use up each other's process budget, and the kernel never exempts them as it exempts root.
+SANDBOX_UID_BASE = 3_000_000
+SANDBOX_UID_SPAN = 1 << 20
+_uid_counter = itertools.count()
+
+
+def sandbox_uid() -> int:
+    """A uid for the next run: distinct across recent runs of this process and across processes."""
+    slot = (os.getpid() * 4096 + next(_uid_counter) % 4096) % SANDBOX_UID_SPAN
+    return SANDBOX_UID_BASE + slot
+
+
 BOX = "/tmp/box"  # read-only staged files, inside the sandbox
 OUT = "/tmp/out"  # optional read-write output dir, inside the sandbox
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -123,7 +138,7 @@ class Sandbox:
     """A way to run argv under isolation and limits. Get one with :func:`get_sandbox`."""
 
     backend: str  # bwrap | unshare | none
-    drop_to_uid: bool = False  # root caller: run the code as SANDBOX_UID
+    drop_to_uid: bool = False  # root caller: run the code as a fresh unprivileged uid
     python_dirs: list[str] = field(default_factory=_python_dirs)
 
     # --------------------------------------------------------------------------- command lines
@@ -184,11 +199,12 @@ class Sandbox:
             argv += ["--bind", out_dir, OUT]
         argv += ["--remount-ro", "/", "--chdir", "/tmp"]
         if self.drop_to_uid:
+            uid = sandbox_uid()
             argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--"]
             argv += [
                 "setpriv",
-                f"--reuid={SANDBOX_UID}",
-                f"--regid={SANDBOX_UID}",
+                f"--reuid={uid}",
+                f"--regid={uid}",
                 "--clear-groups",
                 "--inh-caps=-all",
                 "--bounding-set=-all",

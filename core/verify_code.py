@@ -24,6 +24,7 @@ a pass needs the per-run nonce the harness prints after all tests (see code_harn
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -55,6 +56,36 @@ _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)^[ \t]*```
 _OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*)\Z", re.S | re.M)
 _HARNESS_SOURCE = Path(__file__).with_name("code_harness.py")
 MAX_TIME_LIMITS = 2  # stdin/stdout: stop running cases after this many time limits
+
+# Python runs with -S (no site module: the .pth hooks of a venv, editable installs included, cost
+# tens of ms per start), and the site-packages dirs are appended to sys.path instead, so installed
+# packages (numpy, pytest, ...) stay importable. The launcher runs solution.py as __main__.
+_LAUNCHER = """\
+def _run():
+    import sys
+    sys.path.extend({site!r})
+    path = {path!r}
+    sys.argv[:] = [path]
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec")
+    g = sys.modules["__main__"].__dict__
+    for k in list(g):
+        if k not in ("__name__", "__builtins__", "__doc__", "__spec__", "__loader__", "__package__"):
+            del g[k]
+    g["__file__"] = path
+    exec(code, g)
+
+
+_run()
+"""
+
+
+@functools.cache
+def site_dirs() -> tuple[str, ...]:
+    """The interpreter's site-packages directories (what -S leaves out)."""
+    import site
+
+    return tuple(d for d in site.getsitepackages() if os.path.isdir(d))
 
 
 @dataclass(frozen=True)
@@ -397,6 +428,7 @@ def _run_harness(sb: Sandbox, box: str, spec: _Spec, config: CodeConfig) -> tupl
         call_check = spec.kind == "assert" and not _calls_check(spec.test_code) and bool(spec.entry_point)
         argv = [
             python,
+            "-S",
             "-B",
             harness_in,
             spec.kind,
@@ -404,6 +436,7 @@ def _run_harness(sb: Sandbox, box: str, spec: _Spec, config: CodeConfig) -> tupl
             repr(config.timeout_s),
             spec.entry_point or "",
             "1" if call_check else "0",
+            os.pathsep.join(site_dirs()),
         ]
         before = _digest(box)
         res = sb.run(argv, limits=_limits(config, wall), box_dir=box, pass_fds=(read_fd,))
@@ -490,7 +523,9 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
                 return _result("compile_error", 0.0, code, method, f"{type(exc).__name__}: cannot parse")
             _write(os.path.join(box, "solution.py"), program)
             if spec.kind == "stdio":
-                argv = [sys.executable, "-B", f"{sb.inside(box, 'box')}/solution.py"]
+                inside = sb.inside(box, "box")
+                _write(os.path.join(box, "launch.py"), _LAUNCHER.format(site=site_dirs(), path=f"{inside}/solution.py"))
+                argv = [sys.executable, "-S", "-B", f"{inside}/launch.py"]
                 verdict, score, reason = _run_stdio(sb, argv, box, spec, config)
             else:
                 test_file = spec.test_code if spec.kind == "assert" else kodcode_test_file(spec.test_code)
