@@ -77,7 +77,7 @@ def _tampered(snap: dict[str, dict[str, Any]]) -> str | None:
             now = dict(vars(mod)) if mod is not None else {}
         changed = [k for k, v in before.items() if now.get(k, _MISSING) is not v]
         if changed:
-            return f"the solution modified {key} ({', '.join(sorted(changed)[:5])})"
+            return f"{key} changed while the solution ran ({', '.join(sorted(changed)[:5])})"
     return None
 
 

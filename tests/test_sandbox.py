@@ -188,7 +188,7 @@ def test_deadline_kills_a_busy_loop_promptly(sb):
     marker = "still-spin-" + secrets.token_hex(6)
     res = sb.run([PY, "-c", "while True: pass", marker], limits=Limits(wall_s=1.0))
     assert res.timed_out
-    assert res.wall_s < 1.6
+    assert res.wall_s < 2.0  # deadline + kill + reap, with slack for a loaded CI box
     _assert_no_survivors(marker)
 
 

@@ -183,7 +183,7 @@ def test_red_team_ctypes_exit_and_kill_parent():
 def test_red_team_patched_builtins():
     code = "import builtins\nbuiltins.abs = lambda x: 0\ndef add(a, b):\n    return 3"
     res = verdict(code, None, ADD_HE)
-    assert res["verdict"] == "runtime_error" and "modified builtins" in res["reason"]
+    assert res["verdict"] == "runtime_error" and "builtins changed" in res["reason"]
 
 
 def test_red_team_patched_pytest():
@@ -193,7 +193,7 @@ def test_red_team_patched_pytest():
         "def add(a, b):\n    return 3\n"
     )
     res = verdict(code, ADD_PYTEST)
-    assert res["verdict"] != "pass" and "modified pytest" in res["reason"]
+    assert res["verdict"] != "pass" and "pytest changed" in res["reason"]
 
 
 def test_red_team_patched_unittest():
@@ -201,7 +201,7 @@ def test_red_team_patched_unittest():
     tests += "    def test_add(self):\n        self.assertEqual(add(1, 2), 3)\n"
     code = "import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\ndef add(a, b):\n    return 0"
     res = verdict(code, tests)
-    assert res["verdict"] != "pass" and "modified TestCase" in res["reason"]
+    assert res["verdict"] != "pass" and "TestCase changed" in res["reason"]
     assert verdict("def add(a, b):\n    return a + b", tests)["verdict"] == "pass"
 
 
@@ -329,3 +329,14 @@ def test_kodcode_trials_agree_with_their_labels():
     ]
     assert disagree == [], disagree
     assert len(results) == 93
+
+
+@pytest.mark.parametrize("backend", ["unshare", "none"])
+def test_other_backends_run_the_same_checks(backend):
+    if backend == "unshare" and shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare missing")
+    cfg = CodeConfig(sandbox=backend, timeout_s=3.0)
+    ok = check_code(py("def add(a, b):\n    return a + b"), ADD_PYTEST, {}, cfg)
+    assert ok["verdict"] == "pass" and ok["method"] == f"pytest/python/{backend}"
+    assert check_code(py("import os\nos._exit(0)"), ADD_PYTEST, {}, cfg)["verdict"] == "runtime_error"
+    assert check_code(py("print(sum(map(int, input().split())))"), ADD_IO, {}, cfg)["verdict"] == "pass"
