@@ -121,6 +121,50 @@ def _run(name: str, fn: Callable[[], Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- assert mode
+# Dunders through which a returned object could make a comparison in the tests succeed whatever
+# its value ("always equal" objects, a subtraction that is always 0, a truthiness that lies).
+_RIGGABLE = frozenset(
+    "__eq__ __ne__ __lt__ __le__ __gt__ __ge__ __bool__ __len__ __contains__ __hash__ __sub__ __rsub__ "
+    "__abs__ __float__ __int__ __index__ __round__ __iter__ __getitem__".split()
+)
+
+
+class RiggedResult(AssertionError):
+    """The candidate returned an object of its own class that overrides comparisons."""
+
+
+def _rigged(value: Any, depth: int = 0) -> str | None:
+    for klass in type(value).__mro__:
+        if getattr(klass, "__module__", None) == "solution":
+            hooks = sorted(_RIGGABLE & set(vars(klass)))
+            if hooks:
+                return f"returned a {type(value).__name__} whose class overrides {', '.join(hooks[:3])}"
+    if depth < 3:
+        items: Any = ()
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = value
+        elif isinstance(value, dict):
+            items = itertools.chain(value.keys(), value.values())
+        for item in itertools.islice(items, 10000):
+            found = _rigged(item, depth + 1)
+            if found:
+                return found
+    return None
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The entry point, checked on every return: HumanEval answers are plain values."""
+
+    def candidate(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        problem = _rigged(result)
+        if problem:
+            raise RiggedResult(problem)
+        return result
+
+    return candidate
+
+
 def run_assert(entry_point: str | None, call_check: bool) -> list[dict[str, Any]]:
     holder: dict[str, Any] = {}
 
@@ -144,6 +188,8 @@ def run_assert(entry_point: str | None, call_check: bool) -> list[dict[str, Any]
     def test() -> None:
         ns = holder["ns"]
         ns["__name__"] = "__still_tests__"
+        if entry_point and callable(ns.get(entry_point)):
+            ns[entry_point] = _guarded(ns[entry_point])
         with open(TEST_FILE, encoding="utf-8") as f:
             code = compile(f.read(), TEST_FILE, "exec")
         exec(code, ns)

@@ -340,3 +340,12 @@ def test_other_backends_run_the_same_checks(backend):
     assert ok["verdict"] == "pass" and ok["method"] == f"pytest/python/{backend}"
     assert check_code(py("import os\nos._exit(0)"), ADD_PYTEST, {}, cfg)["verdict"] == "runtime_error"
     assert check_code(py("print(sum(map(int, input().split())))"), ADD_IO, {}, cfg)["verdict"] == "pass"
+
+
+def test_red_team_always_equal_objects_fail_humaneval():
+    always = "class Anything:\n    def __eq__(self, other):\n        return True\n\n"
+    res = verdict(always + "def add(a, b):\n    return Anything()", None, ADD_HE)
+    assert res["verdict"] == "wrong_answer" and "overrides __eq__" in res["reason"]
+    zero = "class Zero(float):\n    def __sub__(self, other):\n        return 0.0\n\n"
+    res = verdict(zero + "def add(a, b):\n    return [Zero(0)][0] if a < 1 else a + b", None, ADD_HE)
+    assert res["verdict"] == "wrong_answer"
