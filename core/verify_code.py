@@ -386,12 +386,14 @@ def _digest(box: str) -> dict[str, str]:
 def _run_stdio(sb: Sandbox, argv: list[str], box: str, spec: _Spec, config: CodeConfig) -> tuple[str, float, str]:
     assert spec.cases is not None
     passed = 0
+    ran = 0
     first_fail: tuple[str, str] | None = None
     time_limits = 0
     total = len(spec.cases)
     for i, (stdin, expected) in enumerate(spec.cases):
         if time_limits >= MAX_TIME_LIMITS:
             break
+        ran += 1
         in_path = os.path.join(box, f"input{i}.txt")
         _write(in_path, stdin)
         res = sb.run(argv, limits=_limits(config), box_dir=box, stdin=in_path)
@@ -410,7 +412,7 @@ def _run_stdio(sb: Sandbox, argv: list[str], box: str, spec: _Spec, config: Code
             first_fail = (verdict, f"case {i + 1}: {why}")
     if first_fail is None:
         return "pass", 1.0, f"{passed}/{total} cases passed"
-    not_run = f"; {total - i - 1} cases not run after {MAX_TIME_LIMITS} time limits" if time_limits >= 2 else ""
+    not_run = f"; {total - ran} cases not run after {MAX_TIME_LIMITS} time limits" if ran < total else ""
     return first_fail[0], passed / total, f"{passed}/{total} cases passed; {first_fail[1]}{not_run}"
 
 

@@ -349,3 +349,11 @@ def test_red_team_always_equal_objects_fail_humaneval():
     zero = "class Zero(float):\n    def __sub__(self, other):\n        return 0.0\n\n"
     res = verdict(zero + "def add(a, b):\n    return [Zero(0)][0] if a < 1 else a + b", None, ADD_HE)
     assert res["verdict"] == "wrong_answer"
+
+
+def test_async_tests_run_and_yield_tests_fail():
+    tests = "import asyncio\n\nasync def test_async():\n    await asyncio.sleep(0)\n    assert add(1, 2) == 3\n"
+    assert verdict("def add(a, b):\n    return a + b", tests)["verdict"] == "pass"
+    assert verdict("def add(a, b):\n    return 0", tests)["verdict"] == "wrong_answer"
+    yields = "def test_gen():\n    yield add(1, 2) == 3\n"
+    assert verdict("def add(a, b):\n    return a + b", yields)["verdict"] == "runtime_error"
