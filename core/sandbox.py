@@ -298,7 +298,7 @@ class Sandbox:
     ) -> RunResult:
         """Run argv (paths as :meth:`inside` gives them) and capture its output under limits.
 
-        ``stdin`` is bytes to feed or a host file path to read from; nothing means /dev/null.
+        ``stdin`` is bytes to feed or a host file path to read from; nothing means an empty input.
         """
         if self.backend == "none":
             _warn_unsandboxed()
@@ -311,16 +311,15 @@ class Sandbox:
         stdin_data: bytes | None = None
         if isinstance(stdin, str):
             stdin_file = open(stdin, "rb")  # noqa: SIM115 - closed below
-        elif isinstance(stdin, bytes):
-            stdin_data = stdin
+        else:
+            # An empty pipe rather than /dev/null: EOF at once, whatever the host's /dev/null is.
+            stdin_data = stdin if stdin is not None else b""
         env = self._env(out_dir or tempfile.gettempdir()) if self.backend == "none" else {}
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
                 cmd,
-                stdin=stdin_file
-                if stdin_file is not None
-                else (subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL),
+                stdin=stdin_file if stdin_file is not None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env if self.backend == "none" else {"PATH": os.environ.get("PATH", SANDBOX_PATH)},

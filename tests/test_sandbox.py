@@ -169,9 +169,9 @@ def test_setsid_daemon_is_killed_with_the_sandbox(sb):
     marker = "still-daemon-" + secrets.token_hex(6)
     code = (
         "import os, subprocess, sys\n"
+        "log = open('/tmp/daemon.log', 'w')\n"  # not /dev/null: the test should not depend on the host's
         "subprocess.Popen(['setsid', sys.executable, '-c', 'import time; time.sleep(60)', sys.argv[1]],\n"
-        "                 start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,\n"
-        "                 stderr=subprocess.DEVNULL)\n"
+        "                 start_new_session=True, stdin=log, stdout=log, stderr=log)\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
