@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -342,6 +343,8 @@ def _failure_verdict(res: RunResult) -> str:
     if res.timed_out or res.cpu_limited:
         return "time_limit"
     err = res.stderr.decode("utf-8", "replace")
+    if res.signal == signal.SIGXFSZ or "File too large" in err:  # RLIMIT_FSIZE (Python gets EFBIG)
+        return "output_limit"
     if "MemoryError" in err or "std::bad_alloc" in err or "Cannot allocate memory" in err:
         return "memory_limit"
     return "runtime_error"

@@ -4,13 +4,16 @@ the positive controls (HumanEval canonical solutions, KodCode's labelled trials)
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from still.core import sandbox as sandbox_mod
 from still.core.verify_code import (
     CodeConfig,
     assemble_humaneval,
@@ -37,6 +40,31 @@ ADD_PYTEST = (
     "def test_param(a, b, c):\n    assert add(a, b) == c\n\n"
     "def test_raises():\n    with pytest.raises(TypeError):\n        add(1, None)\n"
 )
+
+
+def _sandbox_processes() -> list[int]:
+    """Processes running under the per-run sandbox uids (only assigned when tests run as root)."""
+    low, high = sandbox_mod.SANDBOX_UID_BASE, sandbox_mod.SANDBOX_UID_BASE + sandbox_mod.SANDBOX_UID_SPAN
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and low <= os.stat(f"/proc/{pid}").st_uid < high:
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_survivors():
+    """Every check leaves no process behind (fork bombs, daemons, timeouts included)."""
+    yield
+    if os.geteuid() != 0:
+        return
+    deadline = time.monotonic() + 2.0
+    while _sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandbox_processes() == []
 
 
 def py(code: str) -> str:
@@ -148,6 +176,11 @@ def test_red_team_fork_bomb():
 def test_red_team_ten_gigabytes():
     res = verdict("x = bytearray(10 * 1024**3)\nprint(3)", ADD_IO)
     assert res["verdict"] == "memory_limit"
+
+
+def test_red_team_huge_file_is_output_limit():
+    res = verdict("open('/tmp/big', 'wb').write(b'x' * (20 << 20))\nprint(3)", ONE_CASE)
+    assert res["verdict"] == "output_limit"
 
 
 def test_red_team_infinite_print():
