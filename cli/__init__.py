@@ -16,7 +16,9 @@ import click
 from still import __version__
 
 # name -> (module under still.cli, attribute). Register only commands that work.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": ("verify", "command"),
+}
 
 
 class LazyGroup(click.Group):
