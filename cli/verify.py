@@ -50,6 +50,11 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     help="Where to look when there is no \\boxed{}, 'final answer is' or 'Answer:' line (repeatable, in order).",
 )
 @click.option(
+    "--ordered-lists",
+    is_flag=True,
+    help="Compare a bare list 'a, b, c' in order (MATH's string grader) instead of as a set.",
+)
+@click.option(
     "--sandbox",
     type=click.Choice(["auto", "bwrap", "unshare", "none"]),
     default="auto",
@@ -82,6 +87,7 @@ def command(
     timeout_s: float,
     workers: int,
     fallbacks: tuple[str, ...],
+    ordered_lists: bool,
     sandbox: str,
     code_timeout: float,
     memory_mb: int,
@@ -116,7 +122,7 @@ def command(
         choices_field=choices_field,
         tests_field=tests_field,
         finish_reason_field=finish_reason_field,
-        math=MathConfig(timeout_s=timeout_s, workers=workers, fallbacks=fallbacks),
+        math=MathConfig(timeout_s=timeout_s, workers=workers, fallbacks=fallbacks, ordered_lists=ordered_lists),
         sandbox=sandbox,
         code_timeout_s=code_timeout,
         code_memory_mb=memory_mb,

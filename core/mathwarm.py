@@ -18,5 +18,10 @@ for _gold, _pred in (
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
     ("\\text{east}", "\\text{East}"),
     ("1/3!", "1/6"),
+    ("\\sqrt{2}", "1.414"),
+    ("\\frac{\\sqrt{3}}{3}", "0.57735"),
+    ("x^2+1", "1+x^2"),
+    ("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}"),
+    ("y=2x+3", "y=2x+4"),
 ):
     compare_in_worker((_gold, _pred))

@@ -178,9 +178,13 @@ _WS_RE = re.compile(r"\s+")
 _SINGLE_LETTER_PAREN_RE = re.compile(r"^\(([A-Za-z])\)$")
 
 
+_DOUBLED_COMMAND_RE = re.compile(r"\\\\(?=(?:[dt]?frac|sqrt|pi|text|left|right|cdot|times)(?![a-zA-Z]))")
+
+
 def light_normalise(answer: str) -> str:
     """Semantics-preserving clean-up before math-verify: unicode, ``\\mathrm{e}``, bare ``pi``, ``$``."""
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], answer)
+    s = _DOUBLED_COMMAND_RE.sub(lambda m: "\\", s)  # a doubled backslash before a command: an escaping slip
     s = _E_RE.sub("e", s)
     s = _BARE_PI_RE.sub(r"\\pi", s)
     s = s.replace("\\$", "").replace("$", "")
@@ -321,6 +325,26 @@ def fast_compare(gold_key: str, pred_key: str) -> tuple[bool | None, str, str]:
             return None, "", ""  # a rounded decimal against 1/3-like values: math-verify + rounding guard
         return False, "exact-number", "different exact numbers"
     return None, "", ""
+
+
+def top_level_comma(s: str) -> bool:
+    """Whether ``s`` has a comma outside any bracket (a bare list such as ``3, 5, 7``)."""
+    depth = 0
+    for ch in s:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def as_tuple(answer: str, key: str) -> tuple[str, str]:
+    """A bare list written as an ordered tuple ``(a, b)``, for ``ordered_lists``."""
+    if top_level_comma(key) and exact_number(key) is None:
+        return "(" + answer + ")", "(" + key + ")"
+    return answer, key
 
 
 def gold_text(value: Any) -> str | None:
@@ -481,6 +505,7 @@ class MathConfig:
     workers: int = 1
     fallbacks: tuple[str, ...] = ()
     worker_memory_mb: int = 4096
+    ordered_lists: bool = False  # bare "a, b, c" as an ordered tuple (MATH's string grader) instead of a set
 
 
 @dataclass
@@ -533,6 +558,10 @@ class MathChecker:
             return make_verdict("no_answer", None, "extract", "no boxed answer, final-answer phrase or Answer: line")
         gold_key = answer_key(gold)
         pred_key = answer_key(extracted)
+        gold_mv, pred_mv = light_normalise(gold), light_normalise(extracted)
+        if self.config.ordered_lists:
+            gold_mv, gold_key = as_tuple(gold_mv, gold_key)
+            pred_mv, pred_key = as_tuple(pred_mv, pred_key)
         equal, method, reason = fast_compare(gold_key, pred_key)
         if equal is not None:
             return make_verdict("correct" if equal else "wrong", extracted, f"{how}/{method}", reason)
@@ -541,7 +570,7 @@ class MathChecker:
         if hit is not None:
             return make_verdict(hit[0], extracted, f"{how}/{hit[1]}", hit[2])
         self.worker_calls += 1
-        task = self.pool.submit((light_normalise(gold), light_normalise(extracted)))
+        task = self.pool.submit((gold_mv, pred_mv))
         return PendingMath(task, extracted, how, key)
 
     def finish(self, pending: PendingMath) -> dict[str, Any]:

@@ -51,12 +51,11 @@ def gold_letter(answer: Any, choices: list[Any] | None) -> str | None:
         if m:
             letter = m.group(1).upper()
             return letter if LETTERS.index(letter) < n else None
-        if text.isdigit():
-            return None  # ambiguous (0- or 1-based); give an int or a letter
         if choices:
             for i, choice in enumerate(choices):
                 if isinstance(choice, str) and choice.strip() == text:
                     return LETTERS[i]
+        # A digit string that is no choice's text is ambiguous (0- or 1-based): give an int or a letter.
     return None
 
 
