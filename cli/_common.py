@@ -157,7 +157,7 @@ def stream_options(fn: F) -> F:
         click.option(
             "--max-line-mb",
             type=click.FloatRange(min=0.001),
-            default=64.0,
+            default=16.0,
             show_default=True,
             help="Reject input lines longer than this (MiB).",
         ),

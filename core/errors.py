@@ -48,7 +48,9 @@ class MissingExtra(StillError):
 
 def require(module: str, extra: str, purpose: str) -> None:
     """Fail with an install hint when an optional module cannot be imported."""
-    import importlib.util
+    import importlib
 
-    if importlib.util.find_spec(module) is None:
-        raise MissingExtra(module, extra, purpose)
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtra(module, extra, purpose) from exc

@@ -101,6 +101,11 @@ def _describe_json_error(exc: orjson.JSONDecodeError, raw: bytes) -> str:
     return f"invalid JSON{where}: {first}"
 
 
+def _error_kind(message: str) -> str:
+    """The counted reason of a rejected line: its message without positions or details."""
+    return message.split(" (", 1)[0].split(":", 1)[0]
+
+
 class JsonlReader:
     """Iterate :class:`Record` objects from sources, applying the bad-record policy."""
 
@@ -116,15 +121,20 @@ class JsonlReader:
         self.policy = policy or ErrorPolicy()
         self.max_line_bytes = max_line_bytes
         self._quarantine: IO[bytes] | None = None
+        self._quarantine_used = False
+        stats.on_bad = self._bad
 
     def _bad(self, source: str, line: int, message: str, raw: bytes) -> None:
         if self.policy.mode == "fail":
             raise BadInput(source, line, message)
-        self.stats.error(message.split(" (", 1)[0].split(":", 1)[0])
+        self.stats.error(_error_kind(message))
         if self.policy.mode == "quarantine":
             if self._quarantine is None:
                 assert self.policy.path is not None
-                self._quarantine = open(self.policy.path, "ab")  # noqa: SIM115 - closed in __iter__
+                # a fresh run replaces an old quarantine file; a reopen (after the input ended) appends
+                mode = "ab" if self._quarantine_used else "wb"
+                self._quarantine = open(self.policy.path, mode)  # noqa: SIM115 - closed in __iter__/close
+                self._quarantine_used = True
             self._quarantine.write(raw if raw.endswith(b"\n") else raw + b"\n")
 
     def _lines(self, stream: BinaryIO) -> Iterator[tuple[bytes, bool]]:
@@ -182,8 +192,12 @@ class JsonlReader:
                     if name != "-":
                         stream.close()
         finally:
-            if self._quarantine is not None:
-                self._quarantine.close()
+            self.close()
+
+    def close(self) -> None:
+        if self._quarantine is not None:
+            self._quarantine.close()
+            self._quarantine = None
 
 
 def read_records(

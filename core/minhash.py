@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import xxhash
 
 from still.core.errors import UsageError
 
@@ -31,6 +30,15 @@ _SHINGLE_MUL = _U64(0x9E3779B97F4A7C15)
 _BAND_MUL = _U64(0xC2B2AE3D27D4EB4F)
 _PUNCT = re.compile(r"[^\w\s]+")
 _DIGITS = re.compile(r"\d+")
+
+
+def _fmix64_int(h: int) -> int:
+    m = (1 << 64) - 1
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & m
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & m
+    return h ^ (h >> 33)
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,13 @@ class Normaliser:
             raise UsageError(f"unknown normalisation step {bad[0]!r} (choose from {', '.join(NORMALISE_STEPS)})")
         return cls(tuple(s for s in NORMALISE_STEPS if s in steps))
 
-    def __call__(self, text: str) -> str:
+    @property
+    def collapses_space(self) -> bool:
+        return "space" in self.steps or "punct" in self.steps
+
+    def __call__(self, text: str, collapse: bool = True) -> str:
+        """Normalise ``text``; ``collapse=False`` skips the whitespace collapse for callers that
+        only split the result into tokens (the tokens are the same)."""
         steps = self.steps
         if "nfkc" in steps and not text.isascii():
             text = unicodedata.normalize("NFKC", text)
@@ -63,18 +77,43 @@ class Normaliser:
             text = _PUNCT.sub(" ", text)
         if "digits" in steps:
             text = _DIGITS.sub("0", text)
-        if "space" in steps or "punct" in steps:
+        if collapse and ("space" in steps or "punct" in steps):
             text = " ".join(text.split())
         return text
 
 
-def tokens(normalised: str) -> list[str]:
-    """Word tokens: whitespace-separated, punctuation attached (so ``x+1`` and ``x-1`` differ)."""
-    return normalised.split()
+def tokens(normalised: str) -> list[bytes]:
+    """Word tokens: the UTF-8 bytes split on ASCII whitespace, punctuation attached (so ``x+1``
+    and ``x-1`` differ)."""
+    return normalised.encode("utf-8", "surrogatepass").split()
 
 
-def token_hash(token: str) -> int:
-    return xxhash.xxh3_64_intdigest(token.encode("utf-8"))
+_TOKEN_BASE = 0x100000001B3  # odd, so invertible mod 2**64
+_M64 = (1 << 64) - 1
+
+
+def token_hash(token: bytes) -> int:
+    """Reference 64-bit token hash: polynomial over the bytes (+1 each) mod 2**64, then fmix64.
+
+    The block path computes the same values for every token at once from prefix sums.
+    """
+    v = 0
+    for c in token:
+        v = (v * _TOKEN_BASE + c + 1) & _M64
+    return _fmix64_int(v)
+
+
+_SEQUENCE_BASE = 0x9FB21C651E98DF25  # odd
+_SEQUENCE_LEN = 0xD6E8FEB86659FD93
+
+
+def sequence_key(toks: Sequence[bytes]) -> int:
+    """Reference 64-bit key of a token sequence (the exact-duplicate key when whitespace is
+    collapsed): sum of token_hash(t_i) * C**i plus len * K, mod 2**64, then fmix64."""
+    e = 0
+    for i, tok in enumerate(toks):
+        e = (e + token_hash(tok) * pow(_SEQUENCE_BASE, i, 1 << 64)) & _M64
+    return _fmix64_int((e + len(toks) * _SEQUENCE_LEN) & _M64)
 
 
 def shingle_size(n_tokens: int, ngram: int) -> int:
@@ -97,16 +136,7 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fmix64_int(h: int) -> int:
-    m = (1 << 64) - 1
-    h ^= h >> 33
-    h = (h * 0xFF51AFD7ED558CCD) & m
-    h ^= h >> 33
-    h = (h * 0xC4CEB9FE1A85EC53) & m
-    return h ^ (h >> 33)
-
-
-def shingle_hash64(shingle: Sequence[str]) -> int:
+def shingle_hash64(shingle: Sequence[bytes]) -> int:
     """Reference (pure Python) 64-bit hash of one shingle; the vectorised path must equal it."""
     m = (1 << 64) - 1
     h = 0
@@ -115,14 +145,14 @@ def shingle_hash64(shingle: Sequence[str]) -> int:
     return _fmix64_int(h)
 
 
-def shingle_hash32(shingle: Sequence[str]) -> int:
+def shingle_hash32(shingle: Sequence[bytes]) -> int:
     """The 32-bit input hash MinHash sees: the 64-bit shingle hash folded (hi ^ lo)."""
     h = shingle_hash64(shingle)
     return (h >> 32) ^ (h & 0xFFFFFFFF)
 
 
 def shingle_hashes(token_hashes: np.ndarray, n: int) -> np.ndarray:
-    """Sorted unique 64-bit hashes of the word n-grams of one text's token hashes."""
+    """64-bit hashes of the word n-grams of one text's token hashes (with repeats, unsorted)."""
     count = token_hashes.size - n + 1
     if count <= 0:
         return np.empty(0, dtype=_U64)
@@ -130,16 +160,160 @@ def shingle_hashes(token_hashes: np.ndarray, n: int) -> np.ndarray:
     for k in range(1, n):
         h *= _SHINGLE_MUL
         h += token_hashes[k : k + count]
-    return np.unique(_fmix64(h))
+    return _fmix64(h)
+
+
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
+
+
+def _power_table(base: int, size: int) -> np.ndarray:
+    """base**k mod 2**64 for k < size, as two small cumulative products and one outer product."""
+    width = 1 << max(1, (size - 1).bit_length() // 2)
+    low = np.full(width, base, dtype=_U64)
+    low[0] = 1
+    low = np.cumprod(low, dtype=_U64)
+    high = np.full((size + width - 1) // width, pow(base, width, 1 << 64), dtype=_U64)
+    high[0] = 1
+    high = np.cumprod(high, dtype=_U64)
+    out: np.ndarray = np.multiply.outer(high, low).reshape(-1)[:size]
+    return out
+
+
+class BlockShingler:
+    """Token and shingle hashes for a block of texts at once, in numpy.
+
+    Token hashes come from polynomial prefix sums over the block's bytes: with
+    Q[i] = sum_k (c_k + 1) * B**-k, the token s..e hashes to B**e * (Q[e] - Q[s-1]), which is
+    exactly :func:`token_hash` before its final mix. Powers of B are cached between blocks.
+    """
+
+    def __init__(self, ngram: int) -> None:
+        self.ngram = ngram
+        self._pow = np.ones(1, dtype=_U64)
+        self._inv_pow = np.ones(1, dtype=_U64)
+        self._seq_pow = np.ones(1, dtype=_U64)
+        self._seq_inv = np.ones(1, dtype=_U64)
+
+    def _powers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._pow.size < size:
+            size = max(size, 2 * self._pow.size)
+            self._pow = _power_table(_TOKEN_BASE, size)
+            self._inv_pow = _power_table(pow(_TOKEN_BASE, -1, 1 << 64), size)
+        return self._pow, self._inv_pow
+
+    def token_hashes(self, texts: Sequence[str], chunk_bytes: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+        """(token hashes of all texts concatenated, number of tokens per text).
+
+        Texts are hashed in groups of about ``chunk_bytes`` so the per-byte arrays stay in cache.
+        """
+        encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+        counts = np.zeros(len(texts), dtype=np.int64)
+        pieces: list[np.ndarray] = []
+        start = 0
+        while start < len(encoded):
+            stop, size = start, 0
+            while stop < len(encoded) and (size == 0 or size + len(encoded[stop]) < chunk_bytes):
+                size += len(encoded[stop]) + 1
+                stop += 1
+            hashes, group_counts = self._hash_group(encoded[start:stop])
+            pieces.append(hashes)
+            counts[start:stop] = group_counts
+            start = stop
+        return (np.concatenate(pieces) if pieces else np.empty(0, dtype=_U64)), counts
+
+    def _hash_group(self, encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        buf = b" ".join(encoded)
+        n = len(buf)
+        counts = np.zeros(len(encoded), dtype=np.int64)
+        if n == 0:
+            return np.empty(0, dtype=_U64), counts
+        c = np.frombuffer(buf, dtype=np.uint8)
+        word = ~_WHITESPACE[c]
+        edges = np.diff(word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+        starts = np.flatnonzero(edges == 1)
+        if starts.size == 0:
+            return np.empty(0, dtype=_U64), counts
+        ends = np.flatnonzero(edges == -1) - 1
+        pw, inv = self._powers(n)
+        q = c.astype(_U64)
+        q += _U64(1)
+        q *= inv[:n]
+        np.cumsum(q, out=q)
+        before = q[starts - 1]
+        before[starts == 0] = 0
+        hashes = _fmix64((q[ends] - before) * pw[ends])
+        # text i occupies bytes [doc_start[i], doc_start[i] + len(encoded[i])) in buf
+        lengths = np.fromiter((len(e) + 1 for e in encoded), dtype=np.int64, count=len(encoded))
+        doc_start = np.zeros(len(encoded), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=doc_start[1:])
+        owner = np.searchsorted(doc_start, starts, side="right") - 1
+        counts = np.bincount(owner, minlength=len(encoded)).astype(np.int64)
+        return hashes, counts
+
+    def sequence_keys(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per text, :func:`sequence_key` of its tokens, from the block's token hashes at once."""
+        total = hashes.size
+        offsets = np.zeros(counts.size, dtype=np.int64)
+        np.cumsum(counts[:-1], out=offsets[1:])
+        sums = np.zeros(counts.size, dtype=_U64)
+        if total:
+            if self._seq_pow.size < total:
+                size = max(total, 2 * self._seq_pow.size)
+                self._seq_pow = _power_table(_SEQUENCE_BASE, size)
+                self._seq_inv = _power_table(pow(_SEQUENCE_BASE, -1, 1 << 64), size)
+            weighted = hashes * self._seq_pow[:total]
+            nonempty = np.flatnonzero(counts)
+            starts = offsets[nonempty]
+            sums[nonempty] = np.add.reduceat(weighted, starts) * self._seq_inv[starts]
+        return _fmix64(sums + counts.astype(_U64) * _U64(_SEQUENCE_LEN))
+
+    def shingles(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per text, the 64-bit hashes of its word n-grams (with repeats)."""
+        return self.shingles_and_keys(texts)[0]
+
+    def shingles_and_keys(self, texts: Sequence[str], keys: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per text, the word n-gram hashes and (with ``keys``) the token-sequence key."""
+        hashes, counts = self.token_hashes(texts)
+        seq = self.sequence_keys(hashes, counts) if keys else _EMPTY_U64
+        n = self.ngram
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        out: list[np.ndarray] = [_EMPTY_U64] * len(texts)
+        total = hashes.size - n + 1
+        if total > 0:
+            h = hashes[:total].copy()
+            for k in range(1, n):
+                h *= _SHINGLE_MUL
+                h += hashes[k : k + total]
+            h = _fmix64(h)
+        else:
+            h = _EMPTY_U64
+        for i, cnt in enumerate(counts.tolist()):
+            start = int(offsets[i])
+            if cnt >= 2 * n:
+                # n-grams starting at start .. start+cnt-n stay inside text i
+                out[i] = h[start : start + cnt - n + 1]
+            elif cnt:
+                out[i] = shingle_hashes(hashes[start : start + cnt], shingle_size(cnt, n))
+        return out, seq
+
+
+_EMPTY_U64 = np.empty(0, dtype=_U64)
 
 
 @lru_cache(maxsize=16)
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's affine32 permutation parameters (a odd, b), from its own generator."""
-    from datasketch import MinHash
+    """datasketch's affine32 permutation parameters (a odd, b).
 
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-    return np.ascontiguousarray(a, dtype=np.uint32), np.ascontiguousarray(b, dtype=np.uint32)
+    The same draws as ``datasketch.MinHash._init_permutations`` (``RandomState(seed)``, then
+    ``a = 2*randint(0, 2**31) + 1`` and ``b = randint(0, 2**32)``), without importing
+    datasketch (and scipy) on every run; a test checks they equal datasketch's.
+    """
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return np.ascontiguousarray(a), np.ascontiguousarray(b)
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -158,35 +332,39 @@ def fold32(h64: np.ndarray) -> np.ndarray:
 EMPTY = np.uint32(0xFFFFFFFF)
 
 
-def signatures(shingle_sets: Sequence[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
+def signatures(shingle_sets: Sequence[np.ndarray], num_perm: int, seed: int, chunk: int = 1 << 17) -> np.ndarray:
     """MinHash signatures (len(sets) x num_perm, uint32) of 64-bit shingle hash sets.
 
-    Works in chunks of about 8k shingles so the (shingles x num_perm) scratch stays in cache.
-    An empty set gets datasketch's empty signature (all 2**32 - 1).
+    Texts are taken in chunks of about ``chunk`` shingles; for each permutation one pass computes
+    ``a*h + b`` (uint32 wrap-around is the mod 2**32) over the chunk and a segmented minimum per
+    text. The working arrays stay in cache, which makes this several times faster than the
+    (shingles x permutations) matrix datasketch builds. An empty set gets datasketch's empty
+    signature (all 2**32 - 1).
     """
     a, b = permutations(num_perm, seed)
-    out = np.full((len(shingle_sets), num_perm), EMPTY, dtype=np.uint32)
-    chunk_limit = max(1, (1 << 20) // num_perm)
-    start = 0
-    n = len(shingle_sets)
-    while start < n:
-        stop = start
+    out = np.full((num_perm, len(shingle_sets)), EMPTY, dtype=np.uint32)
+    rows = np.fromiter((i for i, s in enumerate(shingle_sets) if s.size), dtype=np.int64)
+    pos = 0
+    while pos < rows.size:
+        stop = pos
         size = 0
-        while stop < n and (size == 0 or size + shingle_sets[stop].size <= chunk_limit):
-            size += shingle_sets[stop].size
+        while stop < rows.size and (size == 0 or size + shingle_sets[rows[stop]].size <= chunk):
+            size += shingle_sets[rows[stop]].size
             stop += 1
-        parts = [s for s in shingle_sets[start:stop] if s.size]
-        if parts:
-            rows = [i for i in range(start, stop) if shingle_sets[i].size]
-            lengths = np.fromiter((s.size for s in parts), dtype=np.int64, count=len(parts))
-            offsets = np.zeros(len(parts), dtype=np.int64)
-            np.cumsum(lengths[:-1], out=offsets[1:])
-            h = _fmix32(fold32(np.concatenate(parts)))
-            scratch = np.multiply.outer(h, a)
-            scratch += b
-            out[rows] = np.minimum.reduceat(scratch, offsets, axis=0)
-        start = stop
-    return out
+        chunk_rows = rows[pos:stop]
+        parts = [shingle_sets[i] for i in chunk_rows.tolist()]
+        offsets = np.zeros(len(parts), dtype=np.int64)
+        if len(parts) > 1:
+            np.cumsum(np.fromiter((p.size for p in parts[:-1]), dtype=np.int64, count=len(parts) - 1), out=offsets[1:])
+        h = _fmix32(fold32(np.concatenate(parts)))
+        scratch = np.empty_like(h)
+        a_list, b_list = a.tolist(), b.tolist()
+        for k in range(num_perm):
+            np.multiply(h, np.uint32(a_list[k]), out=scratch)
+            scratch += np.uint32(b_list[k])
+            out[k, chunk_rows] = np.minimum.reduceat(scratch, offsets)
+        pos = stop
+    return np.ascontiguousarray(out.T)
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from still.core.errors import StillError
+from still.core.errors import BadInput, StillError
+
+if TYPE_CHECKING:
+    from still.core.jsonl import Record
 
 
 @dataclass
@@ -19,12 +23,21 @@ class RunStats:
     errors: Counter[str] = field(default_factory=Counter)
     extra: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    # set by the reader: applies the --on-error policy to (source, line, message, raw line)
+    on_bad: Callable[[str, int, str, bytes], None] | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
 
     def error(self, kind: str, n: int = 1) -> None:
         self.errors[kind] += n
+
+    def reject(self, rec: Record, message: str) -> None:
+        """A well-formed line a command cannot use (e.g. a missing field): the --on-error policy
+        decides (fail raises BadInput; skip/quarantine count it as an error)."""
+        if self.on_bad is None:
+            raise BadInput(rec.source, rec.line, message)
+        self.on_bad(rec.source, rec.line, message, rec.raw or b"")
 
     @property
     def n_dropped(self) -> int:

@@ -1,0 +1,217 @@
+"""Benchmark `still dedup` against datasketch and rensa on one generated corpus, in one run.
+
+    python bench/dedup.py [--docs 100000] [--words 250] [--dup-rate 0.1]
+
+Every tool runs as its own process pinned to one core (taskset -c 0, RAYON_NUM_THREADS=1),
+end to end from the same JSONL file; we report docs/s, the ratio to `still dedup`, peak RSS,
+and the recall of planted near duplicates whose exact Jaccard similarity to their original is
+at least 0.85 (threshold 0.8 + 0.05), plus drops of records that are not such duplicates.
+Not a test: timings depend on the machine. rensa is optional (pip install rensa).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+NUM_PERM = 128
+THRESHOLD = 0.8
+NGRAM = 5
+
+
+def _texts(path: str) -> tuple[list[str], list[str]]:
+    import orjson
+
+    ids, texts = [], []
+    with open(path, "rb") as f:
+        for line in f:
+            d = orjson.loads(line)
+            ids.append(d["id"])
+            texts.append(" ".join(d["query"].lower().split()))
+    return ids, texts
+
+
+def _shingles(text: str) -> list[str]:
+    toks = text.split()
+    return [" ".join(toks[i : i + NGRAM]) for i in range(max(1, len(toks) - NGRAM + 1))]
+
+
+def tool_datasketch_bulk(inp: str, out: str) -> None:
+    """datasketch's fastest signature path: MinHash.bulk with an xxhash hash function."""
+    import xxhash
+    from datasketch import MinHash
+
+    _, texts = _texts(inp)
+    sets = [[s.encode() for s in _shingles(t)] for t in texts]
+    MinHash.bulk(sets, num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
+    Path(out).write_text("")
+
+
+def tool_datasketch_lsh(inp: str, out: str) -> None:
+    """datasketch end to end: bulk signatures, then MinHashLSH query + insert (keep first)."""
+    import xxhash
+    from datasketch import MinHash, MinHashLSH
+
+    ids, texts = _texts(inp)
+    sets = [[s.encode() for s in _shingles(t)] for t in texts]
+    sigs = MinHash.bulk(sets, num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    kept = []
+    for i, m in zip(ids, sigs):
+        if lsh.query(m):
+            continue
+        lsh.insert(i, m)
+        kept.append(i)
+    Path(out).write_text("\n".join(kept) + "\n")
+
+
+def tool_rensa_sig(inp: str, out: str) -> None:
+    """rensa's batch signature call (Rust), shingles built in Python as in its README."""
+    from rensa import RMinHash
+
+    _, texts = _texts(inp)
+    RMinHash.digest_matrix_from_token_sets([_shingles(t) for t in texts], NUM_PERM, 42)
+    Path(out).write_text("")
+
+
+def tool_rensa_lsh(inp: str, out: str) -> None:
+    """rensa's whole LSH pipeline: signatures, then insert-and-flag in one call (16 bands)."""
+    from rensa import RMinHash, RMinHashLSH
+
+    ids, texts = _texts(inp)
+    matrix = RMinHash.digest_matrix_from_token_sets([_shingles(t) for t in texts], NUM_PERM, 42)
+    lsh = RMinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM, num_bands=16)
+    flags = lsh.insert_matrix_and_query_duplicate_flags(matrix, 0)
+    # a flagged row shares a band with some other row; keep the first of each such pair as
+    # rensa's README does (flags alone cannot tell which one came first, so keep unflagged + first)
+    kept = [i for i, flag in zip(ids, flags) if not flag]
+    Path(out).write_text("\n".join(kept) + "\n")
+
+
+TOOLS = {
+    "datasketch-bulk (signatures only)": tool_datasketch_bulk,
+    "datasketch bulk + MinHashLSH": tool_datasketch_lsh,
+    "rensa (signatures only)": tool_rensa_sig,
+    "rensa RMinHashLSH pipeline": tool_rensa_lsh,
+}
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def _pin() -> list[str]:
+    return ["taskset", "-c", "0"] if shutil.which("taskset") else []
+
+
+def ground_truth(path: str) -> tuple[set[str], set[str]]:
+    """(planted duplicates with J >= threshold + 0.05 to their original, records that are not
+    duplicates at the threshold: originals and planted copies with J < threshold)."""
+    import orjson
+
+    docs = [orjson.loads(line) for line in open(path, "rb")]
+    high = set()
+    low = {d["id"] for d in docs if "copy_of" not in d}
+
+    def shingle_set(text: str) -> set[tuple[str, ...]]:
+        toks = " ".join(text.lower().split()).split()
+        return {tuple(toks[i : i + NGRAM]) for i in range(len(toks) - NGRAM + 1)}
+
+    for d in docs:
+        if "copy_of" not in d:
+            continue
+        a, b = shingle_set(d["query"]), shingle_set(docs[d["copy_of"]]["query"])
+        j = len(a & b) / max(1, len(a | b))
+        if j >= THRESHOLD + 0.05:
+            high.add(d["id"])
+        elif j < THRESHOLD:
+            low.add(d["id"])
+    return high, low
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--words", type=int, default=250)
+    ap.add_argument("--dup-rate", type=float, default=0.1)
+    ap.add_argument("--tool", help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--output", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.tool:
+        TOOLS[args.tool](args.input, args.output)
+        return
+
+    import corpus
+
+    work = Path(tempfile.mkdtemp(prefix="still-bench-dedup-"))
+    try:
+        data = work / "corpus.jsonl"
+        corpus.write(str(data), args.docs, words=args.words, dup_rate=args.dup_rate, seed=0)
+        ids = [json.loads(line)["id"] for line in open(data)]
+        high, low = ground_truth(str(data))
+        size_mb = data.stat().st_size / 1e6
+        print(
+            f"corpus: {args.docs} docs of ~{args.words} words ({size_mb:.0f} MB), {len(high)} planted near "
+            f"duplicates with J >= {THRESHOLD + 0.05:.2f}; one core each (taskset -c 0)\n"
+        )
+        results = []
+        still = [sys.executable, "-m", "still", "dedup", "-q", "--stats", str(work / "stats.json")]
+        secs, rss = _run(_pin() + still + [str(data), "-o", str(work / "still.jsonl")])
+        kept = {json.loads(line)["id"] for line in open(work / "still.jsonl")}
+        stats = json.loads((work / "stats.json").read_text())
+        results.append(("still dedup (end to end)", secs, rss, kept))
+        have_rensa = subprocess.run([sys.executable, "-c", "import rensa"], capture_output=True).returncode == 0
+        for name in TOOLS:
+            if name.startswith("rensa") and not have_rensa:
+                print(f"{name}: skipped (pip install rensa)")
+                continue
+            out = work / "out.txt"
+            secs, rss = _run(
+                _pin() + [sys.executable, __file__, "--tool", name, "--input", str(data), "--output", str(out)]
+            )
+            kept_ids = set(out.read_text().split()) if out.read_text().strip() else None
+            results.append((name, secs, rss, kept_ids))
+        base = args.docs / results[0][1]
+        print(f"{'tool':38s} {'docs/s':>9s} {'still/x':>8s} {'peak RSS':>9s} {'recall':>7s} {'false drops':>11s}")
+        print(
+            "(recall: planted duplicates with J >= 0.85 dropped; false drops: records with J < 0.8 to every"
+            " earlier one dropped; rensa's flags mark both records of a pair)"
+        )
+        for name, secs, rss, kept_ids in results:
+            rate = args.docs / secs
+            if kept_ids is None:
+                recall, false = "-", "-"
+            else:
+                dropped = {i for i in ids if i not in kept_ids}
+                recall = f"{len(high & dropped) / max(1, len(high)):.4f}"
+                false = str(len(dropped & low))
+            print(f"{name:38s} {rate:9.0f} {base / rate:8.2f} {rss:8.0f}M {recall:>7s} {false:>11s}")
+        per_million = stats["index_bytes"] / args.docs * 1e6 / 1e6
+        print(
+            f"\nstill dedup index memory: {stats['index_bytes'] / 1e6:.1f} MB for {args.docs} docs "
+            f"= {per_million:.0f} MB per million documents (shingle sets on disk); LSH {stats['lsh']}"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""``still dedup``: remove exact and near-duplicate records."""
+
+from __future__ import annotations
+
+import click
+
+from still.cli._common import StreamOptions, run_stream, stream_options
+
+
+@click.command("dedup")
+@click.option(
+    "--key",
+    type=click.Choice(["query", "response", "query+response"]),
+    default="query",
+    show_default=True,
+    help="Which text decides that two records are duplicates.",
+)
+@click.option(
+    "--keep",
+    default="first",
+    show_default=True,
+    metavar="first|longest|max:FIELD",
+    help="Which record of a cluster is kept: the first seen (streams), the one with the longest key "
+    "text, or the highest numeric FIELD (both read the whole input first).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.8,
+    show_default=True,
+    help="Near duplicates: exact Jaccard similarity of word-shingle sets at or above this.",
+)
+@click.option("--exact-only", is_flag=True, help="Only exact duplicates (after normalisation); no MinHash.")
+@click.option(
+    "--normalize",
+    "normalise",
+    default="nfkc,lower,space",
+    show_default=True,
+    metavar="STEPS",
+    help="Comma list of nfkc, lower, space, punct (drop punctuation), digits (every number -> 0), or none. "
+    "Digits are kept by default: a problem with other numbers is another problem.",
+)
+@click.option(
+    "--ngram",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Word n-gram size (shorter texts use less).",
+)
+@click.option("--num-perm", type=click.IntRange(min=2), default=128, show_default=True, help="MinHash permutations.")
+@click.option("--bands", type=click.IntRange(min=0), default=0, help="LSH bands [default: chosen from --threshold].")
+@click.option(
+    "--rows", type=click.IntRange(min=0), default=0, help="LSH rows per band [default: chosen from --threshold]."
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="MinHash seed (datasketch's default is 1).")
+@click.option(
+    "--max-per-key",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Keep up to K records per cluster (OpenThoughts keeps 16 answers per question).",
+)
+@click.option(
+    "--mark", is_flag=True, help="Keep every record and add dedup: {cluster, representative, jaccard, rank, match}."
+)
+@click.option("--clusters", "clusters_path", metavar="FILE", help="Write clusters with duplicates as JSONL.")
+@click.option(
+    "--state",
+    "state_dir",
+    metavar="DIR",
+    envvar="STILL_DEDUP_STATE",
+    show_envvar=True,
+    help="Persist the index here and deduplicate against every earlier run (cron); updated only "
+    "after the output is complete.",
+)
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    envvar="STILL_DEDUP_REDIS",
+    show_envvar=True,
+    help="Share the index with other workers through Redis (redis://host:port/db).",
+)
+@click.option("--redis-prefix", default="still:dedup", show_default=True, help="Key prefix of the index in Redis.")
+@click.option(
+    "--block-size", type=click.IntRange(min=1), default=2048, show_default=True, help="Records decided per batch."
+)
+@click.option("--explain", is_flag=True, help="Print the LSH bands/rows and P(candidate | J) on stderr, then exit.")
+@stream_options
+def command(
+    stream: StreamOptions,
+    key: str,
+    keep: str,
+    threshold: float,
+    exact_only: bool,
+    normalise: str,
+    ngram: int,
+    num_perm: int,
+    bands: int,
+    rows: int,
+    seed: int,
+    max_per_key: int,
+    mark: bool,
+    clusters_path: str | None,
+    state_dir: str | None,
+    redis_url: str | None,
+    redis_prefix: str,
+    block_size: int,
+    explain: bool,
+) -> None:
+    """Remove exact and near-duplicate records.
+
+    Exact: xxh3 of the normalised key text. Near: MinHash (datasketch affine32) over word n-gram
+    shingles, LSH candidates, each confirmed by the exact Jaccard similarity of the shingle sets;
+    a record joins a cluster only if it is similar enough to the cluster's representative itself.
+    Output keeps input order. Dropped records are counted as "exact duplicate" or "near duplicate".
+
+    \b
+    Examples:
+      still dedup < traces.jsonl > unique.jsonl
+      still dedup --key query --max-per-key 16 --state ~/.cache/still/dedup new.jsonl.gz
+      still dedup --mark --clusters clusters.jsonl data.jsonl | jq -c .dedup
+    """
+    from still.core import minhash as mh
+    from still.core.dedup import DedupConfig, dedup
+
+    config = DedupConfig(
+        key=key,
+        keep=keep,
+        threshold=threshold,
+        num_perm=num_perm,
+        bands=bands,
+        rows=rows,
+        ngram=ngram,
+        seed=seed,
+        normalise=mh.Normaliser.parse(normalise).steps,
+        near=not exact_only,
+        max_per_key=max_per_key,
+        mark=mark,
+        clusters_path=clusters_path,
+        state_dir=state_dir,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        block_size=block_size,
+        fields=stream.fields(),
+    )
+    if explain:
+        b, r = config.lsh_params()
+        click.echo(mh.explain(threshold, num_perm, b, r), err=True)
+        return
+    run_stream("dedup", stream, lambda records, stats: dedup(records, config, stats))

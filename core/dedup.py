@@ -1,0 +1,776 @@
+"""Exact and near-duplicate removal over a JSONL record stream.
+
+Pipeline per block of records (in priority order):
+
+1. key text (query, response or both) -> explicit normalisation -> 64-bit exact key (xxh3);
+2. word n-gram shingles (64-bit hashes) -> MinHash signatures (datasketch affine32, vectorised)
+   -> LSH band keys;
+3. decisions in order: an exact-key hit makes a record a duplicate of that representative;
+   otherwise every LSH candidate representative is confirmed by the exact Jaccard similarity of
+   the shingle sets, and the record joins the best one at or above the threshold; otherwise it
+   becomes a new representative.
+
+Clusters are stars around a representative: a record joins a cluster only when its own
+Jaccard similarity to the representative reaches the threshold, so chains of merely similar
+records never merge unrelated texts (the failure of union-find over unverified LSH bands).
+
+The index (exact keys, band keys, shingle sets of representatives) lives in memory as sorted
+numpy runs with shingle sets in an on-disk append-only file, persists in ``--state DIR`` across
+runs, or lives in Redis (``--redis URL``) through datasketch's Redis-backed ``MinHashLSH`` so
+many workers can share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+import numpy as np
+import orjson
+import xxhash
+
+from still.core import minhash as mh
+from still.core.errors import StillError, UsageError
+from still.core.fields import Fields, get_path, is_missing
+from still.core.jsonl import Record
+from still.core.lshindex import KeyIndex
+from still.core.stats import RunStats
+
+STATE_FORMAT = 1
+KEYS = ("query", "response", "query+response")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    key: str = "query"
+    keep: str = "first"
+    threshold: float = 0.8
+    num_perm: int = 128
+    bands: int = 0  # 0: chosen from the threshold (see minhash.choose_bands)
+    rows: int = 0
+    ngram: int = 5
+    seed: int = 1
+    normalise: tuple[str, ...] = mh.DEFAULT_NORMALISE
+    near: bool = True
+    max_per_key: int = 1
+    mark: bool = False
+    clusters_path: str | None = None
+    state_dir: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "still:dedup"
+    block_size: int = 2048
+    fields: Fields = field(default_factory=Fields)
+
+    def __post_init__(self) -> None:
+        if self.key not in KEYS:
+            raise UsageError(f"--key must be one of {', '.join(KEYS)}")
+        if not (self.keep in ("first", "longest") or (self.keep.startswith("max:") and len(self.keep) > 4)):
+            raise UsageError("--keep must be first, longest or max:FIELD")
+        if not 0.0 < self.threshold <= 1.0:
+            raise UsageError("--threshold must be in (0, 1]")
+        if self.max_per_key < 1:
+            raise UsageError("--max-per-key must be at least 1")
+        if self.num_perm < 2:
+            raise UsageError("--num-perm must be at least 2")
+        if self.bands < 0 or self.rows < 0 or (self.bands or self.rows) and self.bands * self.rows > self.num_perm:
+            raise UsageError("--bands x --rows must not exceed --num-perm")
+        if self.ngram < 1:
+            raise UsageError("--ngram must be at least 1")
+        if self.state_dir and self.redis_url:
+            raise UsageError("--state and --redis are two kinds of index: choose one")
+
+    def lsh_params(self) -> tuple[int, int]:
+        if self.bands and self.rows:
+            return self.bands, self.rows
+        if self.bands or self.rows:
+            raise UsageError("give both --bands and --rows, or neither")
+        return mh.choose_bands(self.threshold, self.num_perm)
+
+    def manifest(self) -> dict[str, Any]:
+        """Everything that makes a stored index comparable with this run."""
+        bands, rows = self.lsh_params()
+        return {
+            "format": STATE_FORMAT,
+            "scheme": "affine32",
+            "seed": self.seed,
+            "num_perm": self.num_perm,
+            "bands": bands,
+            "rows": rows,
+            "ngram": self.ngram,
+            "shingle_version": mh.SHINGLE_VERSION,
+            "normalise": list(self.normalise),
+            "normalise_version": mh.NORMALISE_VERSION,
+            "key": self.key,
+            "threshold": self.threshold,
+            "near": self.near,
+        }
+
+
+@dataclass
+class Item:
+    """A record on its way through the deduplicator, with its features."""
+
+    rec: Record
+    index: int  # position in the input
+    norm: str = ""
+    exact: int = 0
+    shingles: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    rep: int = -1  # the representative it joined (or became)
+    jaccard: float = 1.0
+    match: str | None = None  # "exact" / "near" for duplicates
+    rank: int = 0  # 0 for the representative, then arrival order in its cluster
+
+
+_EMPTY_SET = np.empty(0, dtype=np.uint64)
+
+
+class ShingleStore:
+    """Sorted shingle-hash sets of representatives, appended to a file and read back on demand.
+
+    Keeping them on disk (page-cached) is what bounds memory: only offsets stay in RAM.
+    """
+
+    def __init__(self, path: str, offsets: array | None = None) -> None:  # type: ignore[type-arg]
+        self.path = path
+        self.offsets: array = offsets if offsets is not None else array("Q", [0])  # type: ignore[type-arg]
+        self.file: IO[bytes] = open(path, "ab+")  # noqa: SIM115 - closed by close()
+        self.file.truncate(self.offsets[-1] * 8)
+        self.file.seek(0, os.SEEK_END)
+        self._dirty = False
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def append(self, sets: Sequence[np.ndarray]) -> None:
+        if not sets:
+            return
+        end = self.offsets[-1]
+        for s in sets:
+            end += int(s.size)
+            self.offsets.append(end)
+        self.file.write(np.concatenate(sets).astype("<u8", copy=False).tobytes())
+        self._dirty = True
+
+    def get(self, rep: int) -> np.ndarray:
+        if self._dirty:
+            self.file.flush()
+            self._dirty = False
+        start, stop = self.offsets[rep], self.offsets[rep + 1]
+        data = os.pread(self.file.fileno(), (stop - start) * 8, start * 8)
+        return np.frombuffer(data, dtype="<u8").astype(np.uint64, copy=False)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Index(Protocol):
+    """Where representatives live: in memory (optionally persisted) or in Redis."""
+
+    def exact_lookup(self, keys: np.ndarray) -> list[list[int]]: ...
+    def band_lookup(self, band_keys: np.ndarray, sigs: np.ndarray) -> list[list[int]]: ...
+    def shingles(self, rep: int) -> np.ndarray: ...
+    def rep_key(self, rep: int) -> int: ...
+    def add_member(self, rep: int) -> int: ...
+    def next_rep(self) -> int: ...
+    def commit(self, reps: list[int], items: list[Item], band_keys: np.ndarray, sigs: np.ndarray) -> dict[int, int]: ...
+    def close(self, success: bool) -> None: ...
+
+
+class MemoryIndex:
+    """Sorted numpy runs + an on-disk shingle store; ``state_dir`` makes it persistent."""
+
+    def __init__(self, config: DedupConfig) -> None:
+        self.config = config
+        bands, _ = config.lsh_params()
+        self.exact = KeyIndex(1, np.uint64)
+        self.bands = KeyIndex(bands, np.uint32)
+        self.rep_keys: array = array("Q")  # type: ignore[type-arg]
+        self.members: array = array("I")  # type: ignore[type-arg]
+        self.state_dir = config.state_dir
+        self._tmp: str | None = None
+        offsets = None
+        if self.state_dir:
+            offsets = self._load_state(self.state_dir)
+            store_path = os.path.join(self.state_dir, "shingles.bin")
+        else:
+            self._tmp = tempfile.mkdtemp(prefix="still-dedup-")
+            store_path = os.path.join(self._tmp, "shingles.bin")
+        self.store = ShingleStore(store_path, offsets)
+        self.loaded_reps = len(self.rep_keys)
+
+    def _load_state(self, state_dir: str) -> array | None:  # type: ignore[type-arg]
+        manifest_path = os.path.join(state_dir, "manifest.json")
+        if not os.path.exists(manifest_path):
+            os.makedirs(state_dir, exist_ok=True)
+            return None
+        try:
+            with open(manifest_path) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise StillError(f"{manifest_path}: unreadable dedup state ({exc})") from exc
+        expected = self.config.manifest()
+        stored = manifest.get("params", {})
+        diffs = [
+            f"{k} {stored.get(k)!r} (stored) != {v!r} (this run)" for k, v in expected.items() if stored.get(k) != v
+        ]
+        if diffs:
+            raise StillError(
+                f"{state_dir}: dedup state was built with other parameters: {'; '.join(diffs)}. "
+                "Use the same options, or a new --state directory."
+            )
+        data = np.load(os.path.join(state_dir, manifest["arrays"]))
+        self.exact.load(data["exact_keys"], data["exact_ids"])
+        self.bands.load(data["band_keys"], data["band_ids"])
+        self.rep_keys = array("Q", data["rep_keys"].tolist())
+        self.members = array("I", data["members"].tolist())
+        return array("Q", data["offsets"].tolist())
+
+    def exact_lookup(self, keys: np.ndarray) -> list[list[int]]:
+        return self.exact.lookup(keys.reshape(-1, 1))
+
+    def band_lookup(self, band_keys: np.ndarray, sigs: np.ndarray) -> list[list[int]]:
+        return self.bands.lookup(band_keys)
+
+    def shingles(self, rep: int) -> np.ndarray:
+        return self.store.get(rep)
+
+    def rep_key(self, rep: int) -> int:
+        return int(self.rep_keys[rep])
+
+    def add_member(self, rep: int) -> int:
+        self.members[rep] += 1
+        return int(self.members[rep]) - 1
+
+    def next_rep(self) -> int:
+        self.rep_keys.append(0)
+        self.members.append(1)
+        return len(self.rep_keys) - 1
+
+    def commit(self, reps: list[int], items: list[Item], band_keys: np.ndarray, sigs: np.ndarray) -> dict[int, int]:
+        if not reps:
+            return {}
+        ids = np.asarray(reps, dtype=np.uint32)
+        exact = np.fromiter((it.exact for it in items), dtype=np.uint64, count=len(items))
+        for rep, it in zip(reps, items):
+            self.rep_keys[rep] = it.exact
+        self.exact.add(exact.reshape(-1, 1), ids)
+        if self.config.near:
+            self.bands.add(band_keys, ids)
+        self.store.append([it.shingles for it in items])
+        return {}
+
+    def save(self) -> None:
+        """Write the arrays under a new name, then switch the manifest atomically."""
+        assert self.state_dir
+        self.store.file.flush()
+        os.fsync(self.store.file.fileno())
+        exact = self.exact.state()
+        bands = self.bands.state()
+        generation = 1
+        manifest_path = os.path.join(self.state_dir, "manifest.json")
+        old_arrays = None
+        if os.path.exists(manifest_path):
+            with open(manifest_path) as f:
+                old = json.load(f)
+            generation = int(old.get("generation", 0)) + 1
+            old_arrays = old.get("arrays")
+        arrays_name = f"index-{generation}.npz"
+        tmp_arrays = os.path.join(self.state_dir, arrays_name + ".part")
+        with open(tmp_arrays, "wb") as f:
+            np.savez(
+                f,
+                exact_keys=exact["keys"],
+                exact_ids=exact["ids"],
+                band_keys=bands["keys"],
+                band_ids=bands["ids"],
+                rep_keys=np.asarray(self.rep_keys, dtype=np.uint64),
+                members=np.asarray(self.members, dtype=np.uint32),
+                offsets=np.asarray(self.store.offsets, dtype=np.uint64),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_arrays, os.path.join(self.state_dir, arrays_name))
+        manifest = {
+            "tool": "still dedup",
+            "generation": generation,
+            "arrays": arrays_name,
+            "representatives": len(self.rep_keys),
+            "shingle_words": int(self.store.offsets[-1]),
+            "params": self.config.manifest(),
+        }
+        tmp_manifest = manifest_path + ".part"
+        with open(tmp_manifest, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_manifest, manifest_path)
+        if old_arrays and old_arrays != arrays_name:
+            try:
+                os.unlink(os.path.join(self.state_dir, old_arrays))
+            except OSError:
+                pass
+
+    def close(self, success: bool) -> None:
+        self.store.close()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @property
+    def nbytes(self) -> int:
+        """RAM held by the index (the shingle store is on disk)."""
+        return (
+            self.exact.nbytes
+            + self.bands.nbytes
+            + self.rep_keys.itemsize * len(self.rep_keys)
+            + self.members.itemsize * len(self.members)
+            + self.store.offsets.itemsize * len(self.store.offsets)
+        )
+
+
+class RedisIndex:
+    """A shared index in Redis: datasketch ``MinHashLSH`` with Redis storage for the bands,
+    Redis hashes for exact keys (claimed atomically with HSETNX), shingle sets and members."""
+
+    def __init__(self, config: DedupConfig) -> None:
+        from still.core.errors import require
+
+        require("redis", "redis", "dedup --redis")
+        import redis
+        from datasketch import MinHashLSH
+
+        self.config = config
+        bands, rows = config.lsh_params()
+        url = config.redis_url or ""
+        try:
+            self.client = redis.Redis.from_url(url)
+            self.client.ping()
+        except (redis.RedisError, ValueError) as exc:
+            raise StillError(f"cannot reach Redis at {url}: {exc}") from exc
+        p = config.redis_prefix
+        self.k_manifest, self.k_exact, self.k_shingles = f"{p}:manifest", f"{p}:exact", f"{p}:shingles"
+        self.k_repkey, self.k_members, self.k_counter = f"{p}:repkey", f"{p}:members", f"{p}:next"
+        manifest = orjson.dumps(config.manifest(), option=orjson.OPT_SORT_KEYS)
+        self.client.setnx(self.k_manifest, manifest)
+        stored = self.client.get(self.k_manifest)
+        if stored != manifest:
+            raise StillError(
+                f"Redis prefix {p!r} holds a dedup index built with other parameters "
+                f"({stored!r}); use the same options or another --redis-prefix"
+            )
+        self.lsh = MinHashLSH(
+            num_perm=config.num_perm,
+            params=(bands, rows),
+            storage_config={"type": "redis", "basename": f"{p}:lsh".encode(), "redis": self._connection_kwargs()},
+            prepickle=True,
+        )
+        self._local_members: dict[int, int] = {}
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        kwargs = self.client.connection_pool.connection_kwargs
+        return {
+            k: kwargs[k] for k in ("host", "port", "db", "username", "password", "path") if kwargs.get(k) is not None
+        }
+
+    def _minhash(self, sig: np.ndarray) -> Any:
+        from datasketch import MinHash
+
+        return MinHash(num_perm=self.config.num_perm, seed=self.config.seed, hashvalues=sig, scheme="affine32")
+
+    def exact_lookup(self, keys: np.ndarray) -> list[list[int]]:
+        if keys.size == 0:
+            return []
+        values = self.client.hmget(self.k_exact, [str(int(k)) for k in keys])
+        return [[int(v)] if v is not None else [] for v in values]
+
+    def band_lookup(self, band_keys: np.ndarray, sigs: np.ndarray) -> list[list[int]]:
+        if not self.config.near:
+            return [[] for _ in range(sigs.shape[0])]
+        out: list[list[int]] = []
+        for sig in sigs:
+            if (sig == mh.EMPTY).all():
+                out.append([])
+                continue
+            out.append(sorted(int(k) for k in self.lsh.query(self._minhash(sig))))
+        return out
+
+    def shingles(self, rep: int) -> np.ndarray:
+        data = self.client.hget(self.k_shingles, str(rep))
+        raw = data if isinstance(data, bytes) else b""
+        return np.frombuffer(raw, dtype="<u8").astype(np.uint64, copy=False)
+
+    def rep_key(self, rep: int) -> int:
+        v = self.client.hget(self.k_repkey, str(rep))
+        return int(v) if v is not None else 0
+
+    def add_member(self, rep: int) -> int:
+        return int(self.client.hincrby(self.k_members, str(rep), 1)) - 1
+
+    def next_rep(self) -> int:
+        return int(self.client.incr(self.k_counter)) - 1
+
+    def commit(self, reps: list[int], items: list[Item], band_keys: np.ndarray, sigs: np.ndarray) -> dict[int, int]:
+        """Claim exact keys atomically; a key another worker claimed first turns our would-be
+        representative into its duplicate (returned as {our rep: their rep})."""
+        conflicts: dict[int, int] = {}
+        if not reps:
+            return conflicts
+        # One transaction per block: a representative's size, key and shingles exist before any
+        # other worker can learn its number from the exact-key claim or the LSH.
+        pipe = self.client.pipeline(transaction=True)
+        for rep, it in zip(reps, items):
+            pipe.hsetnx(self.k_members, str(rep), 1)
+            pipe.hset(self.k_repkey, str(rep), str(it.exact))
+            pipe.hset(self.k_shingles, str(rep), it.shingles.astype("<u8").tobytes())
+            pipe.hsetnx(self.k_exact, str(it.exact), rep)
+        claimed = pipe.execute()[3::4]
+        losers = [(rep, it) for rep, it, ok in zip(reps, items, claimed) if not ok]
+        if losers:
+            owners = self.client.hmget(self.k_exact, [str(it.exact) for _, it in losers])
+            conflicts = {rep: int(o) for (rep, _), o in zip(losers, owners) if o is not None}
+            pipe = self.client.pipeline(transaction=True)
+            for rep in conflicts:
+                pipe.hdel(self.k_members, str(rep))
+                pipe.hdel(self.k_repkey, str(rep))
+                pipe.hdel(self.k_shingles, str(rep))
+            pipe.execute()
+        if self.config.near:
+            with self.lsh.insertion_session() as session:
+                for row, (rep, it) in enumerate(zip(reps, items)):
+                    if rep not in conflicts and it.shingles.size:
+                        session.insert(str(rep), self._minhash(sigs[row]), check_duplication=False)
+        return conflicts
+
+    def close(self, success: bool) -> None:
+        self.client.close()
+
+
+def open_index(config: DedupConfig) -> MemoryIndex | RedisIndex:
+    return RedisIndex(config) if config.redis_url else MemoryIndex(config)
+
+
+def earlier_neighbours(band_keys: np.ndarray, eligible: np.ndarray) -> dict[int, set[int]]:
+    """For each eligible row, the earlier eligible rows of the block sharing at least one band."""
+    rows = np.flatnonzero(eligible)
+    out: dict[int, set[int]] = {}
+    if rows.size < 2:
+        return out
+    for band in range(band_keys.shape[1]):
+        keys = band_keys[rows, band]
+        order = np.argsort(keys, kind="stable")  # equal keys keep ascending row order
+        ordered = keys[order]
+        same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if same.size == 0:
+            continue
+        run_starts = same[np.concatenate(([True], same[1:] != same[:-1] + 1))]
+        for start in run_starts.tolist():
+            stop = start + 1
+            while stop < ordered.size and ordered[stop] == ordered[start]:
+                stop += 1
+            members = rows[order[start:stop]].tolist()
+            for t in range(1, len(members)):
+                out.setdefault(members[t], set()).update(members[:t])
+    return out
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two shingle-hash multisets taken as sets."""
+    a, b = np.unique(a), np.unique(b)
+    if a.size == 0 or b.size == 0:
+        return 1.0 if a.size == b.size else 0.0
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return float(inter / (a.size + b.size - inter))
+
+
+class Deduper:
+    """Decides, block by block, which records are representatives and which are duplicates."""
+
+    def __init__(self, config: DedupConfig, stats: RunStats) -> None:
+        self.config = config
+        self.stats = stats
+        self.fields = config.fields
+        self.normalise = mh.Normaliser(config.normalise)
+        self.bands, self.rows = config.lsh_params()
+        self.index = open_index(config)
+        self.shingler = mh.BlockShingler(config.ngram)
+        self.clusters: dict[int, list[dict[str, Any]]] | None = {} if config.clusters_path else None
+        self.rep_info: dict[int, dict[str, Any]] = {}
+
+    # -- features -------------------------------------------------------------------------
+    def key_text(self, rec: Record) -> str:
+        if self.config.key == "query":
+            return self.fields.query(rec)
+        if self.config.key == "response":
+            return self.fields.response(rec)
+        return self.fields.query(rec) + "\n\u241e\n" + self.fields.response(rec)
+
+    def features(self, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
+        """Fill exact keys and shingle sets; return (signatures, band keys) for the block.
+
+        With whitespace collapsed (the default), the exact key is the key of the token sequence,
+        computed with the shingles; otherwise it is xxh3 of the normalised text.
+        """
+        token_keys = self.normalise.collapses_space
+        if token_keys or self.config.near:
+            sets, keys = self.shingler.shingles_and_keys([it.norm for it in items], keys=token_keys)
+            for it, sh in zip(items, sets):
+                it.shingles = sh
+            if token_keys:
+                for it, key in zip(items, keys.tolist()):
+                    it.exact = key
+        if not token_keys:
+            exact_hash = xxhash.xxh3_64_intdigest
+            for it in items:
+                it.exact = exact_hash(it.norm.encode("utf-8", "surrogatepass"))
+        if not self.config.near:
+            empty = np.empty((len(items), 0), dtype=np.uint32)
+            return empty, empty
+        sigs = mh.signatures([it.shingles for it in items], self.config.num_perm, self.config.seed)
+        return sigs, mh.band_keys(sigs, self.bands, self.rows)
+
+    # -- decisions ------------------------------------------------------------------------
+    def decide(self, items: list[Item]) -> None:
+        """Assign each item (given in priority order) to a representative."""
+        if not items:
+            return
+        sigs, band_keys = self.features(items)
+        exact_keys = np.fromiter((it.exact for it in items), dtype=np.uint64, count=len(items))
+        exact_hits = self.index.exact_lookup(exact_keys)
+        band_hits = self.index.band_lookup(band_keys, sigs) if self.config.near else [[] for _ in items]
+        local_exact: dict[int, int] = {}
+        local_sets: dict[int, np.ndarray] = {}
+        neighbours: dict[int, set[int]] = {}
+        if self.config.near:
+            first = np.zeros(len(items), dtype=bool)
+            first[np.unique(exact_keys, return_index=True)[1]] = True
+            has_shingles = np.fromiter((it.shingles.size > 0 for it in items), dtype=bool, count=len(items))
+            neighbours = earlier_neighbours(band_keys, first & has_shingles)
+        new_reps: list[int] = []
+        new_rows: list[int] = []
+        threshold = self.config.threshold
+        for row, it in enumerate(items):
+            rep = exact_hits[row][0] if exact_hits[row] else local_exact.get(it.exact)
+            if rep is not None:
+                it.rep, it.jaccard, it.match = rep, 1.0, "exact"
+                continue
+            earlier = neighbours.get(row)
+            if band_hits[row] or earlier:
+                candidates = set(band_hits[row])
+                if earlier:
+                    # the representatives of earlier records in this block that share a band
+                    candidates.update(items[i].rep for i in earlier)
+                best, best_j = -1, -1.0
+                for cand in sorted(candidates):
+                    other = local_sets.get(cand)
+                    j = jaccard(it.shingles, other if other is not None else self.index.shingles(cand))
+                    if j >= threshold and j > best_j:
+                        best, best_j = cand, j
+                if best >= 0:
+                    it.rep, it.jaccard, it.match = best, best_j, "near"
+                    continue
+            rep = self.index.next_rep()
+            it.rep, it.jaccard, it.match, it.rank = rep, 1.0, None, 0
+            local_exact[it.exact] = rep
+            if it.shingles.size:
+                local_sets[rep] = it.shingles
+            new_reps.append(rep)
+            new_rows.append(row)
+        rows_idx = np.asarray(new_rows, dtype=np.int64)
+        conflicts = self.index.commit(
+            new_reps,
+            [items[r] for r in new_rows],
+            band_keys[rows_idx] if self.config.near else band_keys,
+            sigs[rows_idx] if self.config.near else sigs,
+        )
+        for it in items:
+            if it.rep in conflicts:
+                # another worker claimed this exact key first: its representative has the same
+                # token sequence, so members keep their similarity and ours becomes an exact copy
+                if it.match is None:
+                    it.jaccard, it.match = 1.0, "exact"
+                it.rep = conflicts[it.rep]
+            if it.match is not None:
+                it.rank = self.index.add_member(it.rep)
+            if self.clusters is not None:
+                self._note_cluster(it)
+
+    def _note_cluster(self, it: Item) -> None:
+        assert self.clusters is not None
+        info = {
+            "id": self._safe_id(it.rec),
+            "source": it.rec.source,
+            "line": it.rec.line,
+            "jaccard": round(it.jaccard, 4),
+            "match": it.match,
+            "rank": it.rank,
+            "kept": it.rank < self.config.max_per_key,
+        }
+        if it.match is None:
+            self.rep_info[it.rep] = info
+        else:
+            members = self.clusters.setdefault(it.rep, [])
+            members.append(info)
+
+    def _safe_id(self, rec: Record) -> str | None:
+        try:
+            return self.fields.record_id(rec)
+        except StillError:
+            return None
+
+    def annotate(self, it: Item) -> None:
+        if not self.config.mark:
+            return
+        data = it.rec.changed()
+        data["dedup"] = {
+            "cluster": format(self.index.rep_key(it.rep) if it.match else it.exact, "016x"),
+            "representative": it.match is None,
+            "jaccard": round(it.jaccard, 4),
+            "rank": it.rank,
+            "match": it.match,
+        }
+
+    def kept(self, it: Item) -> bool:
+        return it.rank < self.config.max_per_key
+
+    def finish(self, success: bool) -> None:
+        if success and isinstance(self.index, MemoryIndex) and self.index.state_dir:
+            self.index.save()
+        if isinstance(self.index, MemoryIndex):
+            self.stats.extra["index_bytes"] = self.index.nbytes
+        self.index.close(success)
+
+    def write_clusters(self) -> None:
+        if self.clusters is None or not self.config.clusters_path:
+            return
+        from still.core.jsonl import AtomicOutput
+
+        with AtomicOutput(self.config.clusters_path) as out:
+            for rep in sorted(self.clusters):
+                members = self.clusters[rep]
+                head = self.rep_info.get(rep, {"id": None, "source": None, "line": None, "note": "earlier run"})
+                line = {
+                    "cluster": format(self.index.rep_key(rep), "016x"),
+                    "size": 1 + len(members),
+                    "representative": head,
+                    "members": members,
+                }
+                out.write(orjson.dumps(line) + b"\n")
+
+
+def _priority(config: DedupConfig, it: Item, key_text: str) -> tuple[float, int]:
+    """Sort key for --keep longest / max:FIELD: best first, ties broken by content, not position."""
+    tie = xxhash.xxh3_64_intdigest(it.rec.raw or b"")
+    if config.keep == "longest":
+        return (-float(len(key_text)), tie)
+    value = get_path(it.rec.data, config.keep[4:])
+    if is_missing(value) or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(config.keep[4:])
+    return (-float(value), tie)
+
+
+def dedup(records: Iterable[Record], config: DedupConfig, stats: RunStats) -> Iterator[Record]:
+    """Yield the records to keep (all of them, annotated, with ``mark``), in input order."""
+    bands, rows = config.lsh_params()
+    stats.extra["lsh"] = {"num_perm": config.num_perm, "bands": bands, "rows": rows, "threshold": config.threshold}
+    deduper = Deduper(config, stats)
+    success = False
+    try:
+        if config.keep == "first":
+            yield from _dedup_streaming(records, deduper, stats)
+        else:
+            yield from _dedup_by_priority(records, deduper, stats)
+        success = True
+    finally:
+        deduper.finish(success)
+    deduper.write_clusters()
+
+
+def _make_item(deduper: Deduper, rec: Record, index: int, stats: RunStats) -> tuple[Item, str] | None:
+    try:
+        text = deduper.key_text(rec)
+    except StillError as exc:
+        stats.reject(rec, str(exc).split(": ", 1)[-1] if rec.line else str(exc))
+        return None
+    return Item(rec, index, norm=deduper.normalise(text, collapse=False)), text
+
+
+def _emit(deduper: Deduper, items: list[Item], stats: RunStats) -> Iterator[Record]:
+    for it in items:
+        deduper.annotate(it)
+        if deduper.config.mark or deduper.kept(it):
+            yield it.rec
+        else:
+            stats.drop("exact duplicate" if it.match == "exact" else "near duplicate")
+
+
+def _dedup_streaming(records: Iterable[Record], deduper: Deduper, stats: RunStats) -> Iterator[Record]:
+    block: list[Item] = []
+    size = deduper.config.block_size
+    for index, rec in enumerate(records):
+        made = _make_item(deduper, rec, index, stats)
+        if made is None:
+            continue
+        block.append(made[0])
+        if len(block) >= size:
+            deduper.decide(block)
+            yield from _emit(deduper, block, stats)
+            block = []
+    deduper.decide(block)
+    yield from _emit(deduper, block, stats)
+
+
+def _dedup_by_priority(records: Iterable[Record], deduper: Deduper, stats: RunStats) -> Iterator[Record]:
+    """--keep longest / max:FIELD: spool the input, decide in priority order, emit in input order."""
+    config = deduper.config
+    spool = tempfile.TemporaryFile(prefix="still-dedup-spool-")
+    try:
+        where: list[tuple[int, int, str, int]] = []  # offset, length, source, line
+        order: list[tuple[float, int, int]] = []
+        offset = 0
+        for rec in records:
+            made = _make_item(deduper, rec, len(where), stats)
+            if made is None:
+                continue
+            it, text = made
+            try:
+                prio = _priority(config, it, text)
+            except ValueError as exc:
+                stats.reject(rec, f"--keep {config.keep}: field {exc} is missing or not a number")
+                continue
+            raw = rec.to_bytes()
+            spool.write(raw)
+            order.append((prio[0], prio[1], len(where)))
+            where.append((offset, len(raw), rec.source, rec.line))
+            offset += len(raw)
+        spool.flush()
+        order.sort()
+        decisions: list[Item | None] = [None] * len(where)
+
+        def load(i: int) -> Record:
+            off, length, source, line = where[i]
+            raw = os.pread(spool.fileno(), length, off)
+            return Record(orjson.loads(raw), raw, source, line)
+
+        size = config.block_size
+        for start in range(0, len(order), size):
+            block = []
+            for _, _, i in order[start : start + size]:
+                rec = load(i)
+                block.append(Item(rec, i, norm=deduper.normalise(deduper.key_text(rec), collapse=False)))
+            deduper.decide(block)
+            for it in block:
+                it.rec = Record({}, None, it.rec.source, it.rec.line)  # free the parsed copy
+                decisions[it.index] = it
+        for i in range(len(where)):
+            decided = decisions[i]
+            assert decided is not None
+            decided.rec = load(i)
+            yield from _emit(deduper, [decided], stats)
+    finally:
+        spool.close()

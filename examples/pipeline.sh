@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The demo pipeline on the synthetic data from examples/make_sample.py.
+# Usage: examples/pipeline.sh DEMO_DIR STILL
+# Each step reads the previous step's JSONL and prints its one-line summary on stderr.
+set -euo pipefail
+dir=${1:-demo-out}
+still=${2:-still}
+
+echo "== 1. dedup: exact duplicate lines and near-duplicate responses (key = query+response)"
+"$still" dedup --key query+response "$dir/raw.jsonl" -o "$dir/1-unique.jsonl"
+
+echo "== 2. dedup: at most 4 responses per near-identical query (OpenThoughts-style)"
+"$still" dedup --key query --max-per-key 4 --clusters "$dir/2-clusters.jsonl" \
+  "$dir/1-unique.jsonl" -o "$dir/2-per-query.jsonl"
+
+echo
+echo "demo outputs in $dir/:"
+for f in "$dir"/[0-9]*.jsonl; do
+  printf '  %-28s %6d records\n' "$(basename "$f")" "$(wc -l < "$f")"
+done
+echo "planted: $(tr -d '\n ' < "$dir/truth.json")"
