@@ -459,6 +459,40 @@ def _guard(gold: str, pred: str, g_parsed: list[Any], p_parsed: list[Any]) -> tu
     return None
 
 
+_PROBE_VALUES = ("7/3", "11/5", "13/7", "17/11", "19/13", "23/17", "29/19", "31/23")
+
+
+def _clearly_different(g_expr: Any, p_expr: Any) -> bool:
+    """True when two plain expressions take different values (at 30 digits) at the same point.
+
+    Skips math-verify's slow ``simplify`` for the common wrong answer. Only for ordinary
+    expressions with the same free symbols and no decimals (relations, sets, matrices, decimals,
+    percentages and text go to math-verify), so it never rejects what math-verify would accept.
+    """
+    from sympy import Abs, Expr, Float, Rational
+
+    if not isinstance(g_expr, Expr) or not isinstance(p_expr, Expr):
+        return False
+    symbols = g_expr.free_symbols
+    if symbols != p_expr.free_symbols or len(symbols) > len(_PROBE_VALUES):
+        return False
+    if g_expr.atoms(Float) or p_expr.atoms(Float):
+        return False
+    point = {sym: Rational(v) for sym, v in zip(sorted(symbols, key=str), _PROBE_VALUES)}
+    try:
+        gv = g_expr.subs(point).evalf(30)
+        pv = p_expr.subs(point).evalf(30)
+        if not (gv.is_number and pv.is_number) or gv.has(Float("nan")) or pv.has(Float("nan")):
+            return False
+        if not (gv.is_finite and pv.is_finite):
+            return False
+        diff = Abs(gv - pv).evalf(30)
+        scale = max(Abs(gv).evalf(30), Abs(pv).evalf(30), Float(1))
+        return bool(diff > scale * Float("1e-20", 30))
+    except (TypeError, ValueError, ArithmeticError, AttributeError, RecursionError):
+        return False
+
+
 def compare_in_worker(payload: tuple[str, str]) -> tuple[bool, str, str]:
     """Worker handler: (equal, method, reason) for already-extracted gold and predicted answers."""
     _quiet_logs()
@@ -471,6 +505,8 @@ def compare_in_worker(payload: tuple[str, str]) -> tuple[bool, str, str]:
         return False, "math-verify", "reference answer could not be parsed"
     if not p_parsed:
         return False, "math-verify", "answer could not be parsed"
+    if "%" not in gold + pred and _clearly_different(_first_expr(g_parsed), _first_expr(p_parsed)):
+        return False, "numeric-probe", "different values at a probe point"
     equal = verify(g_parsed, p_parsed, timeout_seconds=None)
     if not equal:
         return False, "math-verify", "not equivalent"
