@@ -76,7 +76,7 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     is_flag=True,
     help="Exit 1 when any verdict is not 'correct' or 'pass' (like jq -e); output is written in full anyway.",
 )
-@stream_options  # type: ignore[untyped-decorator,unused-ignore]  # resolved as Any under editable installs
+@stream_options
 def command(
     stream: StreamOptions,
     mode: str,

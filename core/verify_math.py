@@ -387,7 +387,7 @@ def _mv_parse(answer: str) -> list[Any]:
     parsed = parse(
         "\\boxed{" + answer + "}",
         extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
-        parsing_timeout=None,  # type: ignore[arg-type,unused-ignore]  # capped by killing the worker
+        parsing_timeout=None,  # no SIGALRM: time is capped by killing the worker
     )
     if len(_WORKER_CACHE) >= _WORKER_CACHE_MAX:
         _WORKER_CACHE.clear()

@@ -20,11 +20,6 @@ from typing import Any
 from still.core.verify_math import answer_region, last_boxed, make_verdict
 
 
-def _verdict(verdict: str, extracted: str | None, method: str, reason: str) -> dict[str, Any]:
-    out: dict[str, Any] = make_verdict(verdict, extracted, method, reason)
-    return out
-
-
 LETTERS = string.ascii_uppercase
 
 _AFTER = r"(?=\s*(?:$|[.,;:!?)\]*]|\s[-–—(]|\n))"
@@ -91,14 +86,14 @@ def check_choice(response: str, answer: Any, choices: list[Any] | None, finish_r
     """Verdict for one multiple-choice record (``reason`` says why)."""
     gold = gold_letter(answer, choices)
     if gold is None:
-        return _verdict("error", None, "mc", f"reference answer {answer!r} is not a choice index or letter")
+        return make_verdict("error", None, "mc", f"reference answer {answer!r} is not a choice index or letter")
     region, why = answer_region(response, finish_reason)
     if region is None:
-        return _verdict("truncated", None, "think", why)
+        return make_verdict("truncated", None, "think", why)
     n = len(choices) if choices else max(4, LETTERS.index(gold) + 1)
     letter, how = extract_letter(region, LETTERS[:n])
     if letter is None:
-        return _verdict("no_answer", None, "mc", "no anchored choice letter (Answer: X, \\boxed{X}, (X) alone)")
+        return make_verdict("no_answer", None, "mc", "no anchored choice letter (Answer: X, \\boxed{X}, (X) alone)")
     if letter == gold:
-        return _verdict("correct", letter, f"mc/{how}", "same choice")
-    return _verdict("wrong", letter, f"mc/{how}", f"chose {letter}, reference {gold}")
+        return make_verdict("correct", letter, f"mc/{how}", "same choice")
+    return make_verdict("wrong", letter, f"mc/{how}", f"chose {letter}, reference {gold}")
