@@ -19,7 +19,6 @@ from typing import Any
 
 from still.core.verify_math import answer_region, last_boxed, make_verdict
 
-
 LETTERS = string.ascii_uppercase
 
 _AFTER = r"(?=\s*(?:$|[.,;:!?)\]*]|\s[-–—(]|\n))"
