@@ -13,6 +13,9 @@ echo "== 2. dedup: at most 4 responses per near-identical query (OpenThoughts-st
 "$still" dedup --key query --max-per-key 4 --clusters "$dir/2-clusters.jsonl" \
   "$dir/1-unique.jsonl" -o "$dir/2-per-query.jsonl"
 
+echo "== 3. verify: math answers (exact paths, math-verify in killable workers), code in the sandbox"
+"$still" verify --workers 2 "$dir/2-per-query.jsonl" -o "$dir/3-verified.jsonl"
+
 echo
 echo "demo outputs in $dir/:"
 for f in "$dir"/[0-9]*.jsonl; do
