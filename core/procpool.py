@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from still.core.errors import StillError
+
 _READY = "ready"
 
 
@@ -136,6 +138,7 @@ class KillablePool:
         self.workers: list[_Worker] = []
         self.queue: deque[Task] = deque()
         self.restarts = 0
+        self.failed_starts = 0
 
     def _ensure_workers(self) -> None:
         while len(self.workers) < self.n_workers:
@@ -216,14 +219,20 @@ class KillablePool:
             try:
                 msg = worker.conn.recv()
             except (EOFError, OSError):
+                worker.proc.join(timeout=1)
+                code = worker.proc.exitcode
                 if worker.task is not None:
-                    code = worker.proc.exitcode
                     self._finish(worker, "error", error=f"worker died (exit code {code})")
                     progressed = True
+                elif not worker.ready:
+                    self.failed_starts += 1
+                    if self.failed_starts > 3:
+                        raise StillError(f"worker processes for {self.handler_path} fail to start (exit code {code})")
                 self._replace(worker)
                 continue
             if msg == _READY:
                 worker.ready = True
+                self.failed_starts = 0
             elif worker.task is not None:
                 status, value = msg
                 if status == "ok":

@@ -573,7 +573,10 @@ class MathChecker:
     @property
     def pool(self) -> Any:
         if self._pool is None:
+            from still.core.errors import require
             from still.core.procpool import KillablePool
+
+            require("math_verify", "verify", "checking math answers beyond exact matches")
 
             self._pool = KillablePool(
                 "still.core.verify_math:compare_in_worker",

@@ -230,10 +230,17 @@ def test_truncated_and_no_answer(checker):
 
 def test_hanging_comparisons_time_out_within_the_cap():
     cap = 1.0
+    cases = [
+        # (reference, answer, verdicts allowed): equal huge powers hang math-verify/SymPy.
+        ("10^{10^{6}}", "10^{1000000}", {"timeout"}),
+        ("9^{9^{9}}", "3^{2\\cdot 9^{9}}", {"timeout"}),
+        # A power tower: the numeric probe may tell it from 3 in time; either way within the cap.
+        ("2^{2^{2^{2^{2^{2}}}}}", "3", {"timeout", "wrong"}),
+    ]
     with MathChecker(MathConfig(timeout_s=cap)) as checker:
-        assert checker.check("1", boxed("1.0"))["verdict"] == "correct"  # pool warm, fast path
+        assert checker.check("1", boxed("1.0"))["verdict"] == "correct"  # fast path
         assert checker.check("\\frac{1}{2}", boxed("\\sin(\\pi/6)"))["verdict"] == "correct"  # worker ready
-        for gold, pred in (("2^{2^{2^{2^{2^{2}}}}}", "3"), ("10^{10^{6}}", "10^{1000000}"), ("9^{9^{9}}", "3")):
+        for gold, pred, allowed in cases:
             started = time.monotonic()
             pending = checker.start(gold, boxed(pred))
             assert not isinstance(pending, dict)
@@ -241,10 +248,10 @@ def test_hanging_comparisons_time_out_within_the_cap():
                 checker.pump(True)
             elapsed = time.monotonic() - started
             result = checker.finish(pending)
-            assert result["verdict"] == "timeout", result
+            assert result["verdict"] in allowed, result
             assert pending.task.seconds <= cap + 0.2, pending.task.seconds
             assert elapsed <= cap + 0.2, elapsed
-        # A fresh worker takes over.
+        # A fresh worker takes over after a kill.
         assert checker.check("\\frac{1}{2}", boxed("\\cos(\\pi/3)"))["verdict"] == "correct"
 
 
@@ -349,7 +356,7 @@ def test_workers_give_identical_output():
     for i in range(6):
         for rec in MIXED:
             rows.append({**rec, "id": f"{rec['id']}{i}", "answer": rec["answer"]})
-    rows.insert(7, {"id": "hang", "answer": "2^{2^{2^{2^{2^{2}}}}}", "response": "\\boxed{3}"})
+    rows.insert(7, {"id": "hang", "answer": "10^{10^{6}}", "response": "\\boxed{10^{1000000}}"})
     data = _jsonl(rows)
     # A generous cap: verdicts of records near the cap depend on machine load, not on the worker count.
     one = run_still("verify --workers 1 --timeout 3", stdin=data)
