@@ -227,7 +227,8 @@ class KillablePool:
                 elif not worker.ready:
                     self.failed_starts += 1
                     if self.failed_starts > 3:
-                        raise StillError(f"worker processes for {self.handler_path} fail to start (exit code {code})")
+                        msg = f"worker processes for {self.handler_path} fail to start (exit code {code})"
+                        raise StillError(msg) from None
                 self._replace(worker)
                 continue
             if msg == _READY:
