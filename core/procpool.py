@@ -227,8 +227,8 @@ class KillablePool:
                 elif not worker.ready:
                     self.failed_starts += 1
                     if self.failed_starts > 3:
-                        msg = f"worker processes for {self.handler_path} fail to start (exit code {code})"
-                        raise StillError(msg) from None
+                        why = f"worker processes for {self.handler_path} fail to start (exit code {code})"
+                        raise StillError(why) from None
                 self._replace(worker)
                 continue
             if msg == _READY:

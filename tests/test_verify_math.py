@@ -391,3 +391,21 @@ def test_help():
     res = run_still("verify --help")
     for option in ("--timeout", "--workers", "--fallback", "--mode", "--exit-status", "--sandbox", "--answer-field"):
         assert option in res.out
+
+
+def test_pool_kills_hung_workers_and_survives_crashes():
+    from still.core.procpool import KillablePool
+
+    with KillablePool("time:sleep", workers=2, timeout_s=0.5) as pool:
+        tasks = [pool.submit(x) for x in (0.0, 30.0, 0.01, 30.0)]
+        while not all(t.done for t in tasks):
+            pool.pump(True)
+        assert [t.status for t in tasks] == ["ok", "timeout", "ok", "timeout"]
+        assert all(t.seconds <= 0.5 + 0.2 for t in tasks)
+    with KillablePool("builtins:eval", workers=1, timeout_s=5) as pool:
+        crash = pool.submit("__import__('os')._exit(3)")
+        after = pool.submit("2 + 2")  # runs in the fresh worker that replaces the dead one
+        while not (crash.done and after.done):
+            pool.pump(True)
+        assert crash.status == "error" and "exit code 3" in crash.error
+        assert (after.status, after.result) == ("ok", 4)
