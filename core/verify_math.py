@@ -97,6 +97,7 @@ _ANSWER_LINE_RE = re.compile(
     r"^[ \t>*#_-]*(?:\*\*)?(?:(?:final\s+)?answer|A)(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(.+?)\s*$",
     re.MULTILINE | re.IGNORECASE,
 )
+_LOWER_A_RE = re.compile(r"(?:\*\*)?a(?:\*\*)?\s*[:：]")
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _MATH_RE = re.compile(r"\$\$(.+?)\$\$|\$([^$]+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _HOPE_RE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.IGNORECASE)
@@ -126,7 +127,7 @@ def extract_answer(text: str, fallbacks: tuple[str, ...] = ()) -> tuple[str | No
             return cand, "final-answer"
     lines = list(_ANSWER_LINE_RE.finditer(text))
     # "A:" only counts in upper case (a lower-case "a:" is prose), "Answer:" in any case.
-    lines = [m for m in lines if not m.group(0).lstrip(" \t>*#_-").startswith("a")]
+    lines = [m for m in lines if not _LOWER_A_RE.match(m.group(0).lstrip(" \t>*#_-"))]
     if lines:
         cand = _clean(lines[-1].group(1))
         if cand:

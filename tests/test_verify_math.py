@@ -65,6 +65,8 @@ def test_extraction_order_and_fallbacks():
     assert extract_answer("blah\nAnswer: 42\n") == ("42", "answer-line")
     assert extract_answer("blah\n**Answer:** $x=3$") == ("x=3", "answer-line")
     assert extract_answer("Q: what?\nA: 17") == ("17", "answer-line")
+    assert extract_answer("final step\nanswer: 9") == ("9", "answer-line")
+    assert extract_answer("Note the ratio\na: b is 3") == (None, "")  # lower-case "a:" is prose
     assert extract_answer("Answer: 1\n\\boxed{2}") == ("2", "boxed")
     assert extract_answer("so we get 12 apples and 7 pears.") == (None, "")
     assert extract_answer("so we get 12 apples and 7 pears.", ("last-number",)) == ("7", "fallback:last-number")
