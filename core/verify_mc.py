@@ -24,8 +24,9 @@ LETTERS = string.ascii_uppercase
 _AFTER = r"(?=\s*(?:$|[.,;:!?)\]*]|\s[-–—(]|\n))"
 _ANCHOR_RE = re.compile(
     r"(?:answer\s*(?:is|would be|should be|=)?|(?:option|choice)\s*(?:is|would be|should be))"
-    r"\s*[:：]?\s*(?:\*\*|\$)?\s*"
-    r"(?:\\text\{)?[(\[]?(?P<letter>[A-Z])[)\]]?(?:\})?(?:\*\*|\$)?" + _AFTER,
+    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?:\\text(?:bf)?\{)?\s*"
+    # "(B) 12 apples": a bracketed letter may be followed by the choice's text; a bare one must stand alone.
+    r"(?:[(\[](?P<bracketed>[A-Z])[)\]]|(?P<letter>[A-Z])\}?(?:\*\*|\$)?" + _AFTER + ")",
     re.IGNORECASE,
 )
 _LINE_RE = re.compile(r"^\s*(?:\*\*)?\s*[(\[]?(?P<letter>[A-Z])[)\]]?\s*(?:\*\*)?\s*(?:[.)]\s*.*)?$")
@@ -62,13 +63,13 @@ def extract_letter(text: str, valid: str) -> tuple[str | None, str]:
         if m and m.group("letter").upper() in valid:
             found.append((text.rfind(boxed), m.group("letter").upper(), "boxed"))
     for m in _ANCHOR_RE.finditer(text):
-        letter = m.group("letter")
+        group = "bracketed" if m.group("bracketed") else "letter"
+        letter = m.group(group)
         # A lower-case letter only counts in brackets ("answer is (c)"): "the answer is a" is prose.
-        bracketed = text[m.start("letter") - 1 : m.start("letter")] in "([" and m.start("letter") > 0
-        if letter.islower() and not bracketed:
+        if letter.islower() and group == "letter":
             continue
         if letter.upper() in valid:
-            found.append((m.start("letter"), letter.upper(), "answer-phrase"))
+            found.append((m.start(group), letter.upper(), "answer-phrase"))
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if lines:
         last = lines[-1]

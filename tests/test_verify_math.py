@@ -281,6 +281,8 @@ def test_gold_letter_forms():
         ("Comparing them all...\n(B)", "B"),
         ("Comparing them all...\nC) 42 apples", "C"),
         ("The answer is (c)", "C"),
+        ("Therefore, the answer is: **(B) 12 apples**", "B"),
+        ("Answer: $\\text{D}$", "D"),
         ("I first thought A, but the answer is D.", "D"),
     ],
 )
