@@ -45,7 +45,10 @@ def answer_region(response: str, finish_reason: Any = None) -> tuple[str | None,
         return None, "finish_reason is length"
     close = response.rfind(THINK_CLOSE)
     if close >= 0:
-        return response[close + len(THINK_CLOSE) :], ""
+        region = response[close + len(THINK_CLOSE) :]
+        if THINK_OPEN in region:
+            return None, "a later <think> block never closed"
+        return region, ""
     if THINK_OPEN in response:
         return None, "reasoning never closed (<think> without </think>)"
     return response, ""

@@ -44,6 +44,7 @@ def test_think_blocks():
     assert answer_region("reasoning... </think> final 5") == (" final 5", "")
     assert answer_region("<think>a</think> b </think> c")[0] == " c"
     assert answer_region("<think>still thinking")[0] is None
+    assert answer_region("<think>a</think> b <think>again, cut off")[0] is None
     assert answer_region("no think block at all, Answer: 3")[0] == "no think block at all, Answer: 3"
     assert answer_region("</think>\\boxed{5}", finish_reason="length")[0] is None
 
