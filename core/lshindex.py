@@ -2,7 +2,8 @@
 
 A ``KeyIndex`` maps (table, key) -> representative number for ``tables`` parallel tables
 (one per LSH band, or one for exact hashes). Keys arrive in blocks; each block becomes a sorted
-run and runs merge like a binary counter (LSM), so inserts cost O(log n) amortised per key and
+run and runs merge like an LSM tree (a run merges into the one before once it is at least a
+quarter of its size, which keeps few runs to search), so inserts cost O(log n) amortised per key and
 lookups are vectorised ``searchsorted`` calls. Memory is the arrays themselves: for 21 bands of
 uint32 keys and uint32 ids, 168 bytes per representative (datasketch's dict index: ~3.4 KB).
 """
@@ -35,7 +36,7 @@ class KeyIndex:
         order = np.argsort(k, axis=1, kind="stable")
         run = (np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1))
         self.runs.append(run)
-        while len(self.runs) > 1 and self.runs[-2][0].shape[1] <= 2 * self.runs[-1][0].shape[1]:
+        while len(self.runs) > 1 and self.runs[-2][0].shape[1] <= 4 * self.runs[-1][0].shape[1]:
             b = self.runs.pop()
             a = self.runs.pop()
             k = np.concatenate([a[0], b[0]], axis=1)

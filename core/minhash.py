@@ -342,27 +342,31 @@ def signatures(shingle_sets: Sequence[np.ndarray], num_perm: int, seed: int, chu
     signature (all 2**32 - 1).
     """
     a, b = permutations(num_perm, seed)
+    a_scalars = [np.uint32(x) for x in a.tolist()]
+    b_scalars = [np.uint32(x) for x in b.tolist()]
     out = np.full((num_perm, len(shingle_sets)), EMPTY, dtype=np.uint32)
-    rows = np.fromiter((i for i, s in enumerate(shingle_sets) if s.size), dtype=np.int64)
+    rows = [i for i, s in enumerate(shingle_sets) if s.size]
     pos = 0
-    while pos < rows.size:
+    while pos < len(rows):
         stop = pos
         size = 0
-        while stop < rows.size and (size == 0 or size + shingle_sets[rows[stop]].size <= chunk):
+        while stop < len(rows) and (size == 0 or size + shingle_sets[rows[stop]].size <= chunk):
             size += shingle_sets[rows[stop]].size
             stop += 1
         chunk_rows = rows[pos:stop]
-        parts = [shingle_sets[i] for i in chunk_rows.tolist()]
+        parts = [shingle_sets[i] for i in chunk_rows]
         offsets = np.zeros(len(parts), dtype=np.int64)
         if len(parts) > 1:
             np.cumsum(np.fromiter((p.size for p in parts[:-1]), dtype=np.int64, count=len(parts) - 1), out=offsets[1:])
         h = _fmix32(fold32(np.concatenate(parts)))
         scratch = np.empty_like(h)
-        a_list, b_list = a.tolist(), b.tolist()
+        # contiguous rows (the usual case: no empty texts) take a slice, not a fancy index
+        contiguous = chunk_rows[-1] - chunk_rows[0] == len(chunk_rows) - 1
+        target: slice | list[int] = slice(chunk_rows[0], chunk_rows[-1] + 1) if contiguous else chunk_rows
         for k in range(num_perm):
-            np.multiply(h, np.uint32(a_list[k]), out=scratch)
-            scratch += np.uint32(b_list[k])
-            out[k, chunk_rows] = np.minimum.reduceat(scratch, offsets)
+            np.multiply(h, a_scalars[k], out=scratch)
+            scratch += b_scalars[k]
+            out[k, target] = np.minimum.reduceat(scratch, offsets)
         pos = stop
     return np.ascontiguousarray(out.T)
 
