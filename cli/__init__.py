@@ -19,6 +19,7 @@ from still import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "dedup": ("dedup", "command"),
     "sample": ("sample", "command"),
+    "verify": ("verify", "command"),
 }
 
 

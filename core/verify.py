@@ -1,0 +1,148 @@
+"""``still verify``: one verdict per record, for math/short answers, multiple choice and code.
+
+Each record gets ``verify: {verdict, score, extracted, method, reason}`` (DESIGN.md contract).
+Mode per record with ``auto``: ``tests`` present -> code, ``choices`` present -> multiple choice,
+otherwise math / short answer. Records come out in input order whatever the worker count.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from still.core.errors import BadInput, StillError
+from still.core.fields import Fields, get_path, is_missing
+from still.core.jsonl import Record
+from still.core.stats import RunStats
+from still.core.verify_math import MathChecker, MathConfig, PendingMath, gold_text, make_verdict
+from still.core.verify_mc import check_choice
+
+MODES = ("auto", "math", "mc", "code")
+PASSING = frozenset({"correct", "pass"})
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    mode: str = "auto"
+    fields: Fields = field(default_factory=Fields)
+    answer_field: str = "answer"
+    choices_field: str = "choices"
+    tests_field: str = "tests"
+    finish_reason_field: str = "finish_reason"
+    math: MathConfig = field(default_factory=MathConfig)
+    sandbox: str = "auto"
+    code_timeout_s: float = 6.0
+    code_memory_mb: int = 1024
+
+
+def _field(rec: Record, path: str) -> Any:
+    value = get_path(rec.data, path)
+    return None if is_missing(value) else value
+
+
+class _CodeRunner:
+    """The code checker from ``still.core.verify_code``, imported on the first code record."""
+
+    def __init__(self, config: VerifyConfig) -> None:
+        self.config = config
+        self._check: Any = None
+        self._code_config: Any = None
+
+    def __call__(self, response: str, tests: Any, rec: Record) -> dict[str, Any]:
+        if self._check is None:
+            try:
+                from still.core.verify_code import CodeConfig, check_code  # type: ignore[import-not-found,unused-ignore]
+            except ImportError as exc:
+                raise StillError("code verification is not available in this build") from exc
+            self._check = check_code
+            self._code_config = CodeConfig(
+                sandbox=self.config.sandbox,
+                timeout_s=self.config.code_timeout_s,
+                memory_mb=self.config.code_memory_mb,
+            )
+        result: dict[str, Any] = self._check(response, tests, rec.data, self._code_config)
+        return result
+
+
+def _mode_of(rec: Record, config: VerifyConfig) -> str:
+    if config.mode != "auto":
+        return config.mode
+    if _field(rec, config.tests_field) is not None:
+        return "code"
+    if _field(rec, config.choices_field) is not None:
+        return "mc"
+    return "math"
+
+
+def _annotate(rec: Record, result: dict[str, Any], counts: Counter[str]) -> Record:
+    counts[str(result.get("verdict"))] += 1
+    rec.changed()["verify"] = result
+    return rec
+
+
+def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunStats) -> Iterator[Record]:
+    """Yield each record with ``verify`` added, in input order; verdict counts go to ``stats.extra``."""
+    counts: Counter[str] = Counter()
+    stats.extra["verdicts"] = counts
+    checker = MathChecker(config.math)
+    run_code = _CodeRunner(config)
+    window = 64 * max(1, config.math.workers)
+    pending: deque[tuple[Record, dict[str, Any] | PendingMath]] = deque()
+
+    def ready() -> Iterator[Record]:
+        while pending:
+            rec, outcome = pending[0]
+            if isinstance(outcome, PendingMath):
+                if not outcome.done:
+                    return
+                outcome = checker.finish(outcome)
+            pending.popleft()
+            yield _annotate(rec, outcome, counts)
+
+    try:
+        for rec in records:
+            mode = _mode_of(rec, config)
+            response = config.fields.response(rec)
+            finish_reason = _field(rec, config.finish_reason_field)
+            outcome: dict[str, Any] | PendingMath
+            if mode == "code":
+                tests = _field(rec, config.tests_field)
+                if tests is None:
+                    raise BadInput(rec.source, rec.line, f"no tests field ({config.tests_field}) for code mode")
+                outcome = run_code(response, tests, rec)
+            elif mode == "mc":
+                choices = _field(rec, config.choices_field)
+                if choices is not None and not isinstance(choices, list):
+                    raise BadInput(rec.source, rec.line, f"{config.choices_field} must be a list")
+                answer = _field(rec, config.answer_field)
+                if answer is None:
+                    raise BadInput(rec.source, rec.line, f"no answer field ({config.answer_field})")
+                outcome = check_choice(response, answer, choices, finish_reason)
+            else:
+                raw = _field(rec, config.answer_field)
+                if raw is None:
+                    raise BadInput(rec.source, rec.line, f"no answer field ({config.answer_field})")
+                gold = gold_text(raw)
+                if gold is None:
+                    outcome = make_verdict("error", None, "answer", f"reference answer {raw!r} is not usable")
+                else:
+                    outcome = checker.start(gold, response, finish_reason)
+            pending.append((rec, outcome))
+            checker.pump(block=False)
+            yield from ready()
+            while len(pending) >= window:
+                checker.pump(block=True)
+                yield from ready()
+        while pending:
+            checker.pump(block=True)
+            yield from ready()
+    finally:
+        checker.close()
+        stats.extra["verdicts"] = dict(sorted(counts.items()))
+
+
+def all_passed(stats: RunStats) -> bool:
+    verdicts = stats.extra.get("verdicts", {})
+    return all(v in PASSING for v, n in verdicts.items() if n)
