@@ -216,6 +216,7 @@ class AtomicOutput:
         self.path = None if path in (None, "-") else path
         self._tmp: str | None = None
         self._direct = False
+        self._raw: BinaryIO
         self.stream: BinaryIO
 
     def __enter__(self) -> BinaryIO:
@@ -231,7 +232,7 @@ class AtomicOutput:
             return self.stream
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, self._tmp = tempfile.mkstemp(prefix=".still-", suffix=".part", dir=directory)
-        raw = os.fdopen(fd, "wb", buffering=1 << 20)
+        raw: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
         if self.path.endswith(".gz"):
             self.stream = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # type: ignore[assignment]
             self._raw = raw
