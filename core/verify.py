@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from still.core.errors import BadInput, StillError
+from still.core.errors import StillError
 from still.core.fields import Fields, get_path, is_missing
 from still.core.jsonl import Record
 from still.core.stats import RunStats
@@ -83,13 +84,21 @@ def _annotate(rec: Record, result: dict[str, Any], counts: Counter[str]) -> Reco
 
 
 def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunStats) -> Iterator[Record]:
-    """Yield each record with ``verify`` added, in input order; verdict counts go to ``stats.extra``."""
+    """Yield each record with ``verify`` added, in input order; verdict counts go to ``stats.extra``.
+
+    Math comparisons that need math-verify run in killable worker processes and code runs in
+    sandboxes on ``math.workers`` threads; results are released strictly in input order, so the
+    output does not depend on the worker count. A record without the field its mode needs follows
+    the ``--on-error`` policy.
+    """
     counts: Counter[str] = Counter()
     stats.extra["verdicts"] = counts
     checker = MathChecker(config.math)
     run_code = _CodeRunner(config)
-    window = 64 * max(1, config.math.workers)
-    pending: deque[tuple[Record, dict[str, Any] | PendingMath]] = deque()
+    workers = max(1, config.math.workers)
+    code_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="still-code")
+    window = 64 * workers
+    pending: deque[tuple[Record, dict[str, Any] | PendingMath | Future[dict[str, Any]]]] = deque()
 
     def ready() -> Iterator[Record]:
         while pending:
@@ -98,32 +107,50 @@ def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunSt
                 if not outcome.done:
                     return
                 outcome = checker.finish(outcome)
+            elif isinstance(outcome, Future):
+                if not outcome.done():
+                    return
+                outcome = outcome.result()
             pending.popleft()
             yield _annotate(rec, outcome, counts)
+
+    def wait_for_head() -> None:
+        outcome = pending[0][1]
+        if isinstance(outcome, Future):
+            wait([outcome])
+        elif isinstance(outcome, PendingMath) and not outcome.done:
+            checker.pump(block=True)
 
     try:
         for rec in records:
             mode = _mode_of(rec, config)
             response = config.fields.response(rec)
             finish_reason = _field(rec, config.finish_reason_field)
-            outcome: dict[str, Any] | PendingMath
+            outcome: dict[str, Any] | PendingMath | Future[dict[str, Any]]
             if mode == "code":
                 tests = _field(rec, config.tests_field)
                 if tests is None:
-                    raise BadInput(rec.source, rec.line, f"no tests field ({config.tests_field}) for code mode")
-                outcome = run_code(response, tests, rec)
+                    stats.reject(rec, f"no tests field ({config.tests_field}) for code mode")
+                    continue
+                if finish_reason == "length":
+                    outcome = make_verdict("truncated", None, "code", "finish_reason is length: the output was cut off")
+                else:
+                    outcome = code_pool.submit(run_code, response, tests, rec)
             elif mode == "mc":
                 choices = _field(rec, config.choices_field)
                 if choices is not None and not isinstance(choices, list):
-                    raise BadInput(rec.source, rec.line, f"{config.choices_field} must be a list")
+                    stats.reject(rec, f"{config.choices_field} must be a list")
+                    continue
                 answer = _field(rec, config.answer_field)
                 if answer is None:
-                    raise BadInput(rec.source, rec.line, f"no answer field ({config.answer_field})")
+                    stats.reject(rec, f"no answer field ({config.answer_field})")
+                    continue
                 outcome = check_choice(response, answer, choices, finish_reason)
             else:
                 raw = _field(rec, config.answer_field)
                 if raw is None:
-                    raise BadInput(rec.source, rec.line, f"no answer field ({config.answer_field})")
+                    stats.reject(rec, f"no answer field ({config.answer_field})")
+                    continue
                 gold = gold_text(raw)
                 if gold is None:
                     outcome = make_verdict("error", None, "answer", f"reference answer {raw!r} is not usable")
@@ -133,12 +160,15 @@ def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunSt
             checker.pump(block=False)
             yield from ready()
             while len(pending) >= window:
-                checker.pump(block=True)
+                wait_for_head()
+                checker.pump(block=False)
                 yield from ready()
         while pending:
-            checker.pump(block=True)
+            wait_for_head()
+            checker.pump(block=False)
             yield from ready()
     finally:
+        code_pool.shutdown(wait=True, cancel_futures=True)
         checker.close()
         stats.extra["verdicts"] = dict(sorted(counts.items()))
 

@@ -49,6 +49,7 @@ CODE_VERDICTS = (
     "runtime_error",
     "compile_error",
     "no_answer",
+    "truncated",
     "error",
 )
 PYTHON_TAGS = {"python", "py", "python3", "py3", "python2"}
@@ -507,7 +508,9 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
     spec = _parse_tests(tests, record)
     kind = spec.kind if isinstance(spec, _Spec) else "code"
     if code is None:
-        return _result("no_answer", 0.0, None, f"{kind}/{language}", how)
+        # a reasoning block that never closes was cut off: truncated, as for math answers
+        verdict = "truncated" if "never closes" in how else "no_answer"
+        return _result(verdict, 0.0, None, f"{kind}/{language}", how)
     method = f"{kind}/{language}"
     if isinstance(spec, str):
         return _result("error", 0.0, code, method, spec)

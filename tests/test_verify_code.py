@@ -85,9 +85,9 @@ def test_extracts_last_code_block_after_think():
     assert code.strip() == "print(1)" and lang == "python"
 
 
-def test_unclosed_think_is_no_answer():
+def test_unclosed_think_is_truncated():
     res = check_code("<think>```python\nprint(3)\n```", ADD_IO, {}, CFG)
-    assert res["verdict"] == "no_answer" and "reasoning never closes" in res["reason"]
+    assert res["verdict"] == "truncated" and "reasoning never closes" in res["reason"]
 
 
 def test_response_opening_with_closed_think_only():
