@@ -17,9 +17,12 @@ echo "== 3. decontam: drop records that contain a question of the demo benchmark
 "$still" decontam --against "$dir/bench.jsonl" --report "$dir/3-decontam-report.json" \
   "$dir/2-per-query.jsonl" -o "$dir/3-decontam.jsonl"
 
-echo "== 4. sample: the longer half of responses, one per query, as a math:60 / code:30 mix"
+echo "== 4. verify: math answers (exact paths, math-verify in killable workers), code in the sandbox"
+"$still" verify --workers 2 "$dir/3-decontam.jsonl" -o "$dir/4-verified.jsonl"
+
+echo "== 5. sample: the longer half of responses, one per query, as a math:60 / code:30 mix"
 "$still" sample --length-top 0.5 --per-query 1 --quota domain=math:60,code:30 --seed 7 \
-  "$dir/3-decontam.jsonl" -o "$dir/4-sample.jsonl"
+  "$dir/4-verified.jsonl" -o "$dir/5-sample.jsonl"
 
 echo
 echo "demo outputs in $dir/:"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -174,3 +176,15 @@ def test_fields_library_rules() -> None:
     assert derive_id("Hello  World") == derive_id("hello world")
     problem = Record({"problem": "p", "id": 7}, None, "<t>", 2)
     assert fields.query(problem) == "p" and fields.record_id(problem) == "7"
+
+
+def test_output_to_a_device_writes_through(tmp_path) -> None:
+    # -o /dev/null must not replace the device node with a regular file
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    run_still(["dedup", "--exact-only", "-o", str(fifo)], stdin=GOOD)
+    assert reader.communicate(timeout=30)[0] == GOOD
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    run_still(["dedup", "--exact-only", "-o", os.devnull], stdin=GOOD)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
