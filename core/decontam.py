@@ -922,13 +922,27 @@ class Matcher:
         return 2
 
     def _table(self, seqs: list[np.ndarray], sizes: np.ndarray) -> _GramTable:
-        per_item = [
-            np.unique(gram_hashes(s, int(n))) if n > 0 else np.empty(0, dtype=_U64)
-            for s, n in zip(seqs, sizes, strict=False)
-        ]
-        offsets = np.zeros(len(per_item) + 1, dtype=np.int64)
-        np.cumsum([x.size for x in per_item], out=offsets[1:])
-        flat = np.concatenate(per_item) if per_item else np.empty(0, dtype=_U64)
+        """Every item's distinct n-gram hashes (sorted), n per item; computed for all items of
+        one n at once over their concatenation, dropping the grams that straddle two items."""
+        hashes: list[np.ndarray] = []
+        owners: list[np.ndarray] = []
+        for n in np.unique(sizes[sizes > 0]).tolist():
+            which = np.flatnonzero(sizes == n)
+            lengths = np.array([seqs[i].size for i in which], dtype=np.int64)
+            grams = gram_hashes(np.concatenate([seqs[i] for i in which]), n)
+            owner = np.repeat(np.arange(which.size), lengths)[: grams.size]
+            starts = np.cumsum(lengths) - lengths
+            valid = np.arange(grams.size) - starts[owner] <= lengths[owner] - n
+            hashes.append(grams[valid])
+            owners.append(which[owner[valid]])
+        flat = np.concatenate(hashes) if hashes else np.empty(0, dtype=_U64)
+        item = np.concatenate(owners) if owners else np.empty(0, dtype=np.int64)
+        order = np.lexsort((flat, item))
+        flat, item = flat[order], item[order]
+        distinct = np.ones(flat.size, dtype=bool)
+        distinct[1:] = (flat[1:] != flat[:-1]) | (item[1:] != item[:-1])
+        flat, item = flat[distinct], item[distinct]
+        offsets = np.searchsorted(item, np.arange(len(seqs) + 1)).astype(np.int64)
         keys, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
         df = counts[inverse].astype(np.float64)
         weights = 1.0 / df
