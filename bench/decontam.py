@@ -4,7 +4,7 @@ Index: the shared MATH-500, GSM8K, AIME 24/25 and AMC 23 questions plus variants
 changed and a word swapped) up to ~10k items. Records: ~1 KB prompts, mostly clean templated maths
 with planted benchmark questions. The baseline is open-r1's `scripts/decontaminate.py` rule: lower-case,
 collapse whitespace, a Python set of the benchmark's word 8-grams, and a record is contaminated when
-any of its 8-grams is in the set. Prints records/s (one core) for both, the ratio, and the recall
+any of its 8-grams is in the set. Prints records/s (CPU time, one core) for both, the ratio, and the recall
 of both on the planted suite.
 
     .venv/bin/python bench/decontam.py [--records 20000] [--items 10000] [--seed 0]
