@@ -246,8 +246,41 @@ def _fix_run(m: re.Match[str]) -> str:
     return "".join(map(_fix_char, m.group()))
 
 
+_HIGH_BYTES = bytes(0 if c < 128 else 1 for c in range(256))
+
+
+@lru_cache(maxsize=65536)
+def _fixed_run(run: bytes) -> bytes:
+    """A run of non-ASCII characters (UTF-8) as :func:`prepared` writes it."""
+    return "".join(map(_fix_char, run.decode("utf-8"))).encode("utf-8").translate(_BYTE_TABLE)
+
+
 def prepared(text: str) -> bytes:
     """The text as lower-case words separated by spaces (UTF-8): what tokens are cut from."""
+    text = _drop_formatting(text)
+    if text.isascii():
+        return text.encode("ascii").translate(_BYTE_TABLE)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: character by character
+        return _NON_ASCII.sub(_fix_run, text).encode("utf-8").translate(_BYTE_TABLE)
+    # The non-ASCII characters' runs are the runs of bytes >= 128 in UTF-8; found with
+    # bytes.find (a regex scan costs ~10x more on a 1 KB text).
+    high = data.translate(_HIGH_BYTES)
+    parts: list[bytes] = []
+    pos = 0
+    while (start := high.find(1, pos)) >= 0:
+        end = high.find(0, start)
+        end = len(data) if end < 0 else end
+        parts.append(data[pos:start].translate(_BYTE_TABLE))
+        parts.append(_fixed_run(data[start:end]))
+        pos = end
+    parts.append(data[pos:].translate(_BYTE_TABLE))
+    return b"".join(parts)
+
+
+def prepared_reference(text: str) -> bytes:
+    """:func:`prepared` character by character (the definition the fast version must match)."""
     text = _drop_formatting(text)
     if not text.isascii():
         text = _NON_ASCII.sub(_fix_run, text)
@@ -358,6 +391,111 @@ def collapse_numbers(masked: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     keep[1:] = ~(is_num[1:] & is_num[:-1])
     positions = np.flatnonzero(keep)
     return arr[positions], positions
+
+
+# ----------------------------------------------------------------------------- block screening
+
+_MIX1 = _U64(0xFF51AFD7ED558CCD)
+_MIX2 = _U64(0xC4CEB9FE1A85EC53)
+_LEN_MUL = _U64(0x9FB21C651E98DF25)
+_LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=_U64)
+SCREEN_BYTES = 1 << 18  # prepared bytes screened at once (keeps the per-byte arrays in cache)
+
+
+def _fmix(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> _U64(33))
+    h *= _MIX1
+    h ^= h >> _U64(33)
+    h *= _MIX2
+    h ^= h >> _U64(33)
+    return h
+
+
+def _token_key_long(raw: bytes) -> int:
+    """The key of a token longer than 16 bytes (rare: computed one at a time)."""
+    return xxhash.xxh3_64_intdigest(raw) | 1
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """A cheap bijective mix, so the top bits (a hash-table slot) depend on every input bit."""
+    h *= _MIX1
+    h ^= h >> _U64(32)
+    return h
+
+
+def _gram_keys(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """64-bit keys of 5-grams of ids, given as one uint64 array per position."""
+    h = columns[0].copy()
+    for column in columns[1:]:
+        h *= _GRAM_MUL
+        h += column
+    return _mix(h)
+
+
+def seed_gram_keys(ids: np.ndarray) -> np.ndarray:
+    """The keys of all 5-grams of a sequence of ids (uint64): what the screen probes."""
+    count = ids.size - SEED_N + 1
+    return _gram_keys([ids[k : k + count] for k in range(SEED_N)])
+
+
+class _KeyTable:
+    """An open-addressing hash table from uint64 keys (well-mixed hashes) to int64 values,
+    probed for whole arrays at once; at most a quarter full, so most keys need one probe."""
+
+    def __init__(self, capacity: int = 1 << 12) -> None:
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        size = 1 << max(10, (4 * capacity - 1).bit_length())
+        self.shift = _U64(64 - (size.bit_length() - 1))
+        self.mask = size - 1
+        self.keys = np.zeros(size, dtype=_U64)
+        self.values = np.zeros(size, dtype=np.int64)
+        self.used = np.zeros(size, dtype=bool)
+        self.count = 0
+
+    def _slots(self, keys: np.ndarray) -> np.ndarray:
+        return (keys >> self.shift).astype(np.int64)  # keys are well-mixed hashes already
+
+    def insert(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Add distinct keys that are not in the table yet."""
+        if 4 * (self.count + keys.size) > self.keys.size:  # grow: rehash everything
+            old_keys, old_values = self.keys[self.used], self.values[self.used]
+            self._allocate(self.count + keys.size)
+            self.insert(old_keys, old_values)
+        pos = self._slots(keys)
+        todo = np.arange(keys.size)
+        while todo.size:
+            at = pos[todo]
+            free = ~self.used[at]
+            # one key per free slot claims it this round; the rest probe the next slot
+            _, first = np.unique(at[free], return_index=True)
+            won = todo[free][first]
+            self.keys[pos[won]] = keys[won]
+            self.values[pos[won]] = values[won]
+            self.used[pos[won]] = True
+            left = np.ones(todo.size, dtype=bool)
+            left[np.flatnonzero(free)[first]] = False
+            todo = todo[left]
+            pos[todo] = (pos[todo] + 1) & self.mask
+        self.count += keys.size
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, found) for each key; values are 0 where not found."""
+        pos = self._slots(keys)
+        used = self.used[pos]
+        found = used & (self.keys[pos] == keys)
+        values = np.where(found, self.values[pos], 0)
+        todo = np.flatnonzero(used & ~found)  # collided: probe on
+        while todo.size:
+            at = (pos[todo] + 1) & self.mask
+            pos[todo] = at
+            used = self.used[at]
+            hit = used & (self.keys[at] == keys[todo])
+            values[todo[hit]] = self.values[at[hit]]
+            found[todo[hit]] = True
+            todo = todo[used & ~hit]
+        return values, found
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -798,6 +936,7 @@ class Matcher:
         self._item_cache: dict[tuple[str, int], tuple[dict[int, float], float]] = {}
         self._anchor_raw: set[bytes] = set()
         self._recent: dict[tuple[str, str], list[Hit]] = {}
+        self._tokens: _KeyTable | None = None  # the block screen's token table, once used
         self._compile()
 
     # -- compiling ----------------------------------------------------------------------------
@@ -953,20 +1092,25 @@ class Matcher:
 
     # -- per record ---------------------------------------------------------------------------
 
+    def token_pair(self, raw: bytes) -> tuple[int, int]:
+        """A raw token's (exact id, number-masked id) in this index (``UNK`` when absent)."""
+        vocab = self.index.vocab
+        canon = normalise_token(raw.decode("utf-8", "replace"))
+        masked = mask_token(canon)
+        return vocab.get(token_hash(canon), UNK), NUM if masked == NUM_TOKEN else vocab.get(token_hash(masked), UNK)
+
     def _resolve(self, raws: Sequence[bytes]) -> None:
         """Map tokens seen for the first time to (exact id, masked id); remember anchor tokens."""
         if len(self._exact) > 2_000_000:
             self._exact.clear()
             self._masked.clear()
             self._anchor_raw.clear()
-        vocab = self.index.vocab
         for raw in raws:
             if raw in self._exact:
                 continue
-            canon = normalise_token(raw.decode("utf-8", "replace"))
-            exact = self._exact[raw] = vocab.get(token_hash(canon), UNK)
-            masked = mask_token(canon)
-            self._masked[raw] = NUM if masked == NUM_TOKEN else vocab.get(token_hash(masked), UNK)
+            exact, masked = self.token_pair(raw)
+            self._exact[raw] = exact
+            self._masked[raw] = masked
             if exact in self.anchors:
                 self._anchor_raw.add(raw)
 
@@ -1050,6 +1194,153 @@ class Matcher:
             return []
         exact = exact if exact is not None else self.exact_ids(raws)
         return self._score(text, raws, exact, masked, cands, field_name)
+
+    # -- blocks of records ----------------------------------------------------------------------
+
+    def match_many(self, texts: Sequence[tuple[str, str]]) -> list[list[Hit]]:
+        """:meth:`match` for many (text, field name) pairs: the same hits, in order.
+
+        The texts are screened in blocks with numpy (:meth:`screen`); only those the screen
+        cannot clear, a few in a hundred in practice, take the per-record path.
+        """
+        out: list[list[Hit]] = [[] for _ in texts]
+        todo: dict[tuple[str, str], list[int]] = {}
+        for k, key in enumerate(texts):
+            cached = self._recent.get(key)
+            if cached is not None:
+                out[k] = cached
+            else:
+                todo.setdefault(key, []).append(k)
+        keys = list(todo)
+        suspects = self.screen([text for text, _ in keys])
+        for key, suspect in zip(keys, suspects, strict=True):
+            hits = self._match_uncached(*key) if suspect else []
+            if len(self._recent) >= RECENT_TEXTS:
+                del self._recent[next(iter(self._recent))]
+            self._recent[key] = hits
+            for k in todo[key]:
+                out[k] = hits
+        return out
+
+    def screen(self, texts: Sequence[str]) -> list[bool]:
+        """For each text, False when it certainly contains no benchmark item (the per-record
+        path would find no candidate), True when it may (it then needs :meth:`match`)."""
+        if self._tokens is None:
+            self._screen_tables()
+        prepared_texts = [prepared(text) for text in texts]
+        out: list[bool] = []
+        start = 0
+        while start < len(prepared_texts):
+            stop, size = start, 0
+            while stop < len(prepared_texts) and (stop == start or size + len(prepared_texts[stop]) < SCREEN_BYTES):
+                size += len(prepared_texts[stop]) + 1
+                stop += 1
+            out.extend(self._screen_block(prepared_texts[start:stop]).tolist())
+            start = stop
+        return out
+
+    def _screen_tables(self) -> None:
+        """The screen's tables: the seed table as a key table of rows with CSR item lists, and
+        an (initially empty) table of raw token keys -> (exact id << 32 | masked id)."""
+        table = self.seed_table
+        n_items = self.index.n_items
+        ids = np.array(list(table), dtype=np.int64).reshape(-1, SEED_N)
+        # Different 5-grams with one key (never seen, but possible) share a row: all their items.
+        columns = ids.astype(_U64)
+        row_keys, row_of = np.unique(_gram_keys([columns[:, k] for k in range(SEED_N)]), return_inverse=True)
+        sizes = np.fromiter(map(len, table.values()), dtype=np.int64, count=len(table))
+        items = np.fromiter(chain.from_iterable(table.values()), dtype=np.int64, count=int(sizes.sum()))
+        pairs = np.unique(np.repeat(row_of.reshape(-1), sizes) * n_items + items)
+        self._seed_items = pairs % n_items
+        self._seed_offsets = np.searchsorted(pairs // n_items, np.arange(row_keys.size + 1))
+        self._seed_rows = _KeyTable(row_keys.size)
+        self._seed_rows.insert(row_keys, np.arange(row_keys.size, dtype=np.int64))
+        self._seed_need = np.array(self.seed_need, dtype=np.int64)
+        self._is_anchor = np.zeros(len(self.index.vocab_hashes), dtype=bool)
+        self._is_anchor[sorted(self.anchors)] = True
+        self._tokens = _KeyTable()
+
+    def _token_values(self, buf: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """(exact id << 32 | masked id) of each token buf[starts[k]:ends[k]]."""
+        assert self._tokens is not None
+        lengths = ends - starts
+        words = np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))  # 8 bytes at each offset
+        # a token of up to 8 bytes is its bytes (no token holds a zero byte); longer ones add a hash
+        # of their last 8 bytes and length, which with ``first`` covers a token of up to 16 bytes
+        keys = words[starts] & _LOW_BYTES[np.minimum(lengths, 8)]
+        longer = np.flatnonzero(lengths > 8)
+        if longer.size:
+            tail = words[ends[longer] - 8] + lengths[longer].astype(_U64) * _LEN_MUL
+            keys[longer] ^= _fmix(tail)
+        keys = _mix(keys)
+        for k in np.flatnonzero(lengths > 16).tolist():
+            keys[k] = _token_key_long(buf[starts[k] : ends[k]])
+        values, found = self._tokens.lookup(keys)
+        if not found.all():
+            missing = np.flatnonzero(~found)
+            new_keys, first_at = np.unique(keys[missing], return_index=True)
+            at = missing[first_at]
+            pairs = [self.token_pair(buf[a:b]) for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
+            new_values = np.array([(e << 32) | m for e, m in pairs], dtype=np.int64)
+            if self._tokens.count > 2_000_000:  # a corpus with an endless vocabulary (ids, hashes)
+                self._tokens = _KeyTable()
+            self._tokens.insert(new_keys, new_values)
+            values[missing] = new_values[np.searchsorted(new_keys, keys[missing])]
+        return values
+
+    def _screen_block(self, prepared_texts: list[bytes]) -> np.ndarray:
+        n_texts = len(prepared_texts)
+        suspect = np.zeros(n_texts, dtype=bool)
+        buf = b" ".join(prepared_texts)
+        size = len(buf)
+        if size == 0:
+            return suspect | bool(self.whole)
+        byte = np.frombuffer(buf, dtype=np.uint8)
+        # tokens are the runs of non-space bytes: exactly ``prepared(text).split()``
+        edges = np.diff((byte != 32).view(np.int8), prepend=np.int8(0), append=np.int8(0))
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
+        values = self._token_values(buf + bytes(8), starts, ends)
+        exact = values >> 32
+        masked = values & 0xFFFFFFFF
+        text_starts = np.zeros(n_texts + 1, dtype=np.int64)
+        np.cumsum([len(p) + 1 for p in prepared_texts], out=text_starts[1:])
+        offsets = np.searchsorted(starts, text_starts)  # text r has tokens offsets[r]:offsets[r+1]
+        counts = np.diff(offsets)
+        owner = np.repeat(np.arange(n_texts), counts)
+        if self.whole:
+            suspect |= counts <= self.whole_max
+        n_grams = masked.size - SEED_N + 1
+        if n_grams > 0:
+            rows, found = self._seed_rows.lookup(seed_gram_keys(masked.astype(_U64)))
+            found &= np.arange(n_grams) + SEED_N <= offsets[owner[:n_grams] + 1]  # within one text
+            at = np.flatnonzero(found)
+            if at.size:
+                # Per text, each item's number of distinct shared seeds against its need.
+                n_rows = self._seed_offsets.size - 1
+                text_row = np.unique(owner[at] * n_rows + rows[at])
+                text_of, row = text_row // n_rows, text_row % n_rows
+                lo = self._seed_offsets[row]
+                many = self._seed_offsets[row + 1] - lo
+                step = np.repeat(lo - (np.cumsum(many) - many), many)
+                items = self._seed_items[step + np.arange(step.size)]
+                n_items = self.index.n_items
+                text_item, shared = np.unique(np.repeat(text_of, many) * n_items + items, return_counts=True)
+                enough = shared >= self._seed_need[text_item % n_items]
+                suspect[text_item[enough] // n_items] = True
+        anchored = self._is_anchor[exact]
+        if anchored.any():
+            # as ``candidates``: an anchored item counts only when all its masked tokens occur
+            for r in np.unique(owner[anchored]).tolist():
+                if suspect[r]:
+                    continue
+                a, b = int(offsets[r]), int(offsets[r + 1])
+                present = set(masked[a:b].tolist())
+                for token in set(exact[a:b][anchored[a:b]].tolist()):
+                    if any(self.anchor_masked[i] <= present for i in self.anchor_items[token]):
+                        suspect[r] = True
+                        break
+        return suspect
 
     def _item_grams(self, method: str, i: int) -> tuple[dict[int, float], float]:
         """An item's grams with their weights, and the weights' total (cached: items recur)."""
@@ -1223,31 +1514,51 @@ def _texts(rec: Record, config: DecontamConfig) -> list[tuple[str, str]]:
     return out
 
 
+RECORD_BLOCK = 512  # records matched at once (the block screen's unit of work)
+
+
 def run_decontam(
     records: Iterable[Record], matcher: Matcher, config: DecontamConfig, stats: RunStats, report: DecontamReport
 ) -> Iterator[Record]:
-    """Drop (or with ``mark`` annotate) records that contain benchmark items."""
+    """Drop (or with ``mark`` annotate) records that contain benchmark items.
+
+    Records are matched in blocks of ``RECORD_BLOCK`` (:meth:`Matcher.match_many`); the output
+    and the accounting are the same as matching them one at a time.
+    """
     index = matcher.index
+    block: list[tuple[Record, list[tuple[str, str]]]] = []
+
+    def flush() -> Iterator[Record]:
+        pairs = [(text, name) for _, texts in block for name, text in texts]
+        found = iter(matcher.match_many(pairs))
+        for rec, texts in block:
+            hits: list[Hit] = []
+            for _ in texts:
+                hits.extend(next(found))
+            if hits:
+                report.add(hits)
+            if config.mark:
+                rec.changed()["decontam"] = [h.as_dict(index) for h in hits]
+                yield rec
+            elif hits:
+                stats.drop("contaminated")
+            else:
+                yield rec
+        block.clear()
+
     for rec in records:
         try:
             texts = _texts(rec, config)
         except BadInput as exc:
             if not config.skip_bad:
+                yield from flush()  # the records before it, as one at a time would have
                 raise
             stats.error(exc.message)
             continue
-        hits: list[Hit] = []
-        for name, text in texts:
-            hits.extend(matcher.match(text, name))
-        if hits:
-            report.add(hits)
-        if config.mark:
-            rec.changed()["decontam"] = [h.as_dict(index) for h in hits]
-            yield rec
-        elif hits:
-            stats.drop("contaminated")
-        else:
-            yield rec
+        block.append((rec, texts))
+        if len(block) >= RECORD_BLOCK:
+            yield from flush()
+    yield from flush()
     stats.extra["decontam"] = {
         "contaminated": report.records_hit,
         "by_benchmark": {index.benchmarks[b]["name"]: n for b, n in sorted(report.bench_records.items())},
