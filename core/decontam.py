@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 import orjson
 import xxhash
+from numpy.lib.stride_tricks import sliding_window_view
 
 from still import __version__
 from still.core.errors import BadInput, StillError, UsageError, require
@@ -436,6 +438,25 @@ def seed_gram_keys(ids: np.ndarray) -> np.ndarray:
     """The keys of all 5-grams of a sequence of ids (uint64): what the screen probes."""
     count = ids.size - SEED_N + 1
     return _gram_keys([ids[k : k + count] for k in range(SEED_N)])
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """np.unique of a 1-D integer array, by sorting (numpy's hash-based unique is slower here)."""
+    values = np.sort(values)
+    keep = np.ones(values.size, dtype=bool)
+    keep[1:] = values[1:] != values[:-1]
+    return values[keep]
+
+
+def _row_view(rows: np.ndarray) -> np.ndarray:
+    """Rows of a 2-D int32 array as single opaque values (for np.unique and np.isin on rows)."""
+    rows = np.ascontiguousarray(rows, dtype=np.int32)
+    return rows.view(np.dtype((np.void, 4 * rows.shape[1]))).reshape(-1)
+
+
+def _row_ids(rows: np.ndarray) -> np.ndarray:
+    """The int32 rows (of SEED_N ids) behind :func:`_row_view` values."""
+    return np.ascontiguousarray(rows).view(np.int32).reshape(-1, SEED_N)
 
 
 class _KeyTable:
@@ -959,33 +980,46 @@ class Matcher:
 
         # Stage 1: masked 5-grams -> items, boilerplate removed. When records probe only every
         # k-th 5-gram, an item is found this way only if each offset class has two seeds.
-        df: Counter[tuple[int, ...]] = Counter()
-        item_grams: list[list[tuple[int, ...]]] = []
-        for toks in items:
-            m = mask_of[toks].tolist()
-            grams = list(zip(*(m[k:] for k in range(SEED_N)), strict=False))
-            item_grams.append(grams)
-            df.update(set(grams))
-        boiler_seed: set[tuple[int, ...]] = set()
+        # Computed for all items at once: each position's 5-gram as an id of the distinct rows.
+        starts = index.item_offsets[:-1]
+        owner = np.repeat(np.arange(n_items), self.lengths)
+        masked_flat = np.ascontiguousarray(mask_of[index.item_tokens], dtype=np.int32)
+        n_pos = max(masked_flat.size - SEED_N + 1, 0)
+        at = np.arange(n_pos) - starts[owner[:n_pos]]  # position in its item
+        valid = at <= self.lengths[owner[:n_pos]] - SEED_N
+        gram_item, gram_at = owner[:n_pos][valid], at[valid]
+        windows = sliding_window_view(masked_flat, SEED_N)[:n_pos][valid]
+        rows, gram_id = np.unique(_row_view(windows), return_inverse=True)
+        gram_id = gram_id.reshape(-1)
+        n_rows = max(rows.size, 1)
+        item_gram = _distinct(gram_item * n_rows + gram_id)  # distinct (item, gram), by item
+        df = np.bincount(item_gram % n_rows, minlength=n_rows)
+        boiler_rows: list[tuple[int, ...]] = []
         for ids in boiler:  # with numbers on either side, as questions put them
             m = [NUM, NUM] + [int(mask_of[i]) if i != UNK else UNK for i in ids] + [NUM, NUM]
-            boiler_seed.update(zip(*(m[k:] for k in range(SEED_N)), strict=False))
-        table: dict[tuple[int, ...], list[int]] = {}
-        self.seed_need = [0] * n_items
-        anchored: list[int] = []
-        for i, grams in enumerate(item_grams):
-            seeds = [(j, g) for j, g in enumerate(grams) if df[g] <= p.max_df and g not in boiler_seed]
-            parity = min(len({g for j, g in seeds if j % SEED_STRIDE == r}) for r in range(SEED_STRIDE))
-            if parity < 2:
-                anchored.append(i)
-                continue
-            for g in {g for _, g in seeds}:
-                table.setdefault(g, []).append(i)
-            # A shared 8-gram shows 4 seeds, a 13-gram 9; a long question needs more.
-            full = min(6, max(3, -(-3 * len(seeds) // 10)))
-            self.seed_need[i] = min(parity, -(-full // SEED_STRIDE))
-        self.seed_table = table
-        self.seed_keys = frozenset(table)
+            boiler_rows.extend(zip(*(m[k:] for k in range(SEED_N)), strict=False))
+        is_boiler = np.zeros(n_rows, dtype=bool)
+        is_boiler[: rows.size] = np.isin(rows, _row_view(np.array(boiler_rows, dtype=np.int32).reshape(-1, SEED_N)))
+        is_seed = (df <= p.max_df) & ~is_boiler
+        seed_at = is_seed[gram_id]
+        n_seeds = np.bincount(gram_item[seed_at], minlength=n_items)  # seed positions per item
+        parity = np.full(n_items, np.iinfo(np.int64).max, dtype=np.int64)
+        for r in range(SEED_STRIDE):
+            cls = seed_at & (gram_at % SEED_STRIDE == r)
+            distinct = _distinct(gram_item[cls] * n_rows + gram_id[cls]) // n_rows
+            parity = np.minimum(parity, np.bincount(distinct, minlength=n_items))
+        anchored_mask = parity < 2
+        anchored = np.flatnonzero(anchored_mask).tolist()
+        # A shared 8-gram shows 4 seeds, a 13-gram 9; a long question needs more.
+        full = np.minimum(6, np.maximum(3, -(-3 * n_seeds // 10)))
+        need = np.where(anchored_mask, 0, np.minimum(parity, -(-full // SEED_STRIDE)))
+        self.seed_need = need.tolist()
+        kept = item_gram[is_seed[item_gram % n_rows] & ~anchored_mask[item_gram // n_rows]]
+        self._seed_rows_ids = rows  # the distinct masked 5-grams (void rows of SEED_N int32)
+        self._seed_item = kept // n_rows  # (item, gram) seed pairs, sorted by item then gram
+        self._seed_gram = kept % n_rows
+        self._seed_dict: dict[tuple[int, ...], list[int]] | None = None
+        self._seed_keys: frozenset[tuple[int, ...]] = frozenset()
 
         # Anchored items (short or mostly boilerplate once numbers are masked): their exact
         # 5-grams (or the whole item when shorter), probed only when their rarest token occurs.
@@ -996,7 +1030,9 @@ class Matcher:
         self.anchor_sets: dict[int, frozenset[int]] = {}
         self.anchor_masked: dict[int, frozenset[int]] = {}
         self.whole: dict[tuple[int, ...], list[int]] = {}
-        token_df = Counter(int(t) for toks in items for t in set(toks.tolist()))
+        n_vocab = len(index.vocab_hashes)
+        item_token = _distinct(owner * n_vocab + index.item_tokens)  # distinct (item, token)
+        token_df = np.bincount(item_token % n_vocab, minlength=n_vocab).tolist()
         exact_df: Counter[tuple[int, ...]] = Counter()
         exact_grams: dict[int, set[tuple[int, ...]]] = {}
         for i in anchored:
@@ -1033,20 +1069,41 @@ class Matcher:
             for n in range(2, max(p.ngram_max, SEED_N) + 1):
                 boiler_h.update(gram_hashes(ph, n).tolist())
         self.boiler_h = np.array(sorted(boiler_h), dtype=_U64)
-        self.ngram_n = np.array([ngram_size(x.size, p.ngram_min, p.ngram_max) for x in items], dtype=np.int64)
+        lengths = self.lengths
+        # ngram_size() for every item at once
+        self.ngram_n = np.where(lengths < p.ngram_min, lengths, np.clip(lengths // 3, p.ngram_min, p.ngram_max))
         self.tables: dict[str, _GramTable] = {}
-        self.tables["ngram"] = self._table([th[x] for x in items], self.ngram_n)
-        seed_n = np.minimum(self.lengths, SEED_N)
-        self.tables["containment"] = self._table([th[x] for x in items], seed_n)
-        collapsed = [collapse_numbers(mask_of[x])[0] for x in items]
-        digit_n = np.array(
-            [
-                SEED_N if c.size >= DIGITS_MIN_TOKENS and int((c != NUM).sum()) >= DIGITS_MIN_WORDS else 0
-                for c in collapsed
-            ],
-            dtype=np.int64,
-        )
-        self.tables["digits"] = self._table([th[c] for c in collapsed], digit_n)
+        exact_h = th[index.item_tokens]
+        self.tables["ngram"] = self._table(exact_h, lengths, self.ngram_n)
+        self.tables["containment"] = self._table(exact_h, lengths, np.minimum(lengths, SEED_N))
+        # collapse_numbers() for every item at once: a number right after a number goes
+        is_num = masked_flat == NUM
+        keep = np.ones(masked_flat.size, dtype=bool)
+        keep[1:] = ~(is_num[1:] & is_num[:-1])
+        keep[starts[lengths > 0]] = True
+        collapsed_len = np.bincount(owner[keep], minlength=n_items)
+        words = np.bincount(owner[keep & ~is_num], minlength=n_items)
+        digit_n = np.where((collapsed_len >= DIGITS_MIN_TOKENS) & (words >= DIGITS_MIN_WORDS), SEED_N, 0)
+        self.tables["digits"] = self._table(th[masked_flat[keep]], collapsed_len, digit_n)
+
+    @property
+    def seed_table(self) -> dict[tuple[int, ...], list[int]]:
+        """Masked 5-gram -> the items it seeds, for the per-record path (built on first use)."""
+        if self._seed_dict is None:
+            order = np.argsort(self._seed_gram, kind="stable")  # items stay in increasing order
+            grams = self._seed_gram[order]
+            items = self._seed_item[order].tolist()
+            distinct, first = np.unique(grams, return_index=True)
+            bounds = [*first.tolist(), len(items)]
+            keys = map(tuple, _row_ids(self._seed_rows_ids[distinct]).tolist())
+            self._seed_dict = dict(zip(keys, (items[a:b] for a, b in itertools.pairwise(bounds)), strict=True))
+            self._seed_keys = frozenset(self._seed_dict)
+        return self._seed_dict
+
+    @property
+    def seed_keys(self) -> frozenset[tuple[int, ...]]:
+        self.seed_table  # noqa: B018 - builds both
+        return self._seed_keys
 
     def _anchor_class(self, token: int, df: int) -> int:
         """How common a token is likely to be in any text (lower is rarer): a word of 4+ letters
@@ -1060,15 +1117,17 @@ class Matcher:
             return 1
         return 2
 
-    def _table(self, seqs: list[np.ndarray], sizes: np.ndarray) -> _GramTable:
-        """Every item's distinct n-gram hashes (sorted), n per item; computed for all items of
-        one n at once over their concatenation, dropping the grams that straddle two items."""
+    def _table(self, flat_seq: np.ndarray, seq_lengths: np.ndarray, sizes: np.ndarray) -> _GramTable:
+        """Every item's distinct n-gram hashes (sorted), n per item, from the items' sequences
+        concatenated (``flat_seq``, ``seq_lengths`` per item); computed for all items of one n at
+        once over their concatenation, dropping the grams that straddle two items."""
         hashes: list[np.ndarray] = []
         owners: list[np.ndarray] = []
         for n in np.unique(sizes[sizes > 0]).tolist():
-            which = np.flatnonzero(sizes == n)
-            lengths = np.array([seqs[i].size for i in which], dtype=np.int64)
-            grams = gram_hashes(np.concatenate([seqs[i] for i in which]), n)
+            chosen = sizes == n
+            which = np.flatnonzero(chosen)
+            lengths = seq_lengths[which]
+            grams = gram_hashes(flat_seq[np.repeat(chosen, seq_lengths)], n)
             owner = np.repeat(np.arange(which.size), lengths)[: grams.size]
             starts = np.cumsum(lengths) - lengths
             valid = np.arange(grams.size) - starts[owner] <= lengths[owner] - n
@@ -1081,7 +1140,7 @@ class Matcher:
         distinct = np.ones(flat.size, dtype=bool)
         distinct[1:] = (flat[1:] != flat[:-1]) | (item[1:] != item[:-1])
         flat, item = flat[distinct], item[distinct]
-        offsets = np.searchsorted(item, np.arange(len(seqs) + 1)).astype(np.int64)
+        offsets = np.searchsorted(item, np.arange(seq_lengths.size + 1)).astype(np.int64)
         keys, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
         df = counts[inverse].astype(np.float64)
         weights = 1.0 / df
@@ -1242,15 +1301,12 @@ class Matcher:
     def _screen_tables(self) -> None:
         """The screen's tables: the seed table as a key table of rows with CSR item lists, and
         an (initially empty) table of raw token keys -> (exact id << 32 | masked id)."""
-        table = self.seed_table
         n_items = self.index.n_items
-        ids = np.array(list(table), dtype=np.int64).reshape(-1, SEED_N)
+        grams, gram_of = np.unique(self._seed_gram, return_inverse=True)
+        ids = _row_ids(self._seed_rows_ids[grams]).astype(_U64)
         # Different 5-grams with one key (never seen, but possible) share a row: all their items.
-        columns = ids.astype(_U64)
-        row_keys, row_of = np.unique(_gram_keys([columns[:, k] for k in range(SEED_N)]), return_inverse=True)
-        sizes = np.fromiter(map(len, table.values()), dtype=np.int64, count=len(table))
-        items = np.fromiter(chain.from_iterable(table.values()), dtype=np.int64, count=int(sizes.sum()))
-        pairs = np.unique(np.repeat(row_of.reshape(-1), sizes) * n_items + items)
+        row_keys, row_of = np.unique(_gram_keys([ids[:, k] for k in range(SEED_N)]), return_inverse=True)
+        pairs = _distinct(row_of.reshape(-1)[gram_of.reshape(-1)] * n_items + self._seed_item)
         self._seed_items = pairs % n_items
         self._seed_offsets = np.searchsorted(pairs // n_items, np.arange(row_keys.size + 1))
         self._seed_rows = _KeyTable(row_keys.size)
@@ -1318,7 +1374,7 @@ class Matcher:
             if at.size:
                 # Per text, each item's number of distinct shared seeds against its need.
                 n_rows = self._seed_offsets.size - 1
-                text_row = np.unique(owner[at] * n_rows + rows[at])
+                text_row = _distinct(owner[at] * n_rows + rows[at])
                 text_of, row = text_row // n_rows, text_row % n_rows
                 lo = self._seed_offsets[row]
                 many = self._seed_offsets[row + 1] - lo

@@ -162,3 +162,58 @@ def test_cli_output_is_the_same_in_blocks_as_one_at_a_time(tmp_path, benchmarks)
     expected = [[h.as_dict(matcher.index) for h in matcher.match(r["query"])] for r in rows if "query" in r]
     assert [r["decontam"] for r in out] == expected
     assert sum(map(bool, expected)) >= 10
+
+
+def test_vectorised_compile_equals_the_per_item_definition(index):
+    """The seed table, needs and digit tables, computed for all items at once, are what the
+    per-item definition (plain Python, as the module's docstring describes it) gives."""
+    from collections import Counter
+
+    from still.core.decontam import (
+        DIGITS_MIN_TOKENS,
+        DIGITS_MIN_WORDS,
+        NUM,
+        SEED_N,
+        UNK,
+        collapse_numbers,
+        gram_hashes,
+        ngram_size,
+    )
+
+    for params in (IndexParams(), IndexParams(max_df=2, ngram_min=4, ngram_max=7)):
+        matcher = Matcher(index, params)
+        mask_of = index.mask_of
+        item_grams = []
+        df: Counter = Counter()
+        for i in range(index.n_items):
+            m = mask_of[index.item_slice(i)].tolist()
+            grams = list(zip(*(m[k:] for k in range(SEED_N))))
+            item_grams.append(grams)
+            df.update(set(grams))
+        boiler = set()
+        for ids in matcher._boilerplate_ids():
+            m = [NUM, NUM] + [int(mask_of[i]) if i != UNK else UNK for i in ids] + [NUM, NUM]
+            boiler.update(zip(*(m[k:] for k in range(SEED_N))))
+        table: dict = {}
+        need = [0] * index.n_items
+        for i, grams in enumerate(item_grams):
+            seeds = [g for g in grams if df[g] <= params.max_df and g not in boiler]
+            if len(set(seeds)) < 2:
+                continue
+            for g in sorted(set(seeds)):
+                table.setdefault(g, []).append(i)
+            need[i] = min(len(set(seeds)), min(6, max(3, -(-3 * len(seeds) // 10))))
+        assert matcher.seed_table == table and matcher.seed_need == need
+        assert matcher.seed_keys == frozenset(table)
+        th = index.vocab_hashes
+        for i in range(0, index.n_items, 7):
+            toks = index.item_slice(i)
+            assert matcher.ngram_n[i] == ngram_size(toks.size, params.ngram_min, params.ngram_max)
+            collapsed = collapse_numbers(mask_of[toks])[0]
+            grams, _ = matcher.tables["digits"].item(i)
+            long_enough = collapsed.size >= DIGITS_MIN_TOKENS and int((collapsed != NUM).sum()) >= DIGITS_MIN_WORDS
+            assert matcher.tables["digits"].n[i] == (SEED_N if long_enough else 0)
+            if matcher.tables["digits"].n[i]:
+                assert grams.tolist() == sorted(set(gram_hashes(th[collapsed], SEED_N).tolist()))
+            else:
+                assert grams.size == 0
