@@ -1019,6 +1019,11 @@ class Matcher:
         self._seed_item = kept // n_rows  # (item, gram) seed pairs, sorted by item then gram
         self._seed_gram = kept % n_rows
         self._seed_dict: dict[tuple[int, ...], list[int]] | None = None
+        # the same pairs grouped by gram (CSR): the items each distinct 5-gram seeds
+        by_gram = np.argsort(self._seed_gram, kind="stable")
+        self._gram_items = self._seed_item[by_gram]
+        self._gram_offsets = np.searchsorted(self._seed_gram[by_gram], np.arange(rows.size + 1))
+        self._need = need
         self._seed_keys: frozenset[tuple[int, ...]] = frozenset()
 
         # Anchored items (short or mostly boilerplate once numbers are masked): their exact
@@ -1194,18 +1199,18 @@ class Matcher:
         seeds are probed by their exact 5-grams when their rarest token occurs.
         """
         found: set[int] = set()
-        if len(masked) >= SEED_N:
-            table = self.seed_table
+        known = self._seed_rows_ids
+        if len(masked) >= SEED_N and known.size:
             # SEED_STRIDE > 1 probes every k-th 5-gram only (decon samples every 10th token).
-            step = SEED_STRIDE
-            grams = zip(
-                masked[::step], masked[1::step], masked[2::step], masked[3::step], masked[4::step], strict=False
-            )
-            shared = self.seed_keys.intersection(grams)
-            if shared:
-                counts = Counter(chain.from_iterable(map(table.__getitem__, shared)))
-                need = self.seed_need
-                found.update(i for i, c in counts.items() if c >= need[i])
+            rows = _row_view(sliding_window_view(np.array(masked, dtype=np.int32), SEED_N)[::SEED_STRIDE])
+            at = np.minimum(np.searchsorted(known, rows), known.size - 1)
+            shared = _distinct(at[known[at] == rows])  # the record's distinct masked 5-grams in items
+            lo = self._gram_offsets[shared]
+            many = self._gram_offsets[shared + 1] - lo
+            if many.sum():
+                step = np.repeat(lo - (np.cumsum(many) - many), many)
+                items, counts = np.unique(self._gram_items[step + np.arange(step.size)], return_counts=True)
+                found.update(items[counts >= self._need[items]].tolist())
         exact: list[int] | None = None
         if self._anchor_raw and not self._anchor_raw.isdisjoint(raws):
             # Probe only when every token of an anchored item occurs somewhere in the record
@@ -1311,7 +1316,6 @@ class Matcher:
         self._seed_offsets = np.searchsorted(pairs // n_items, np.arange(row_keys.size + 1))
         self._seed_rows = _KeyTable(row_keys.size)
         self._seed_rows.insert(row_keys, np.arange(row_keys.size, dtype=np.int64))
-        self._seed_need = np.array(self.seed_need, dtype=np.int64)
         self._is_anchor = np.zeros(len(self.index.vocab_hashes), dtype=bool)
         self._is_anchor[sorted(self.anchors)] = True
         self._tokens = _KeyTable()
@@ -1382,7 +1386,7 @@ class Matcher:
                 items = self._seed_items[step + np.arange(step.size)]
                 n_items = self.index.n_items
                 text_item, shared = np.unique(np.repeat(text_of, many) * n_items + items, return_counts=True)
-                enough = shared >= self._seed_need[text_item % n_items]
+                enough = shared >= self._need[text_item % n_items]
                 suspect[text_item[enough] // n_items] = True
         anchored = self._is_anchor[exact]
         if anchored.any():
