@@ -958,6 +958,7 @@ class Matcher:
         self._anchor_raw: set[bytes] = set()
         self._recent: dict[tuple[str, str], list[Hit]] = {}
         self._tokens: _KeyTable | None = None  # the block screen's token table, once used
+        self._rows_exact = False
         self._compile()
 
     # -- compiling ----------------------------------------------------------------------------
@@ -1201,10 +1202,20 @@ class Matcher:
         found: set[int] = set()
         known = self._seed_rows_ids
         if len(masked) >= SEED_N and known.size:
+            if self._tokens is None:
+                self._screen_tables()
             # SEED_STRIDE > 1 probes every k-th 5-gram only (decon samples every 10th token).
-            rows = _row_view(sliding_window_view(np.array(masked, dtype=np.int32), SEED_N)[::SEED_STRIDE])
-            at = np.minimum(np.searchsorted(known, rows), known.size - 1)
-            shared = _distinct(at[known[at] == rows])  # the record's distinct masked 5-grams in items
+            windows = sliding_window_view(np.array(masked, dtype=np.int32), SEED_N)[::SEED_STRIDE]
+            if self._rows_exact:  # look up by key, then compare the ids: exact
+                columns = windows.astype(_U64)
+                row, hit = self._seed_rows.lookup(_gram_keys([columns[:, k] for k in range(SEED_N)]))
+                at = np.flatnonzero(hit)
+                gram = self._row_gram[row[at]]
+                shared = _distinct(gram[(_row_ids(known[gram]) == windows[at]).all(axis=1)])
+            else:
+                rows = _row_view(windows)
+                at = np.minimum(np.searchsorted(known, rows), known.size - 1)
+                shared = _distinct(at[known[at] == rows])  # the record's distinct masked 5-grams in items
             lo = self._gram_offsets[shared]
             many = self._gram_offsets[shared + 1] - lo
             if many.sum():
@@ -1316,6 +1327,10 @@ class Matcher:
         self._seed_offsets = np.searchsorted(pairs // n_items, np.arange(row_keys.size + 1))
         self._seed_rows = _KeyTable(row_keys.size)
         self._seed_rows.insert(row_keys, np.arange(row_keys.size, dtype=np.int64))
+        # When every row is one 5-gram, a row names its gram, checked id by id (exact) in candidates()
+        self._row_gram = np.zeros(row_keys.size, dtype=np.int64)
+        self._row_gram[row_of.reshape(-1)] = grams
+        self._rows_exact = row_keys.size == grams.size
         self._is_anchor = np.zeros(len(self.index.vocab_hashes), dtype=bool)
         self._is_anchor[sorted(self.anchors)] = True
         self._tokens = _KeyTable()

@@ -116,6 +116,11 @@ def test_block_screen_gives_the_reference_hits_on_random_text(benchmarks, index)
     fast = Matcher(index, IndexParams())
     assert fast.whole and fast.anchor_items  # both special paths are exercised
     assert block_hits(Matcher(index, IndexParams()), texts) == reference
+    # the per-record path's other way to find shared 5-grams (used when two 5-grams share a key)
+    fallback = Matcher(index, IndexParams())
+    fallback.screen(["x"])
+    fallback._rows_exact = False
+    assert reference_hits(fallback, texts) == reference
     params = IndexParams(methods=("ngram",), max_df=3, ngram_min=5, ngram_max=9)
     assert block_hits(Matcher(index, params), texts) == reference_hits(Matcher(index, params), texts)
 
