@@ -15,6 +15,7 @@ from conftest import run_still, shared_file
 
 from still.core.decontam import (
     RECORD_BLOCK,
+    SEED_DICT_AFTER,
     DecontamIndex,
     IndexParams,
     Matcher,
@@ -116,11 +117,19 @@ def test_block_screen_gives_the_reference_hits_on_random_text(benchmarks, index)
     fast = Matcher(index, IndexParams())
     assert fast.whole and fast.anchor_items  # both special paths are exercised
     assert block_hits(Matcher(index, IndexParams()), texts) == reference
-    # the per-record path's other way to find shared 5-grams (used when two 5-grams share a key)
-    fallback = Matcher(index, IndexParams())
-    fallback.screen(["x"])
-    fallback._rows_exact = False
-    assert reference_hits(fallback, texts) == reference
+    # the per-record path's three ways to find seed candidates give the same hits: numpy by key
+    # (its first records), numpy by searchsorted (when two 5-grams share a key), the Python dict
+    by_key = Matcher(index, IndexParams())
+    by_key._numpy_probes = -len(texts)
+    assert reference_hits(by_key, texts) == reference and by_key._seed_dict is None
+    by_rows = Matcher(index, IndexParams())
+    by_rows.screen(["x"])
+    by_rows._rows_exact = False
+    by_rows._numpy_probes = -len(texts)
+    assert reference_hits(by_rows, texts) == reference and by_rows._seed_dict is None
+    by_dict = Matcher(index, IndexParams())
+    by_dict._numpy_probes = SEED_DICT_AFTER
+    assert reference_hits(by_dict, texts) == reference and by_dict._seed_dict is not None
     params = IndexParams(methods=("ngram",), max_df=3, ngram_min=5, ngram_max=9)
     assert block_hits(Matcher(index, params), texts) == reference_hits(Matcher(index, params), texts)
 
