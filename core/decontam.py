@@ -10,9 +10,12 @@ How it works (README "still decontam" has the user-facing version):
 * **Index.** Each benchmark item becomes a sequence of token ids; tokens are stored only as 64-bit
   xxh3 hashes, so an index file holds no benchmark text.
 * **Candidates.** Every record is cut into word 5-grams with numbers masked; an item sharing enough
-  of its (non-boilerplate) 5-grams becomes a candidate. This is one set probe per 5-gram, the only
-  per-record cost for the clean majority. Short items are probed by their exact tokens when their
-  rarest token occurs.
+  of its (non-boilerplate) 5-grams becomes a candidate. Short items are probed by their exact tokens
+  when their rarest token occurs.
+* **Block screen.** :meth:`Matcher.match_many` (what the command uses) applies the candidate rule
+  to a block of records at once with numpy (tokens keyed by their bytes, ids from a numpy hash
+  table, all 5-grams probed together); the clean majority leaves there, and only records that may
+  hold an item take the per-record path, so the hits are those of :meth:`Matcher.match`.
 * **Methods** scored on candidates only (each can be switched off, and each hit names its method):
   ``ngram``: the record shares at least one word n-gram found in this item only, n adapted to the
   item's length (n = L for items under 8 tokens, else min(13, max(8, L // 3))); ``containment``: the
