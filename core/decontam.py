@@ -1225,15 +1225,20 @@ class Matcher:
             return list(items[counts >= self._need[items]].tolist())
         return []
 
-    def candidates(self, raws: list[bytes], masked: list[int]) -> tuple[list[int], list[int] | None]:
+    def candidates(
+        self, raws: list[bytes], masked: list[int], seed_items: list[int] | None = None
+    ) -> tuple[list[int], list[int] | None]:
         """Items worth scoring (and the exact ids when they were needed to find them).
 
         An item is a candidate when the record shares enough of its non-boilerplate masked
         5-grams (3, or 30% of them for long items, at most 6). Items with fewer than two such
-        seeds are probed by their exact 5-grams when their rarest token occurs.
+        seeds are probed by their exact 5-grams when their rarest token occurs. ``seed_items``:
+        the items the seeds make candidates, when the block screen already found them exactly.
         """
         found: set[int] = set()
-        if len(masked) >= SEED_N and self._seed_rows_ids.size:
+        if seed_items is not None:
+            found.update(seed_items)
+        elif len(masked) >= SEED_N and self._seed_rows_ids.size:
             if self._seed_dict is None and self._numpy_probes < SEED_DICT_AFTER:
                 self._numpy_probes += 1
                 found.update(self._seed_found_numpy(masked))
@@ -1289,9 +1294,10 @@ class Matcher:
         self._recent[key] = hits
         return hits
 
-    def _match_uncached(self, text: str, field_name: str = "query") -> list[Hit]:
+    def _match_uncached(self, text: str, field_name: str = "query", seed_items: list[int] | None = None) -> list[Hit]:
+        """Hits in one text; ``seed_items``: its seed candidates when the block screen found them."""
         raws, masked = self.token_ids(text)
-        cands, exact = self.candidates(raws, masked)
+        cands, exact = self.candidates(raws, masked, seed_items)
         if not cands:
             return []
         exact = exact if exact is not None else self.exact_ids(raws)
@@ -1314,9 +1320,9 @@ class Matcher:
             else:
                 todo.setdefault(key, []).append(k)
         keys = list(todo)
-        suspects = self.screen([text for text, _ in keys])
-        for key, suspect in zip(keys, suspects, strict=True):
-            hits = self._match_uncached(*key) if suspect else []
+        suspects, seeds = self._screen([text for text, _ in keys])
+        for key, suspect, seed_items in zip(keys, suspects, seeds, strict=True):
+            hits = self._match_uncached(*key, seed_items) if suspect else []
             if len(self._recent) >= RECENT_TEXTS:
                 del self._recent[next(iter(self._recent))]
             self._recent[key] = hits
@@ -1327,19 +1333,27 @@ class Matcher:
     def screen(self, texts: Sequence[str]) -> list[bool]:
         """For each text, False when it certainly contains no benchmark item (the per-record
         path would find no candidate), True when it may (it then needs :meth:`match`)."""
+        return self._screen(texts)[0]
+
+    def _screen(self, texts: Sequence[str]) -> tuple[list[bool], list[list[int] | None]]:
+        """:meth:`screen`, and for each text the items its seeds make candidates when the screen
+        found them exactly (else None: the per-record path finds them itself)."""
         if self._tokens is None:
             self._screen_tables()
         prepared_texts = [prepared(text) for text in texts]
         out: list[bool] = []
+        seeds: list[list[int] | None] = []
         start = 0
         while start < len(prepared_texts):
             stop, size = start, 0
             while stop < len(prepared_texts) and (stop == start or size + len(prepared_texts[stop]) < SCREEN_BYTES):
                 size += len(prepared_texts[stop]) + 1
                 stop += 1
-            out.extend(self._screen_block(prepared_texts[start:stop]).tolist())
+            suspect, block_seeds = self._screen_block(prepared_texts[start:stop])
+            out.extend(suspect.tolist())
+            seeds.extend(block_seeds)
             start = stop
-        return out
+        return out, seeds
 
     def _screen_tables(self) -> None:
         """The screen's tables: the seed table as a key table of rows with CSR item lists, and
@@ -1390,13 +1404,17 @@ class Matcher:
             values[missing] = new_values[np.searchsorted(new_keys, keys[missing])]
         return values
 
-    def _screen_block(self, prepared_texts: list[bytes]) -> np.ndarray:
+    def _screen_block(self, prepared_texts: list[bytes]) -> tuple[np.ndarray, list[list[int] | None]]:
         n_texts = len(prepared_texts)
         suspect = np.zeros(n_texts, dtype=bool)
+        # Each 5-gram found by key is checked id by id when a row is one 5-gram: then the seed
+        # candidates found here are exactly those of ``candidates`` (which probes every 5-gram).
+        exact_seeds = self._rows_exact and SEED_STRIDE == 1
+        seeds: list[list[int] | None] = [[] if exact_seeds else None for _ in prepared_texts]
         buf = b" ".join(prepared_texts)
         size = len(buf)
         if size == 0:
-            return suspect | bool(self.whole)
+            return suspect | bool(self.whole), seeds
         byte = np.frombuffer(buf, dtype=np.uint8)
         # tokens are the runs of non-space bytes: exactly ``prepared(text).split()``
         edges = np.diff((byte != 32).view(np.int8), prepend=np.int8(0), append=np.int8(0))
@@ -1417,6 +1435,9 @@ class Matcher:
             rows, found = self._seed_rows.lookup(seed_gram_keys(masked.astype(_U64)))
             found &= np.arange(n_grams) + SEED_N <= offsets[owner[:n_grams] + 1]  # within one text
             at = np.flatnonzero(found)
+            if exact_seeds and at.size:
+                grams = sliding_window_view(masked, SEED_N)[at]
+                at = at[(_row_ids(self._seed_rows_ids[self._row_gram[rows[at]]]) == grams).all(axis=1)]
             if at.size:
                 # Per text, each item's number of distinct shared seeds against its need.
                 n_rows = self._seed_offsets.size - 1
@@ -1430,6 +1451,11 @@ class Matcher:
                 text_item, shared = np.unique(np.repeat(text_of, many) * n_items + items, return_counts=True)
                 enough = shared >= self._need[text_item % n_items]
                 suspect[text_item[enough] // n_items] = True
+                if exact_seeds:
+                    for k in text_item[enough].tolist():
+                        seed_list = seeds[k // n_items]
+                        assert seed_list is not None
+                        seed_list.append(k % n_items)
         anchored = self._is_anchor[exact]
         if anchored.any():
             # as ``candidates``: an anchored item counts only when all its masked tokens occur
@@ -1442,7 +1468,7 @@ class Matcher:
                     if any(self.anchor_masked[i] <= present for i in self.anchor_items[token]):
                         suspect[r] = True
                         break
-        return suspect
+        return suspect, seeds
 
     def _item_grams(self, method: str, i: int) -> tuple[dict[int, float], float]:
         """An item's grams with their weights, and the weights' total (cached: items recur)."""

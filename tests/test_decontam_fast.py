@@ -117,6 +117,11 @@ def test_block_screen_gives_the_reference_hits_on_random_text(benchmarks, index)
     fast = Matcher(index, IndexParams())
     assert fast.whole and fast.anchor_items  # both special paths are exercised
     assert block_hits(Matcher(index, IndexParams()), texts) == reference
+    # the screen passes the seed candidates it found only when rows are single 5-grams
+    unverified = Matcher(index, IndexParams())
+    unverified.screen(["x"])
+    unverified._rows_exact = False
+    assert block_hits(unverified, texts) == reference
     # the per-record path's three ways to find seed candidates give the same hits: numpy by key
     # (its first records), numpy by searchsorted (when two 5-grams share a key), the Python dict
     by_key = Matcher(index, IndexParams())
