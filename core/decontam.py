@@ -1398,7 +1398,7 @@ class Matcher:
             at = missing[first_at]
             pairs = [self.token_pair(buf[a:b]) for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
             new_values = np.array([(e << 32) | m for e, m in pairs], dtype=np.int64)
-            if self._tokens.count > 2_000_000:  # a corpus with an endless vocabulary (ids, hashes)
+            if self._tokens.count > 1_000_000:  # endless vocabularies (ids, hashes): ~70 MB at most
                 self._tokens = _KeyTable()
             self._tokens.insert(new_keys, new_values)
             values[missing] = new_values[np.searchsorted(new_keys, keys[missing])]
