@@ -174,3 +174,20 @@ def test_fields_library_rules() -> None:
     assert derive_id("Hello  World") == derive_id("hello world")
     problem = Record({"problem": "p", "id": 7}, None, "<t>", 2)
     assert fields.query(problem) == "p" and fields.record_id(problem) == "7"
+
+
+def test_lines_across_read_buffer_edges_pass_through_unchanged(tmp_path) -> None:
+    # lines shorter and longer than the 1 MiB read buffer, so some straddle its edges; the last
+    # line has no newline (one is added)
+    sizes = [10, 1 << 20, (1 << 20) - 40, 3 << 20, 5, 700_000, 700_000, 3000]
+    rows = [json.dumps({"id": str(i), "query": "q" * n}).encode() + b"\n" for i, n in enumerate(sizes)]
+    data = b"".join(rows) + b'{"id": "last"}'
+    assert run_still("sample -q", stdin=data).stdout == data + b"\n"
+    plain, packed = tmp_path / "in.jsonl", tmp_path / "in.jsonl.gz"
+    plain.write_bytes(data)
+    packed.write_bytes(gzip.compress(data))
+    assert run_still(["sample", "-q", str(plain), str(packed)]).stdout == (data + b"\n") * 2
+    # lines over the limit are skipped whole wherever they fall; the reader stays in step
+    res = run_still(["sample", "--max-line-mb", "0.5", "--on-error", "skip", str(plain)])
+    assert res.stdout == rows[0] + rows[4] + rows[7] + b'{"id": "last"}\n'
+    assert "errors 5 (line longer than 0.5 MiB 5)" in res.stderr
