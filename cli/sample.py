@@ -266,8 +266,11 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
 def _as_stdin(records: Iterator[Record], spooled: str | None) -> Iterator[Record]:
     """Name lines read back from the stdin spool ``<stdin>``, as the user gave them."""
     if spooled is None:
-        yield from records
-        return
+        return records
+    return _renamed(records, spooled)
+
+
+def _renamed(records: Iterator[Record], spooled: str) -> Iterator[Record]:
     from still.core.errors import BadInput
 
     try:

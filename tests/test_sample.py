@@ -454,3 +454,68 @@ def test_unusable_lines_follow_on_error(tmp_path: Path) -> None:
         stdin=b'{"id": "a", "pr": 0.5}\n{"id": "b", "pr": "x"}\n',
     )
     assert quarantine.read_bytes() == b'{"id": "b", "pr": "x"}\n'
+
+
+def _variety_rows() -> list[dict]:
+    """make_rows plus the awkward cases the fast path must treat like the general one."""
+    rng = random.Random(5)
+    rows = make_rows(120, k=4, seed=3)
+    for i, r in enumerate(rows):
+        roll = rng.random()
+        if roll < 0.05:
+            r["id"] = i % 40  # a numeric id
+        elif roll < 0.08:
+            del r["id"]  # a derived id from the query
+        elif roll < 0.10:
+            r["domain"] = 7  # a numeric quota value
+        elif roll < 0.12:
+            del r["domain"]
+        elif roll < 0.14:
+            r["grade"]["r1"]["pass_rate"] = "high"  # unusable: --on-error decides
+        elif roll < 0.16:
+            del r["grade"]  # unusable
+        elif roll < 0.18:
+            r["grade"]["r1"]["cv"] = None  # a valid, undefined CV
+        elif roll < 0.22:
+            r["grade"]["r1"]["cv"] = 0.3  # exactly at a --cv-min threshold
+        elif roll < 0.20:
+            del r["response"]
+            r["messages"] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"m{i}"}]
+    rows += [dict(rows[3]), dict(rows[3]), dict(rows[10])]  # exact duplicate lines
+    return rows
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"per_query": 1, "quota_field": "domain", "quota": {"math": 20, "code": 15, "7": 3, "other": 200}},
+        {"per_query": 2, "quota_field": "domain", "quota": {"math": 30, "code": 5}, "pass_rate_band": (0.25, 0.75)},
+        {"total": 40, "pass_rate_band": (0.0, 0.5)},
+        {"total": 25, "level_weights": {"L1": 2, "L3": 1}, "cv_min": {"math": 0.3, "*": 0.1}},
+        {"quota_field": "domain", "quota": {"math": 9, "science": 4}, "level_weights": {"L2": 1, "L4": 1}},
+        {"pass_rate_band": (0.25, 1.0)},
+        {"per_query": 3},
+        {},
+    ],
+)
+def test_fast_path_matches_general_path(options: dict) -> None:
+    from still.core.jsonl import Record
+    from still.core.sample import SampleConfig, run_sample
+    from still.core.stats import RunStats
+
+    rows = _variety_rows()
+    for order_seed in (0, 1):
+        random.Random(order_seed).shuffle(rows)
+        results = []
+        for fast in (True, False):
+            stats = RunStats("sample")
+            stats.on_bad = lambda source, line, message, raw, stats=stats: stats.error(message.split(":")[0])
+            records = [Record(json.loads(line), line, "t", n) for n, line in enumerate(dump(rows).splitlines(True), 1)]
+            stats.read = len(records)
+            config = SampleConfig(seed=order_seed, **options)
+            out = [rec.to_bytes() for rec in run_sample(iter(records), config, stats, fast=fast)]
+            stats.written = len(out)
+            stats.check_balance()
+            results.append((out, dict(stats.dropped), dict(stats.errors), stats.extra["sample"]))
+        assert results[0] == results[1]
+        assert results[0][0]  # something was selected
