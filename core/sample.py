@@ -290,23 +290,25 @@ class _Stratum:
             return
         full = self.alive >= self.target
         if full:
-            worst = self.worst()
+            heap = self.heap
+            worst = heap[0] if heap and heap[0][3] else self.worst()
             # (neg, raw) <= (worst key, worst raw): the key is no better than the worst kept
             if worst is not None and (neg < worst[0] or (neg == worst[0] and raw <= worst[1])):
-                stats.drop(self.evict_reason)
+                stats.dropped[self.evict_reason] += 1
                 return
-        entry = [neg, raw, qkey, True]
         replaced = False
         if self.cap is not None:
             group = self.per_query.get(qkey)
             if group is None:
+                entry = [neg, raw, qkey, True]
                 self.per_query[qkey] = [(neg, raw, entry)]
             elif len(group) >= self.cap:
                 # group holds (negkey, raw, entry): [0] is the query's worst kept response
                 g0 = group[0]
                 if neg < g0[0] or (neg == g0[0] and raw <= g0[1]):
-                    stats.drop("per-query limit")
+                    stats.dropped["per-query limit"] += 1
                     return
+                entry = [neg, raw, qkey, True]
                 old = heapq.heapreplace(group, (neg, raw, entry))[2]
                 old[3] = False
                 self.alive -= 1
@@ -314,7 +316,10 @@ class _Stratum:
                 replaced = True
                 stats.drop("per-query limit")
             else:
+                entry = [neg, raw, qkey, True]
                 heapq.heappush(group, (neg, raw, entry))
+        else:
+            entry = [neg, raw, qkey, True]
         if full and not replaced:
             # the stratum stays full: the new entry takes the worst one's place (one sift, not two);
             # worst() above left a live entry on top, and the new key is better than it
@@ -562,6 +567,7 @@ class Sampler:
         need_pr = self._need_pr
         need_cv = self._need_cv
         seed_prefix = self.seed_prefix
+        seed_text = str(cfg.seed)  # seed_prefix as text: rprio's bytes in one join (no extra copy)
         plain_response = fields.response_path is None
         strata = self.strata
         # a quota on one field: its string values lead straight to their stratum
@@ -569,6 +575,7 @@ class Sampler:
         get_quota = self._get_quota or _no_value
         if strata is not None and self._get_quota is not None and not cfg.level_weights:
             by_value = {key[0]: stratum for key, stratum in strata.items()}
+        quota_key = cfg.quota_field if by_value is not None and "." not in (cfg.quota_field or ".") else None
         paths: tuple[str, str] | None = None
         get_pr = get_cv = self._get_pr
         out_of_band = not_in_quota = behind_worst = 0
@@ -618,12 +625,15 @@ class Sampler:
                     self.count_out(rec)
                     yield rec
                     continue
-                stratum: _Stratum | None
-                if by_value is not None and type(v := get_quota(data)) is str:
-                    stratum = by_value.get(v)
-                else:
-                    key = self.stratum_key(rec)
-                    stratum = strata.get(key) if key is not None else None
+                stratum: _Stratum | None = None
+                if by_value is not None:
+                    v = data.get(quota_key) if quota_key is not None else get_quota(data)
+                    if type(v) is str:
+                        stratum = by_value.get(v)
+                    elif (key := self.stratum_key(rec)) is not None:
+                        stratum = strata.get(key)
+                elif (key := self.stratum_key(rec)) is not None:
+                    stratum = strata.get(key)
                 if stratum is None:
                     not_in_quota += 1
                     continue
@@ -639,8 +649,8 @@ class Sampler:
                         response = fields.response(rec)
                     except BadInput:
                         response = ""
-                parts = (rid, str(data.get("model", "")), str(data.get("sample_idx", "")), response)
-                rprio = _H(seed_prefix + "\x1f".join(parts).encode("utf-8", "surrogatepass"))
+                parts = (seed_text, rid, str(data.get("model", "")), str(data.get("sample_idx", "")), response)
+                rprio = _H("\x1f".join(parts).encode("utf-8", "surrogatepass"))
                 stratum.offer(-((qprio << 64) | rprio), qprio, rec.to_bytes(), stats)
         finally:
             if out_of_band:
