@@ -251,17 +251,27 @@ class SampleConfig:
 class _Stratum:
     """Bottom-k of one stratum with an optional per-query cap (all keys: lower is better).
 
-    Entries are ``[negkey, raw, qkey, alive]`` in a min-heap, i.e. a max-heap on the key, so
+    Entries are ``[negkey, raw, qkey, alive, labels]`` in a min-heap, i.e. a max-heap on the key, so
     ``heap[0]`` is the worst kept record. Equal keys (the same id, model, sample_idx and
     response) are ordered by their raw bytes, so even exact ties never depend on input order.
     The key is one int ``qprio << 64 | rprio`` (the same order as the pair, cheaper to compare),
     or a tuple led by the CV for DeepDistill stage 2.
     """
 
-    __slots__ = ("label", "target", "cap", "heap", "per_query", "alive", "dead", "evict_reason")
+    __slots__ = ("label", "target", "cap", "heap", "per_query", "alive", "dead", "evict_reason", "labels")
 
-    def __init__(self, label: str, target: float, cap: int | None, evict_reason: str) -> None:
+    def __init__(
+        self,
+        label: str,
+        target: float,
+        cap: int | None,
+        evict_reason: str,
+        labels: Callable[[dict[str, Any]], tuple[str, str]],
+    ) -> None:
         self.label = label
+        # the summary's (category, level) of a kept record, taken when it enters so that the
+        # selection is counted at the end without parsing its bytes again
+        self.labels = labels
         self.target = target
         self.cap = cap
         self.heap: list[list[Any]] = []
@@ -284,7 +294,7 @@ class _Stratum:
         worst = self.worst()
         return worst is not None and neg_prefix < worst[0][: len(neg_prefix)]
 
-    def offer(self, neg: Any, qkey: Any, raw: bytes, stats: RunStats) -> None:
+    def offer(self, neg: Any, qkey: Any, raw: bytes, data: dict[str, Any], stats: RunStats) -> None:
         if self.target == 0:
             stats.drop(self.evict_reason)
             return
@@ -300,7 +310,7 @@ class _Stratum:
         if self.cap is not None:
             group = self.per_query.get(qkey)
             if group is None:
-                entry = [neg, raw, qkey, True]
+                entry = [neg, raw, qkey, True, self.labels(data)]
                 self.per_query[qkey] = [(neg, raw, entry)]
             elif len(group) >= self.cap:
                 # group holds (negkey, raw, entry): [0] is the query's worst kept response
@@ -308,7 +318,7 @@ class _Stratum:
                 if neg < g0[0] or (neg == g0[0] and raw <= g0[1]):
                     stats.dropped["per-query limit"] += 1
                     return
-                entry = [neg, raw, qkey, True]
+                entry = [neg, raw, qkey, True, self.labels(data)]
                 old = heapq.heapreplace(group, (neg, raw, entry))[2]
                 old[3] = False
                 self.alive -= 1
@@ -316,10 +326,10 @@ class _Stratum:
                 replaced = True
                 stats.drop("per-query limit")
             else:
-                entry = [neg, raw, qkey, True]
+                entry = [neg, raw, qkey, True, self.labels(data)]
                 heapq.heappush(group, (neg, raw, entry))
         else:
-            entry = [neg, raw, qkey, True]
+            entry = [neg, raw, qkey, True, self.labels(data)]
         if full and not replaced:
             # the stratum stays full: the new entry takes the worst one's place (one sift, not two);
             # worst() above left a live entry on top, and the new key is better than it
@@ -343,10 +353,11 @@ class _Stratum:
             heapq.heapify(self.heap)
             self.dead = 0
 
-    def selected(self) -> list[bytes]:
+    def selected(self) -> list[tuple[bytes, tuple[str, str]]]:
+        """(raw, labels) of the kept records in ascending key order."""
         live = [e for e in self.heap if e[3]]
         live.sort(reverse=True)  # ascending key = descending (negkey, raw)
-        return [e[1] for e in live]
+        return [(e[1], e[4]) for e in live]
 
 
 class _Prepared:
@@ -374,7 +385,12 @@ class Sampler:
         self.strata: dict[tuple[str, ...], _Stratum] | None = None
         if targets is not None:
             reason = "quota full" if config.quota else "not selected"
-            self.strata = {key: _Stratum("/".join(key) or "all", t, self.cap, reason) for key, t in targets.items()}
+            self.strata = {}
+            for key, target in targets.items():
+                self.strata[key] = _Stratum("/".join(key) or "all", target, self.cap, reason, self.out_labels)
+        # False: records released from the held selection carry no parsed fields (a writer needs
+        # only their bytes), which saves parsing each selected line a second time
+        self.parse_selected = True
         self.thresholds = dict(config.pass_thresholds)
         if config.preset == "deepdistill-stage2" and "*" not in config.cv_threshold:
             # Stage II: one uniform pass threshold of 0.99
@@ -651,7 +667,7 @@ class Sampler:
                         response = ""
                 parts = (seed_text, rid, str(data.get("model", "")), str(data.get("sample_idx", "")), response)
                 rprio = _H("\x1f".join(parts).encode("utf-8", "surrogatepass"))
-                stratum.offer(-((qprio << 64) | rprio), qprio, rec.to_bytes(), stats)
+                stratum.offer(-((qprio << 64) | rprio), qprio, rec.to_bytes(), data, stats)
         finally:
             if out_of_band:
                 stats.drop("pass rate out of band", out_of_band)
@@ -807,13 +823,26 @@ class Sampler:
                     self.stats.drop(stratum.evict_reason)
                     return None
             neg = -((p.qprio << 64) | self.rprio(p.rec, p.rid))
-        stratum.offer(neg, p.qprio, p.rec.to_bytes(), self.stats)
+        stratum.offer(neg, p.qprio, p.rec.to_bytes(), p.rec.data, self.stats)
         return None
 
+    def out_labels(self, data: dict[str, Any]) -> tuple[str, str]:
+        """A selected record's category and level as the summary's distribution counts them."""
+        cat = self._get_category(data)
+        lv = self._get_level(data)
+        if type(cat) is str and type(lv) is str:
+            return cat or "(none)", lv
+        return (
+            ("" if is_missing(cat) or cat is None else value_key(cat)) or "(none)",
+            "(none)" if is_missing(lv) or lv is None else value_key(lv),
+        )
+
     def count_out(self, rec: Record) -> None:
-        self.out_counts[self.category(rec) or "(none)"] += 1
-        lv = self._get_level(rec.data)
-        self.level_counts["(none)" if is_missing(lv) or lv is None else value_key(lv)] += 1
+        self.count_labels(self.out_labels(rec.data))
+
+    def count_labels(self, labels: tuple[str, str]) -> None:
+        self.out_counts[labels[0]] += 1
+        self.level_counts[labels[1]] += 1
 
     def finish(self) -> Iterator[Record]:
         """Release band-edge ties into the selection, then the held strata, then the summary."""
@@ -836,10 +865,9 @@ class Sampler:
                         "shortfall": 0 if target == _INF else int(target) - len(chosen),
                     }
                 )
-                for n, raw in enumerate(chosen, 1):
-                    rec = Record(orjson.loads(raw), raw, "<selected>", n)
-                    self.count_out(rec)
-                    yield rec
+                for n, (raw, labels) in enumerate(chosen, 1):
+                    self.count_labels(labels)
+                    yield Record(orjson.loads(raw) if self.parse_selected else {}, raw, "<selected>", n)
             summary["strata"] = strata_out
             summary["shortfall"] = sum(s["shortfall"] for s in strata_out)
         summary["distribution"] = {
@@ -1012,11 +1040,14 @@ def run_sample(
     stats: RunStats,
     first_pass: Iterable[Record] | None = None,
     fast: bool = True,
+    parse_selected: bool = True,
 ) -> Iterator[Record]:
     """Select records per ``config``; ``first_pass`` (a second reading of the same input) is
     needed when a quantile band is set. ``fast=False`` takes the general path everywhere (tests
-    compare the two)."""
+    compare the two). ``parse_selected=False``: records released from a counted selection at the
+    end carry an empty ``data`` (their bytes are exact), for a consumer that only writes them."""
     sampler = Sampler(config, stats)
+    sampler.parse_selected = parse_selected
     if config.band is not None:
         if first_pass is None:
             raise UsageError("a quantile band needs a second reading of the input (pass 1)")
