@@ -594,7 +594,8 @@ class Sampler:
         quota_key = cfg.quota_field if by_value is not None and "." not in (cfg.quota_field or ".") else None
         paths: tuple[str, str] | None = None
         get_pr = get_cv = self._get_pr
-        out_of_band = not_in_quota = behind_worst = 0
+        cap = self.cap
+        out_of_band = not_in_quota = behind_worst = over_cap = 0
         try:
             for rec in records:
                 data = rec.data
@@ -667,8 +668,25 @@ class Sampler:
                         response = ""
                 parts = (seed_text, rid, str(data.get("model", "")), str(data.get("sample_idx", "")), response)
                 rprio = _H("\x1f".join(parts).encode("utf-8", "surrogatepass"))
-                stratum.offer(-((qprio << 64) | rprio), qprio, rec.to_bytes(), data, stats)
+                neg = -((qprio << 64) | rprio)
+                raw = rec.to_bytes()
+                # offer's two rejections inline, in its order (most responses end here)
+                if stratum.alive >= stratum.target:
+                    worst = heap[0] if heap and heap[0][3] else stratum.worst()
+                    if worst is not None and (neg < worst[0] or (neg == worst[0] and raw <= worst[1])):
+                        behind_worst += 1
+                        continue
+                if cap is not None:
+                    group = stratum.per_query.get(qprio)
+                    if group is not None and len(group) >= cap:
+                        g0 = group[0]
+                        if neg < g0[0] or (neg == g0[0] and raw <= g0[1]):
+                            over_cap += 1
+                            continue
+                stratum.offer(neg, qprio, raw, data, stats)
         finally:
+            if over_cap:
+                stats.drop("per-query limit", over_cap)
             if out_of_band:
                 stats.drop("pass rate out of band", out_of_band)
             if not_in_quota:
