@@ -666,8 +666,9 @@ class Sampler:
                         response = fields.response(rec)
                     except BadInput:
                         response = ""
-                parts = (seed_text, rid, str(data.get("model", "")), str(data.get("sample_idx", "")), response)
-                rprio = _H("\x1f".join(parts).encode("utf-8", "surrogatepass"))
+                # an f-string formats like str() and joins in one copy: the same bytes as rprio()
+                text = f"{seed_text}\x1f{rid}\x1f{data.get('model', '')}\x1f{data.get('sample_idx', '')}\x1f{response}"
+                rprio = _H(text.encode("utf-8", "surrogatepass"))
                 neg = -((qprio << 64) | rprio)
                 raw = rec.to_bytes()
                 # offer's two rejections inline, in its order (most responses end here)

@@ -478,6 +478,10 @@ def _variety_rows() -> list[dict]:
             r["grade"]["r1"]["cv"] = None  # a valid, undefined CV
         elif roll < 0.22:
             r["grade"]["r1"]["cv"] = 0.3  # exactly at a --cv-min threshold
+        elif roll < 0.24:
+            r["model"] = rng.choice([None, 1.5, True, ["r", 1]])  # priorities format any value
+        elif roll < 0.26:
+            del r["sample_idx"]
         elif roll < 0.20:
             del r["response"]
             r["messages"] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"m{i}"}]
