@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
+	rm -rf $(DEMO_DIR)
 	$(PY) examples/make_sample.py --seed 7 --out $(DEMO_DIR)
 	bash examples/pipeline.sh $(DEMO_DIR) $(STILL)
 

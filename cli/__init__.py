@@ -17,8 +17,10 @@ from still import __version__
 
 # name -> (module under still.cli, attribute). Register only commands that work.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "decontam": ("decontam", "command"),
     "dedup": ("dedup", "command"),
     "sample": ("sample", "command"),
+    "verify": ("verify", "command"),
 }
 
 

@@ -230,15 +230,24 @@ class AtomicOutput:
     def __init__(self, path: str | None) -> None:
         self.path = None if path in (None, "-") else path
         self._tmp: str | None = None
+        self._direct = False
+        self._raw: BinaryIO
         self.stream: BinaryIO
 
     def __enter__(self) -> BinaryIO:
         if self.path is None:
             self.stream = sys.stdout.buffer
             return self.stream
+        if os.path.exists(self.path) and not os.path.isfile(self.path):
+            # a device, FIFO or socket (-o /dev/null, -o >(gzip ...)): write to it directly;
+            # renaming a temporary file onto it would replace the device node itself
+            self.stream = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
+            self._raw = self.stream
+            self._direct = True
+            return self.stream
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, self._tmp = tempfile.mkstemp(prefix=".still-", suffix=".part", dir=directory)
-        raw = os.fdopen(fd, "wb", buffering=1 << 20)
+        raw: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
         if self.path.endswith(".gz"):
             self.stream = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # type: ignore[assignment]
             self._raw = raw
@@ -250,6 +259,9 @@ class AtomicOutput:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self.path is None:
             self.stream.flush()
+            return
+        if self._direct:
+            self.stream.close()
             return
         assert self._tmp is not None
         try:

@@ -84,11 +84,16 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    # the benchmark's problems use their own template and numbers, so the training data holds
+    # them only where they are planted below
     bench = []
     for j in range(12):
-        q, ans = math_problem(rng, j + 1000)
-        q = q.replace("Compute", "Evaluate") + " Give your answer as an integer."
-        bench.append({"id": f"bench-{j}", "problem": q, "answer": str(ans)})
+        a, b, m = rng.randint(1000, 9999), rng.randint(100, 999), rng.randint(13, 97)
+        q = (
+            f"A sequence starts at {a} and each term adds {b}. What is the remainder when the "
+            f"{j + 20}th term is divided by {m}? Give your answer as an integer."
+        )
+        bench.append({"id": f"bench-{j}", "problem": q, "answer": str((a + (j + 19) * b) % m)})
 
     rows: list[dict[str, object]] = []
     truth: dict[str, object] = {"queries": args.queries, "k": args.k}

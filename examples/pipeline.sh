@@ -13,9 +13,16 @@ echo "== 2. dedup: at most 4 responses per near-identical query (OpenThoughts-st
 "$still" dedup --key query --max-per-key 4 --clusters "$dir/2-clusters.jsonl" \
   "$dir/1-unique.jsonl" -o "$dir/2-per-query.jsonl"
 
-echo "== 3. sample: the longer half of responses, one per query, as a math:60 / code:30 mix"
+echo "== 3. decontam: drop records that contain a question of the demo benchmark (report: hit items)"
+"$still" decontam --against "$dir/bench.jsonl" --report "$dir/3-decontam-report.json" \
+  "$dir/2-per-query.jsonl" -o "$dir/3-decontam.jsonl"
+
+echo "== 4. verify: math answers (exact paths, math-verify in killable workers), code in the sandbox"
+"$still" verify --workers 2 "$dir/3-decontam.jsonl" -o "$dir/4-verified.jsonl"
+
+echo "== 5. sample: the longer half of responses, one per query, as a math:60 / code:30 mix"
 "$still" sample --length-top 0.5 --per-query 1 --quota domain=math:60,code:30 --seed 7 \
-  "$dir/2-per-query.jsonl" -o "$dir/3-sample.jsonl"
+  "$dir/4-verified.jsonl" -o "$dir/5-sample.jsonl"
 
 echo
 echo "demo outputs in $dir/:"

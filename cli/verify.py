@@ -1,0 +1,143 @@
+"""``still verify``: add a verdict to every record (math, multiple choice, code)."""
+
+from __future__ import annotations
+
+import click
+
+from still.cli._common import StreamOptions, run_stream, stream_options
+
+
+@click.command("verify")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "math", "mc", "code"]),
+    default="auto",
+    show_default=True,
+    help="auto: records with tests are code, with choices multiple choice, the rest math/short answer.",
+)
+@click.option("--answer-field", default="answer", show_default=True, metavar="PATH", help="Reference answer.")
+@click.option(
+    "--choices-field", default="choices", show_default=True, metavar="PATH", help="Multiple-choice options (a list)."
+)
+@click.option("--tests-field", default="tests", show_default=True, metavar="PATH", help="Reference tests for code.")
+@click.option(
+    "--finish-reason-field",
+    default="finish_reason",
+    show_default=True,
+    metavar="PATH",
+    help="A value of 'length' makes the verdict 'truncated'.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.05),
+    default=2.0,
+    show_default=True,
+    help="Hard cap in seconds per math comparison; the worker is killed and the verdict is 'timeout'.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Math worker processes (output is identical for any number).",
+)
+@click.option(
+    "--fallback",
+    "fallbacks",
+    multiple=True,
+    type=click.Choice(["last-number", "last-math", "last-line"]),
+    help="Where to look when there is no \\boxed{}, 'final answer is' or 'Answer:' line (repeatable, in order).",
+)
+@click.option(
+    "--ordered-lists",
+    is_flag=True,
+    help="Compare a bare list 'a, b, c' in order (MATH's string grader) instead of as a set.",
+)
+@click.option(
+    "--sandbox",
+    type=click.Choice(["auto", "bwrap", "unshare", "none"]),
+    default="auto",
+    show_default=True,
+    help="Code isolation (see README 'Code and the sandbox'); none only with a loud warning.",
+)
+@click.option(
+    "--code-timeout",
+    type=click.FloatRange(min=0.1),
+    default=6.0,
+    show_default=True,
+    help="Seconds per code run.",
+)
+@click.option(
+    "--memory-mb", type=click.IntRange(min=16), default=1024, show_default=True, help="Memory limit per code run."
+)
+@click.option(
+    "--exit-status",
+    is_flag=True,
+    help="Exit 1 when any verdict is not 'correct' or 'pass' (like jq -e); output is written in full anyway.",
+)
+@stream_options
+def command(
+    stream: StreamOptions,
+    mode: str,
+    answer_field: str,
+    choices_field: str,
+    tests_field: str,
+    finish_reason_field: str,
+    timeout_s: float,
+    workers: int,
+    fallbacks: tuple[str, ...],
+    ordered_lists: bool,
+    sandbox: str,
+    code_timeout: float,
+    memory_mb: int,
+    exit_status: bool,
+) -> int:
+    """Add a verdict to every record: math answers, multiple choice and code.
+
+    Each record gets verify: {verdict, score, extracted, method, reason}. Verdicts for answers:
+    correct, wrong, no_answer, truncated (<think> never closed, or finish_reason length), timeout,
+    error; for code: pass, wrong_answer, time_limit, memory_limit, output_limit, runtime_error,
+    compile_error. score is 1/0 for answers and the fraction of tests passed for code.
+
+    Math: the answer after the last </think> (last \\boxed{}, 'final answer is', 'Answer:' line),
+    compared by normalised string, exact integers/fractions/decimals ('023' == '23'), then
+    math-verify in worker processes killed at --timeout, with guards against its known false
+    positives. Multiple choice: only anchored letters ('Answer: C', \\boxed{C}, '(C)' alone on the
+    last line), never a letter picked out of prose.
+
+    \b
+    Examples:
+      still verify < responses.jsonl > verified.jsonl
+      still verify --workers 4 --fallback last-number gsm8k.jsonl | jq -c .verify
+      still verify -q --exit-status < one.jsonl && echo all correct
+    """
+    from still.core.verify import VerifyConfig, all_passed, verify_records
+    from still.core.verify_math import MathConfig
+
+    config = VerifyConfig(
+        mode=mode,
+        fields=stream.fields(),
+        answer_field=answer_field,
+        choices_field=choices_field,
+        tests_field=tests_field,
+        finish_reason_field=finish_reason_field,
+        math=MathConfig(timeout_s=timeout_s, workers=workers, fallbacks=fallbacks, ordered_lists=ordered_lists),
+        sandbox=sandbox,
+        code_timeout_s=code_timeout,
+        code_memory_mb=memory_mb,
+    )
+    outcome = {"passed": True}
+
+    def summarise(stats: object) -> None:
+        from still.core.stats import RunStats
+
+        assert isinstance(stats, RunStats)
+        outcome["passed"] = all_passed(stats)
+        if not stream.quiet:
+            counts = stats.extra.get("verdicts", {})
+            text = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+            click.echo(f"still verify: verdicts: {text}", err=True)
+
+    run_stream("verify", stream, lambda records, stats: verify_records(records, config, stats), on_success=summarise)
+    return 1 if exit_status and not outcome["passed"] else 0

@@ -1,0 +1,270 @@
+"""A small pool of killable worker processes with a hard wall-clock cap per task.
+
+Why not SIGALRM (math-verify's timeout) or a thread pool: an alarm only fires between bytecodes, so
+it cannot stop C-level big-integer work (``10^{10^6}``), and it does not work off the main thread.
+Here each task runs in a worker process; when a task is still running at its deadline the worker is
+killed (SIGKILL), the task gets status ``timeout`` and a fresh worker takes its place.
+
+Workers are forked from a ``forkserver`` that has already imported the heavy modules (``preload``),
+so a replacement is ready in milliseconds instead of re-importing SymPy. A task's clock starts when
+it is handed to a ready worker, never while a worker is still starting.
+
+Results come back in submission order (the caller keeps its own queue of :class:`Task` objects),
+so the output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import sys
+import time
+import types
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from still.core.errors import StillError
+
+_READY = "ready"
+
+
+@dataclass
+class Task:
+    """One unit of work; ``status`` becomes ``ok``, ``timeout`` or ``error`` when done."""
+
+    payload: Any
+    status: str = "pending"
+    result: Any = None
+    error: str = ""
+    seconds: float = 0.0  # wall time from hand-over to the worker until the answer (or the kill)
+
+    @property
+    def done(self) -> bool:
+        return self.status != "pending"
+
+
+def _resolve(path: str) -> Callable[[Any], Any]:
+    module, _, name = path.partition(":")
+    fn: Callable[[Any], Any] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def _worker_main(conn: Connection, handler_path: str, memory_mb: int) -> None:
+    """Worker loop: answer ("ok", result) or ("error", message) for each payload until EOF."""
+    if memory_mb > 0:
+        try:
+            import resource
+
+            limit = memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ImportError, ValueError, OSError):
+            pass
+    handler = _resolve(handler_path)
+    conn.send(_READY)
+    while True:
+        try:
+            payload = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", handler(payload))
+        except MemoryError:
+            reply = ("error", "out of memory")
+        except RecursionError:
+            reply = ("error", "recursion limit")
+        except Exception as exc:  # noqa: BLE001 - reported as the task's error, the worker lives on
+            reply = ("error", f"{type(exc).__name__}: {exc}"[:300])
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            return
+
+
+class _Worker:
+    def __init__(self, ctx: Any, handler_path: str, memory_mb: int) -> None:
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child_conn, handler_path, memory_mb), daemon=True)
+        # The worker needs only the handler's module. Hide the caller's __main__ while starting it,
+        # so forkserver/spawn do not re-import (and re-run) a user's script without a main guard.
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            self.proc.start()
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+        child_conn.close()
+        self.conn: Connection = parent_conn
+        self.ready = False
+        self.task: Task | None = None
+        self.started = 0.0
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        except (OSError, ValueError, AssertionError):
+            pass
+        self.conn.close()
+
+
+class KillablePool:
+    """``workers`` processes running ``handler_path`` (``module:function``) on payloads.
+
+    Call :meth:`submit`, then :meth:`pump` until the task is done; :meth:`close` at the end.
+    """
+
+    def __init__(
+        self,
+        handler_path: str,
+        workers: int = 1,
+        timeout_s: float = 2.0,
+        preload: tuple[str, ...] = (),
+        memory_mb: int = 0,
+    ) -> None:
+        self.handler_path = handler_path
+        self.n_workers = max(1, workers)
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+        methods = multiprocessing.get_all_start_methods()
+        self.ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if preload and "forkserver" in methods:
+            self.ctx.set_forkserver_preload(list(preload))
+        self.workers: list[_Worker] = []
+        self.queue: deque[Task] = deque()
+        self.restarts = 0
+        self.failed_starts = 0
+
+    def _ensure_workers(self) -> None:
+        while len(self.workers) < self.n_workers:
+            self.workers.append(_Worker(self.ctx, self.handler_path, self.memory_mb))
+
+    def submit(self, payload: Any) -> Task:
+        task = Task(payload)
+        self.queue.append(task)
+        self._ensure_workers()
+        self._dispatch()
+        return task
+
+    def _dispatch(self) -> None:
+        for worker in self.workers:
+            if not self.queue:
+                return
+            if worker.ready and worker.task is None:
+                task = self.queue.popleft()
+                try:
+                    worker.conn.send(task.payload)
+                except (OSError, ValueError):
+                    self.queue.appendleft(task)
+                    self._replace(worker)
+                    continue
+                worker.task = task
+                worker.started = time.monotonic()
+                worker.deadline = worker.started + self.timeout_s
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        idx = self.workers.index(worker)
+        self.workers[idx] = _Worker(self.ctx, self.handler_path, self.memory_mb)
+        self.restarts += 1
+
+    def _finish(self, worker: _Worker, status: str, result: Any = None, error: str = "") -> None:
+        task = worker.task
+        assert task is not None
+        task.status = status
+        task.result = result
+        task.error = error
+        task.seconds = time.monotonic() - worker.started
+        worker.task = None
+
+    def busy(self) -> bool:
+        return bool(self.queue) or any(w.task is not None for w in self.workers)
+
+    def pump(self, block: bool) -> None:
+        """Collect answers, kill workers past their deadline, hand out queued tasks.
+
+        With ``block``, wait until at least one task finishes (or nothing is pending).
+        """
+        while True:
+            progressed = self._pump_once(wait_s=None if block else 0.0)
+            if progressed or not block or not self.busy():
+                return
+
+    def _pump_once(self, wait_s: float | None) -> bool:
+        progressed = False
+        now = time.monotonic()
+        for worker in list(self.workers):
+            if worker.task is not None and now >= worker.deadline:
+                # Check for a last-moment answer before killing: a finished task is not a timeout.
+                if not worker.conn.poll(0):
+                    self._finish(worker, "timeout", error=f"over {self.timeout_s:g} s")
+                    self._replace(worker)
+                    progressed = True
+        self._dispatch()
+        conns = {w.conn: w for w in self.workers if (w.task is not None or not w.ready)}
+        if not conns:
+            return progressed
+        if wait_s is None:
+            deadlines = [w.deadline for w in self.workers if w.task is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 5.0
+        else:
+            timeout = wait_s
+        for conn in wait(list(conns), timeout=timeout):
+            worker = conns[conn]  # type: ignore[index]
+            try:
+                msg = worker.conn.recv()
+            except (EOFError, OSError):
+                worker.proc.join(timeout=1)
+                code = worker.proc.exitcode
+                if worker.task is not None:
+                    self._finish(worker, "error", error=f"worker died (exit code {code})")
+                    progressed = True
+                elif not worker.ready:
+                    self.failed_starts += 1
+                    if self.failed_starts > 3:
+                        why = f"worker processes for {self.handler_path} fail to start (exit code {code})"
+                        raise StillError(why) from None
+                self._replace(worker)
+                continue
+            if msg == _READY:
+                worker.ready = True
+                self.failed_starts = 0
+            elif worker.task is not None:
+                status, value = msg
+                if status == "ok":
+                    self._finish(worker, "ok", result=value)
+                else:
+                    self._finish(worker, "error", error=str(value))
+                progressed = True
+        self._dispatch()
+        return progressed
+
+    def close(self) -> None:
+        for worker in self.workers:
+            try:
+                worker.conn.close()
+            except OSError:
+                pass
+        for worker in self.workers:
+            worker.proc.join(timeout=0.5)
+            if worker.proc.is_alive():
+                worker.kill()
+        self.workers = []
+
+    def __enter__(self) -> KillablePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

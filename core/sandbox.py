@@ -1,0 +1,513 @@
+"""An OS-level sandbox for running untrusted code (model-written solutions and their tests).
+
+Isolation comes from the kernel, not from Python-level guards (which untrusted Python can undo):
+
+- **bwrap** (bubblewrap): new user/pid/net/ipc/uts/cgroup namespaces; a fresh root that holds only
+  read-only binds of ``/usr``, ``/etc``, the library symlinks and the Python installation(s) in use,
+  a fresh ``/dev`` and ``/proc``, and a size-capped tmpfs ``/tmp`` as the only writable place; the
+  staged files are bound read-only at ``/tmp/box`` and an optional output dir read-write at
+  ``/tmp/out``. ``$HOME``, ``/root``, ``/home``, ``/run`` (sockets), other sandboxes' files and the
+  caller's data never appear. The environment is empty except PATH/HOME/LANG and a few
+  determinism knobs. Inside the net namespace only ``lo`` exists, so nothing can reach the host's
+  127.0.0.1 or any other address. When the caller is root, the code runs under a fresh
+  unprivileged uid/gid per run (``setpriv``), with no capabilities and ``no_new_privs``, so it is
+  not root on the host even if a namespace were escaped, and ``RLIMIT_NPROC`` applies (the kernel
+  ignores it for uid 0) to this run alone.
+- **unshare** (util-linux, fallback when bubblewrap is missing): user/net/pid/ipc/uts/mount
+  namespaces; every inherited mount is remounted read-only, tmpfs covers ``/tmp`` (the writable
+  place), ``/root``, ``/home``, ``/run``, ``/mnt``, ``/media`` and ``$HOME`` (the Python
+  installation is bound back read-only when it lives there); capabilities are dropped before the
+  code runs.
+- **none**: no isolation at all, rlimits only; only when explicitly asked for, with a loud warning.
+
+Limits (every backend): ``RLIMIT_CPU``, ``RLIMIT_AS`` (memory), ``RLIMIT_NPROC`` (set inside the
+new user namespace, so it counts only the sandbox's processes), ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``,
+no core dumps, a wall-clock deadline, and a cap on captured stdout/stderr. At the deadline (or when
+output overflows) the sandbox's first process is killed; it is the parent of the pid namespace,
+whose init dies with it (``--die-with-parent``), and the kernel then kills every process left in
+the namespace, daemons included.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from still.core.errors import StillError, UsageError
+
+SANDBOX_CHOICES = ("auto", "bwrap", "unshare", "none")
+# When the caller is root, each run gets its own unprivileged uid/gid from this range (no passwd
+# entry, owns nothing on the host): RLIMIT_NPROC counts per uid, so concurrent sandboxes cannot
+# use up each other's process budget, and the kernel never exempts them as it exempts root.
+SANDBOX_UID_BASE = 3_000_000
+SANDBOX_UID_SPAN = 1 << 20
+_uid_counter = itertools.count()
+
+
+def sandbox_uid() -> int:
+    """A uid for the next run: distinct across recent runs of this process and across processes."""
+    slot = (os.getpid() * 4096 + next(_uid_counter) % 4096) % SANDBOX_UID_SPAN
+    return SANDBOX_UID_BASE + slot
+
+
+BOX = "/tmp/box"  # read-only staged files, inside the sandbox
+OUT = "/tmp/out"  # optional read-write output dir, inside the sandbox
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+_STDERR_KEEP = 64 * 1024
+
+# Directories bound read-only into a bwrap sandbox (those that exist; symlinks are recreated).
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+# Directories covered by an empty tmpfs in the unshare backend (the root stays visible there).
+_HIDDEN_DIRS = ("/root", "/home", "/run", "/mnt", "/media", "/srv", "/var/tmp", "/var/log", "/var/mail")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one sandboxed run."""
+
+    wall_s: float = 6.0
+    cpu_s: float | None = None  # RLIMIT_CPU; defaults to wall_s
+    memory_mb: int = 1024  # RLIMIT_AS
+    max_procs: int = 64  # RLIMIT_NPROC (processes + threads)
+    file_size_mb: int = 16  # RLIMIT_FSIZE
+    open_files: int = 256  # RLIMIT_NOFILE
+    max_output_bytes: int = 1 << 20  # stdout (and stderr) capture cap
+    tmp_mb: int = 64  # size of the writable tmpfs /tmp
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one sandboxed run did."""
+
+    exit_code: int  # 128+N when killed by signal N (the shell convention bwrap follows)
+    signal: int | None  # the signal that ended the program, if any
+    stdout: bytes
+    stderr: bytes  # the first 64 KiB
+    timed_out: bool  # killed at the wall-clock deadline
+    output_exceeded: bool  # killed because stdout or stderr passed max_output_bytes
+    wall_s: float
+
+    @property
+    def cpu_limited(self) -> bool:
+        """Ended by RLIMIT_CPU (SIGXCPU at the soft limit, SIGKILL at the hard one)."""
+        return self.signal == signal.SIGXCPU
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _python_dirs() -> list[str]:
+    """The directories the running Python needs (prefixes, venv), outside the system dirs."""
+    candidates = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))),
+    }
+    dirs = sorted(
+        {os.path.realpath(p) for p in candidates if p}
+        | {os.path.abspath(p) for p in candidates if p}  # a venv may be reached through a symlink
+    )
+    keep: list[str] = []
+    for d in dirs:
+        if any(d == s or d.startswith(s + "/") for s in ("/usr", "/bin", "/lib", "/etc")):
+            continue
+        if any(d.startswith(k + "/") for k in keep):
+            continue
+        if os.path.isdir(d):
+            keep.append(d)
+    return keep
+
+
+@dataclass
+class Sandbox:
+    """A way to run argv under isolation and limits. Get one with :func:`get_sandbox`."""
+
+    backend: str  # bwrap | unshare | none
+    drop_to_uid: bool = False  # root caller: run the code as a fresh unprivileged uid
+    python_dirs: list[str] = field(default_factory=_python_dirs)
+
+    # --------------------------------------------------------------------------- command lines
+    def _limit_argv(self, limits: Limits) -> list[str]:
+        cpu = max(1, math.ceil(limits.cpu_s if limits.cpu_s is not None else limits.wall_s))
+        argv = [
+            "prlimit",
+            f"--cpu={cpu}:{cpu + 1}",
+            f"--as={limits.memory_mb << 20}",
+            f"--fsize={limits.file_size_mb << 20}",
+            f"--nofile={limits.open_files}",
+            f"--nproc={limits.max_procs}",
+            "--core=0",
+            "--",
+        ]
+        return argv
+
+    def _env(self, home: str) -> dict[str, str]:
+        return {
+            "PATH": SANDBOX_PATH,
+            "HOME": home,
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONIOENCODING": "utf-8",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+
+    def _bwrap_argv(self, box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
+        argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        if not self.drop_to_uid:
+            # Unprivileged caller: a user namespace is how bwrap gets to build the mounts; no more
+            # namespaces may be created inside it.
+            argv += ["--unshare-user", "--disable-userns"]
+        argv += ["--die-with-parent", "--new-session", "--clearenv"]
+        for key, value in self._env("/tmp").items():
+            argv += ["--setenv", key, value]
+        for d in _SYSTEM_DIRS:
+            if os.path.islink(d):
+                argv += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                argv += ["--ro-bind", d, d]
+        made: set[str] = set()
+        for d in self.python_dirs:
+            for a in _ancestors(d):
+                if a not in made and not any(a == s or a.startswith(s + "/") for s in _SYSTEM_DIRS):
+                    argv += ["--perms", "0755", "--dir", a]
+                    made.add(a)
+            argv += ["--ro-bind", d, d]
+        argv += ["--dev", "/dev", "--proc", "/proc"]
+        argv += ["--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
+        if box_dir is not None:
+            argv += ["--ro-bind", box_dir, BOX]
+        if out_dir is not None:
+            argv += ["--bind", out_dir, OUT]
+        argv += ["--remount-ro", "/", "--chdir", "/tmp"]
+        if self.drop_to_uid:
+            uid = sandbox_uid()
+            argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--"]
+            argv += [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={uid}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--no-new-privs",
+            ]
+        else:
+            argv += ["--"]
+        return argv
+
+    def _unshare_argv(self, box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
+        # A shell script run as root of a fresh user namespace builds the view, then drops every
+        # capability before exec'ing the code.
+        home = os.path.expanduser("~")
+        hidden = [d for d in dict.fromkeys((*_HIDDEN_DIRS, home)) if d != "/" and os.path.isdir(d)]
+        keep = [d for d in self.python_dirs if any(d.startswith(h + "/") or d == h for h in hidden)]
+        # Stage what must stay visible (the staged box/out dirs, a Python under a hidden dir) on a
+        # scratch tmpfs first, because the tmpfs over /tmp and the hidden dirs would cover it.
+        stage = next(d for d in ("/run", "/mnt", "/media", "/srv", "/var/tmp") if os.path.isdir(d))
+        moves: list[tuple[str, str]] = [(d, d) for d in keep]
+        if box_dir is not None:
+            moves.append((box_dir, BOX))
+        if out_dir is not None:
+            moves.append((out_dir, OUT))
+        lines = ["set -e", f"mount -t tmpfs -o size=1m,mode=755 tmpfs {stage}"]
+        for i, (src, _) in enumerate(moves):
+            lines += [f"mkdir -p {stage}/.keep/{i}", f"mount --rbind '{src}' {stage}/.keep/{i}"]
+        lines.append(f"mount -t tmpfs -o size={limits.tmp_mb}m,mode=1777 tmpfs /tmp")
+        for d in hidden:
+            if d != stage:
+                lines.append(f"mount -t tmpfs -o size=1m,mode=755 tmpfs '{d}'")
+        for i, (_, dst) in enumerate(moves):
+            lines += [f"mkdir -p '{dst}'", f"mount --move {stage}/.keep/{i} '{dst}'"]
+        lines += [
+            # Read-only everywhere except /tmp (the fresh tmpfs), /tmp/out, /proc and /dev.
+            "awk '{print $5}' /proc/self/mountinfo | while read -r m; do "
+            f'case "$m" in /tmp|{OUT}|{OUT}/*|/proc|/proc/*|/dev|/dev/*) continue;; esac; '
+            'mount -o remount,bind,ro "$m" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$m" 2>/dev/null '
+            '|| mount -o remount,bind,ro,nosuid,nodev,noexec "$m" 2>/dev/null || true; done',
+            "cd /tmp",
+            'exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs "$@"',
+        ]
+        env_args = [f"{k}={v}" for k, v in self._env("/tmp").items()]
+        return [
+            "env",
+            "-i",
+            *env_args,
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--mount-proc",
+            "--ipc",
+            "--uts",
+            "--",
+            "/bin/sh",
+            "-c",
+            "\n".join(lines),
+            "sandbox",
+        ]
+
+    def command(self, argv: Sequence[str], box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
+        """The full command line that runs argv in this sandbox."""
+        if self.backend == "bwrap":
+            prefix = self._bwrap_argv(box_dir, out_dir, limits)
+        elif self.backend == "unshare":
+            prefix = self._unshare_argv(box_dir, out_dir, limits)
+        else:
+            prefix = []
+        return [*prefix, *self._limit_argv(limits), *argv]
+
+    def inside(self, host_dir: str, role: str) -> str:
+        """Where a staged host dir appears to the code (role: "box" or "out")."""
+        if self.backend == "none":
+            return host_dir
+        return BOX if role == "box" else OUT
+
+    # --------------------------------------------------------------------------------- running
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        limits: Limits,
+        box_dir: str | None = None,
+        out_dir: str | None = None,
+        stdin: bytes | str | None = None,
+        pass_fds: Iterable[int] = (),
+    ) -> RunResult:
+        """Run argv (paths as :meth:`inside` gives them) and capture its output under limits.
+
+        ``stdin`` is bytes to feed or a host file path to read from; nothing means an empty input.
+        """
+        if self.backend == "none":
+            _warn_unsandboxed()
+        if box_dir is not None:
+            os.chmod(box_dir, 0o755)
+        if out_dir is not None:
+            os.chmod(out_dir, 0o777)
+        cmd = self.command(argv, box_dir, out_dir, limits)
+        stdin_file = None
+        stdin_data: bytes | None = None
+        if isinstance(stdin, str):
+            stdin_file = open(stdin, "rb")  # noqa: SIM115 - closed below
+        else:
+            # An empty pipe rather than /dev/null: EOF at once, whatever the host's /dev/null is.
+            stdin_data = stdin if stdin is not None else b""
+        env = self._env(out_dir or tempfile.gettempdir()) if self.backend == "none" else {}
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=stdin_file if stdin_file is not None else subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env if self.backend == "none" else {"PATH": os.environ.get("PATH", SANDBOX_PATH)},
+                cwd=out_dir if self.backend == "none" and out_dir else None,
+                pass_fds=tuple(pass_fds),
+                start_new_session=True,
+            )
+        finally:
+            if stdin_file is not None:
+                stdin_file.close()
+        deadline = start + limits.wall_s
+        out, err, timed_out, exceeded = _collect(proc, stdin_data, deadline, limits.max_output_bytes)
+        rc = proc.wait()
+        wall = time.monotonic() - start
+        if rc < 0:  # killed directly (our kill, or the none backend)
+            sig: int | None = -rc
+            rc = 128 - rc
+        elif rc > 128 and rc - 128 < 65:
+            sig = rc - 128
+        else:
+            sig = None
+        return RunResult(rc, sig, out, err, timed_out, exceeded, wall)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        # The session holds bwrap/unshare (or, with none, the program and what did not call setsid).
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], stdin_data: bytes | None, deadline: float, max_bytes: int
+) -> tuple[bytes, bytes, bool, bool]:
+    """Read stdout/stderr until EOF, the deadline or the output cap; kill on the last two."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out = bytearray()
+    err = bytearray()
+    err_total = 0
+    timed_out = exceeded = False
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    pending = memoryview(stdin_data) if stdin_data is not None else None
+    if proc.stdin is not None:
+        os.set_blocking(proc.stdin.fileno(), False)
+        sel.register(proc.stdin, selectors.EVENT_WRITE, "in")
+    try:
+        while len(sel.get_map()) > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                _kill(proc)
+                break
+            for key, _ in sel.select(remaining):
+                if key.data == "in":
+                    assert proc.stdin is not None and pending is not None
+                    try:
+                        n = os.write(proc.stdin.fileno(), pending[:65536])
+                        pending = pending[n:]
+                    except (BrokenPipeError, BlockingIOError) as exc:
+                        if isinstance(exc, BlockingIOError):
+                            continue
+                        pending = pending[:0]
+                    if len(pending) == 0:
+                        sel.unregister(proc.stdin)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                if key.data == "out":
+                    out += chunk
+                    size = len(out)
+                else:
+                    err_total += len(chunk)
+                    if len(err) < _STDERR_KEEP:
+                        err += chunk[: _STDERR_KEEP - len(err)]
+                    size = err_total
+                if size > max_bytes:
+                    exceeded = True
+                    _kill(proc)
+                    del out[max_bytes:]
+                    sel.close()
+                    return bytes(out), bytes(err), timed_out, exceeded
+        if not timed_out:
+            # Pipes closed; the program should be gone. Give it what is left of the deadline.
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 0.05)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill(proc)
+    finally:
+        sel.close()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+    return bytes(out), bytes(err), timed_out, exceeded
+
+
+_warned = False
+
+
+def _warn_unsandboxed() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        sys.stderr.write(
+            "still: WARNING: --sandbox none runs model-written code WITHOUT isolation: it can read your "
+            "files and secrets, use the network and leave processes behind. Use it only on a throwaway "
+            "machine or inside a container.\n"
+        )
+        sys.stderr.flush()
+
+
+def _probe(sb: Sandbox) -> str | None:
+    """Run a trivial command in the sandbox; None when it works, else what went wrong."""
+    for tool in {"bwrap": ["bwrap", "prlimit"], "unshare": ["unshare", "setpriv", "prlimit"]}.get(sb.backend, []):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if sb.drop_to_uid and shutil.which("setpriv") is None:
+        return "setpriv is not installed"
+    with tempfile.TemporaryDirectory(prefix="still-probe-") as box:
+        try:
+            res = sb.run(["/bin/sh", "-c", "cat /proc/net/dev"], limits=Limits(wall_s=10.0), box_dir=box)
+        except OSError as exc:
+            return str(exc)
+    if res.exit_code != 0:
+        return (res.stderr.decode(errors="replace").strip() or f"exit code {res.exit_code}")[:300]
+    ifaces = [ln.split(":")[0].strip() for ln in res.stdout.decode(errors="replace").splitlines()[2:]]
+    if ifaces != ["lo"]:
+        return f"network not isolated (interfaces: {ifaces})"
+    return None
+
+
+_HOW_TO_ENABLE = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and "
+    "allow unprivileged user namespaces (sysctl -w kernel.unprivileged_userns_clone=1 on older Debian; "
+    "on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile "
+    "for bwrap; in Docker run with --security-opt seccomp=unconfined or use a VM). "
+    "To run code without isolation anyway (unsafe), pass --sandbox none"
+)
+
+
+@functools.cache
+def get_sandbox(kind: str = "auto") -> Sandbox:
+    """The sandbox for ``kind`` (auto|bwrap|unshare|none), checked once per process.
+
+    ``auto`` tries bwrap, then unshare; when neither works it refuses with what to install or
+    enable. An explicitly named backend that does not work is an error too.
+    """
+    if kind not in SANDBOX_CHOICES:
+        raise UsageError(f"unknown sandbox {kind!r}; choose one of {', '.join(SANDBOX_CHOICES)}")
+    if kind == "none":
+        return Sandbox("none")
+    root = os.geteuid() == 0
+    tried: list[str] = []
+    for backend in ("bwrap", "unshare") if kind == "auto" else (kind,):
+        sb = Sandbox(backend, drop_to_uid=root and backend == "bwrap")
+        problem = _probe(sb)
+        if problem is None:
+            return sb
+        tried.append(f"{backend}: {problem}")
+    raise StillError(
+        "cannot sandbox model-written code on this host (" + "; ".join(tried) + "). To fix: " + _HOW_TO_ENABLE
+    )
+
+
+def setup_overhead_ms(sb: Sandbox, runs: int = 20) -> float:
+    """Median extra wall time of running /bin/true in the sandbox versus directly, in ms."""
+    limits = Limits(wall_s=10.0)
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    def one(cmd: list[str]) -> float:
+        t = time.perf_counter()
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t
+
+    direct = median([one(["/bin/true"]) for _ in range(runs)])
+    with tempfile.TemporaryDirectory(prefix="still-bench-") as box:
+        os.chmod(box, 0o755)
+        boxed = median([one(sb.command(["/bin/true"], box, None, limits)) for _ in range(runs)])
+    return max(0.0, boxed - direct) * 1000.0
