@@ -158,7 +158,8 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         stats = Path(tmp) / "stats.json"
         t = time.perf_counter()
-        cmd = [*still, "--index", str(idx), "-q", "--stats", str(stats), "-o", os.devnull, str(data)]
+        out = Path(tmp) / "clean.jsonl"
+        cmd = [*still, "--index", str(idx), "-q", "--stats", str(stats), "-o", str(out), str(data)]
         subprocess.run(cmd, check=True, env=env)
         total = time.perf_counter() - t
         streaming = json.loads(stats.read_text())["seconds"]  # the run, after the index is loaded

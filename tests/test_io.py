@@ -196,12 +196,14 @@ def test_lines_across_read_buffer_edges_pass_through_unchanged(tmp_path) -> None
 
 
 def test_output_to_a_device_writes_through(tmp_path) -> None:
-    # -o /dev/null must not replace the device node with a regular file
+    # -o onto a FIFO or device must write into it, not rename a temporary file over it
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
     run_still(["dedup", "--exact-only", "-o", str(fifo)], stdin=GOOD)
     assert reader.communicate(timeout=30)[0] == GOOD
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    before = os.stat(os.devnull)
     run_still(["dedup", "--exact-only", "-o", os.devnull], stdin=GOOD)
-    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    after = os.stat(os.devnull)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
