@@ -57,6 +57,13 @@ if TYPE_CHECKING:
     help="Per-response score, for pass rate / CV computed here and DeepDistill's passing responses.",
 )
 @click.option(
+    "--passing",
+    "passing_only",
+    is_flag=True,
+    help="Keep only responses whose --score-field passes their category's --pass-threshold "
+    "(e.g. verified-correct traces after still verify).",
+)
+@click.option(
     "--pass-threshold",
     metavar="CAT=T,...",
     help="A response passes when score > T [default: DeepDistill math/code/if 0.99, other/multiturn 0.7, "
@@ -122,6 +129,7 @@ def command(
     cv_field: str | None,
     cv_min: str | None,
     score_field: str,
+    passing_only: bool,
     pass_threshold: str | None,
     cv_ddof: int,
     query_stats: str,
@@ -212,6 +220,7 @@ def command(
         length_field=length_field,
         preset=preset,
         cv_threshold=parse_mapping(cv_threshold, "--cv-threshold") if cv_threshold else {},
+        passing_only=passing_only,
     )
     config.validate()
     _run(stream, config, stages, stage_by)

@@ -186,6 +186,7 @@ class SampleConfig:
     preset: str | None = None
     cv_threshold: dict[str, float] = field(default_factory=dict)
     easy_keep_prob: float = 0.5
+    passing_only: bool = False  # keep only responses whose score passes their category's threshold
 
     def validate(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -559,7 +560,7 @@ class Sampler:
 
     def fast_path_applies(self) -> bool:
         """The common selections :meth:`select_all` handles: no preset, no quantile band."""
-        return self.config.preset is None and self.config.band is None
+        return self.config.preset is None and self.config.band is None and not self.config.passing_only
 
     def uses_grade_fields(self, first: Record) -> bool:
         """``--query-stats auto`` decides on the first line: grade fields when it has them."""
@@ -811,6 +812,15 @@ class Sampler:
     def offer(self, p: _Prepared) -> Record | None:
         """Decide one record; returns it when it is selected on sight (streaming mode)."""
         stats = self.stats
+        if self.config.passing_only:
+            try:
+                score = self.score(p.rec)
+            except BadInput as exc:
+                self._unusable(p.rec, exc)
+                return None
+            if not score > self.threshold(self.category(p.rec)):
+                stats.drop("failing response")
+                return None
         if p.qs is not None and not self.keep(p, stats.drop):
             return None
         if self.band_cut is not None:

@@ -28,7 +28,7 @@ $(OUT)/verified.jsonl: $(OUT)/clean.jsonl
 	$(STILL) verify --workers $(WORKERS) --stats $(OUT)/verify-stats.json $< -o $@
 
 $(OUT)/train.jsonl: $(OUT)/verified.jsonl
-	$(STILL) sample --per-query 1 --length-top 0.5 --seed $(SEED) --stats $(OUT)/sample-stats.json $< -o $@
+	$(STILL) sample --passing --per-query 1 --length-top 0.5 --seed $(SEED) --stats $(OUT)/sample-stats.json $< -o $@
 
 clean:
 	rm -rf $(OUT)

@@ -525,3 +525,22 @@ def test_fast_path_matches_general_path(options: dict) -> None:
             results.append((out, dict(stats.dropped), dict(stats.errors), stats.extra["sample"]))
         assert results[0] == results[1]
         assert results[0][0]  # something was selected
+
+
+def test_passing_keeps_only_passing_responses() -> None:
+    rows = [
+        {"id": "a", "domain": "math", "response": "r1", "verify": {"score": 1.0}},
+        {"id": "a", "domain": "math", "response": "r2", "verify": {"score": 0.0}},
+        {"id": "b", "domain": "code", "response": "r3", "verify": {"score": 0.5}},
+        {"id": "b", "domain": "code", "response": "r4", "verify": {"score": 1.0}},
+        {"id": "c", "domain": "other", "response": "r5", "verify": {"score": 0.75}},
+    ]
+    data = "".join(json.dumps(r) + "\n" for r in rows)
+    res = run_still("sample --passing", stdin=data)
+    assert [json.loads(x)["response"] for x in res.lines()] == ["r1", "r4", "r5"]
+    assert "failing response 2" in res.stderr
+    res = run_still("sample --passing --per-query 1 --pass-threshold other=0.8", stdin=data)
+    assert sorted(json.loads(x)["response"] for x in res.lines()) == ["r1", "r4"]
+    missing = data + json.dumps({"id": "d", "domain": "math", "response": "r6"}) + "\n"
+    res = run_still("sample --passing", stdin=missing, code=3)
+    assert "<stdin>:6: no numeric verify.score" in res.stderr
