@@ -172,7 +172,7 @@ def main() -> None:
         subprocess.run([*still, "index", "build", "-q", "--against", ",".join(bench_files), "-o", str(idx)], check=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         stats = Path(tmp) / "stats.json"
-        out = Path(tmp) / "out.jsonl"
+        out = Path(tmp) / "clean.jsonl"
         t = time.perf_counter()
         cmd = [*still, "--index", str(idx), "-q", "--stats", str(stats), "-o", str(out), str(data)]
         subprocess.run(cmd, check=True, env=env)

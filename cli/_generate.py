@@ -30,6 +30,19 @@ def _help_text(cmd: click.Command, path: list[str]) -> str:
     return cmd.get_help(ctx)
 
 
+def _command_reference(cmd: click.Command, path: list[str], ctx: click.Context) -> list[str]:
+    """Help of ``cmd`` and, for groups, of every subcommand, depth first."""
+    level = "#" * min(len(path) + 1, 6)
+    parts = [f"{level} `{' '.join(path)}`", "", "```text", _help_text(cmd, path), "```", ""]
+    if isinstance(cmd, click.Group):
+        sub_ctx = click.Context(cmd, info_name=path[-1], parent=ctx)
+        for name in cmd.list_commands(sub_ctx):
+            sub = cmd.get_command(sub_ctx, name)
+            assert sub is not None
+            parts += _command_reference(sub, [*path, name], sub_ctx)
+    return parts
+
+
 def cli_reference() -> str:
     from still.cli import COMMANDS, cli
 
@@ -38,14 +51,7 @@ def cli_reference() -> str:
     for name in sorted(COMMANDS):
         cmd = cli.get_command(root_ctx, name)
         assert cmd is not None
-        parts += [f"### `still {name}`", "", "```text", _help_text(cmd, ["still", name]), "```", ""]
-        if isinstance(cmd, click.Group):
-            sub_ctx = click.Context(cmd, info_name=name, parent=root_ctx)
-            for sub in cmd.list_commands(sub_ctx):
-                subcmd = cmd.get_command(sub_ctx, sub)
-                assert subcmd is not None
-                parts += [f"#### `still {name} {sub}`", "", "```text"]
-                parts += [_help_text(subcmd, ["still", name, sub]), "```", ""]
+        parts += _command_reference(cmd, ["still", name], root_ctx)
     parts.append(END)
     return "\n".join(parts)
 

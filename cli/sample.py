@@ -57,6 +57,13 @@ if TYPE_CHECKING:
     help="Per-response score, for pass rate / CV computed here and DeepDistill's passing responses.",
 )
 @click.option(
+    "--passing",
+    "passing_only",
+    is_flag=True,
+    help="Keep only responses whose --score-field passes their category's --pass-threshold "
+    "(e.g. verified-correct traces after still verify).",
+)
+@click.option(
     "--pass-threshold",
     metavar="CAT=T,...",
     help="A response passes when score > T [default: DeepDistill math/code/if 0.99, other/multiturn 0.7, "
@@ -122,6 +129,7 @@ def command(
     cv_field: str | None,
     cv_min: str | None,
     score_field: str,
+    passing_only: bool,
     pass_threshold: str | None,
     cv_ddof: int,
     query_stats: str,
@@ -212,6 +220,7 @@ def command(
         length_field=length_field,
         preset=preset,
         cv_threshold=parse_mapping(cv_threshold, "--cv-threshold") if cv_threshold else {},
+        passing_only=passing_only,
     )
     config.validate()
     _run(stream, config, stages, stage_by)
@@ -251,7 +260,8 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
             scratch = RunStats("sample")
             first_reader = _as_stdin(read_records(inputs, scratch, quiet_policy, max_bytes), spooled)
             first_pass = shard_filter(first_reader, shard, fields, scratch)
-        selected = run_sample(records, config, stats, first_pass)
+        # only curriculum stages look at the selected records' fields; the writer needs their bytes
+        selected = run_sample(records, config, stats, first_pass, parse_selected=stages is not None)
         if stages is None:
             with AtomicOutput(stream.output) as sink:
                 write_records(selected, sink, stats)
@@ -266,8 +276,11 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
 def _as_stdin(records: Iterator[Record], spooled: str | None) -> Iterator[Record]:
     """Name lines read back from the stdin spool ``<stdin>``, as the user gave them."""
     if spooled is None:
-        yield from records
-        return
+        return records
+    return _renamed(records, spooled)
+
+
+def _renamed(records: Iterator[Record], spooled: str) -> Iterator[Record]:
     from still.core.errors import BadInput
 
     try:

@@ -140,10 +140,14 @@ class Shard:
 
 def shard_filter(records: Iterator[Record], shard: Shard, fields: Fields, stats: RunStats) -> Iterator[Record]:
     """Pass through only this shard's records; the others, counted as dropped
-    ("other shard"), belong to sibling processes."""
+    ("other shard"), belong to sibling processes. Without a shard the records pass untouched
+    (no extra generator step per record)."""
     if not shard.active:
-        yield from records
-        return
+        return records
+    return _owned(records, shard, fields, stats)
+
+
+def _owned(records: Iterator[Record], shard: Shard, fields: Fields, stats: RunStats) -> Iterator[Record]:
     for rec in records:
         if shard.owns(fields.record_id(rec)):
             yield rec

@@ -22,6 +22,7 @@ ascending priority. Same input order => byte-identical output; any order => the 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import re
 from collections import Counter
@@ -185,6 +186,7 @@ class SampleConfig:
     preset: str | None = None
     cv_threshold: dict[str, float] = field(default_factory=dict)
     easy_keep_prob: float = 0.5
+    passing_only: bool = False  # keep only responses whose score passes their category's threshold
 
     def validate(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -250,15 +252,27 @@ class SampleConfig:
 class _Stratum:
     """Bottom-k of one stratum with an optional per-query cap (all keys: lower is better).
 
-    Entries are ``[negkey, raw, qkey, alive]`` in a min-heap, i.e. a max-heap on the key, so
+    Entries are ``[negkey, raw, qkey, alive, labels]`` in a min-heap, i.e. a max-heap on the key, so
     ``heap[0]`` is the worst kept record. Equal keys (the same id, model, sample_idx and
     response) are ordered by their raw bytes, so even exact ties never depend on input order.
+    The key is one int ``qprio << 64 | rprio`` (the same order as the pair, cheaper to compare),
+    or a tuple led by the CV for DeepDistill stage 2.
     """
 
-    __slots__ = ("label", "target", "cap", "heap", "per_query", "alive", "dead", "evict_reason")
+    __slots__ = ("label", "target", "cap", "heap", "per_query", "alive", "dead", "evict_reason", "labels")
 
-    def __init__(self, label: str, target: float, cap: int | None, evict_reason: str) -> None:
+    def __init__(
+        self,
+        label: str,
+        target: float,
+        cap: int | None,
+        evict_reason: str,
+        labels: Callable[[dict[str, Any]], tuple[str, str]],
+    ) -> None:
         self.label = label
+        # the summary's (category, level) of a kept record, taken when it enters so that the
+        # selection is counted at the end without parsing its bytes again
+        self.labels = labels
         self.target = target
         self.cap = cap
         self.heap: list[list[Any]] = []
@@ -281,55 +295,70 @@ class _Stratum:
         worst = self.worst()
         return worst is not None and neg_prefix < worst[0][: len(neg_prefix)]
 
-    def offer(self, neg: tuple[Any, ...], qkey: Any, raw: bytes, stats: RunStats) -> None:
+    def offer(self, neg: Any, qkey: Any, raw: bytes, data: dict[str, Any], stats: RunStats) -> None:
         if self.target == 0:
             stats.drop(self.evict_reason)
             return
-        if self.alive >= self.target:
-            worst = self.worst()
-            if worst is not None and (neg, raw) <= (worst[0], worst[1]):  # key >= the worst kept key
-                stats.drop(self.evict_reason)
+        full = self.alive >= self.target
+        if full:
+            heap = self.heap
+            worst = heap[0] if heap and heap[0][3] else self.worst()
+            # (neg, raw) <= (worst key, worst raw): the key is no better than the worst kept
+            if worst is not None and (neg < worst[0] or (neg == worst[0] and raw <= worst[1])):
+                stats.dropped[self.evict_reason] += 1
                 return
-        entry = [neg, raw, qkey, True]
+        replaced = False
         if self.cap is not None:
             group = self.per_query.get(qkey)
             if group is None:
-                group = self.per_query[qkey] = []
-            if len(group) >= self.cap:
+                entry = [neg, raw, qkey, True, self.labels(data)]
+                self.per_query[qkey] = [(neg, raw, entry)]
+            elif len(group) >= self.cap:
                 # group holds (negkey, raw, entry): [0] is the query's worst kept response
-                if (neg, raw) <= group[0][:2]:
-                    stats.drop("per-query limit")
+                g0 = group[0]
+                if neg < g0[0] or (neg == g0[0] and raw <= g0[1]):
+                    stats.dropped["per-query limit"] += 1
                     return
+                entry = [neg, raw, qkey, True, self.labels(data)]
                 old = heapq.heapreplace(group, (neg, raw, entry))[2]
                 old[3] = False
                 self.alive -= 1
                 self.dead += 1
+                replaced = True
                 stats.drop("per-query limit")
             else:
+                entry = [neg, raw, qkey, True, self.labels(data)]
                 heapq.heappush(group, (neg, raw, entry))
-        heapq.heappush(self.heap, entry)
-        self.alive += 1
-        if self.alive > self.target:
-            self.worst()
-            evicted = heapq.heappop(self.heap)
-            self.alive -= 1
+        else:
+            entry = [neg, raw, qkey, True, self.labels(data)]
+        if full and not replaced:
+            # the stratum stays full: the new entry takes the worst one's place (one sift, not two);
+            # worst() above left a live entry on top, and the new key is better than it
+            evicted = heapq.heapreplace(self.heap, entry)
             stats.drop(self.evict_reason)
             if self.cap is not None:
                 group = self.per_query[evicted[2]]
                 # the stratum's worst entry is also the worst of its own query (keys share the
-                # query prefix), so it sits at group[0]
+                # query prefix), so it sits at group[0] (or an exact duplicate of it does)
+                if group[0][2] is not evicted:
+                    i = next(i for i, t in enumerate(group) if t[2] is evicted)
+                    group[0], group[i] = group[i], group[0]
                 heapq.heappop(group)
                 if not group:
                     del self.per_query[evicted[2]]
+        else:
+            heapq.heappush(self.heap, entry)
+            self.alive += 1
         if self.dead > 1024 and self.dead > self.alive:
             self.heap = [e for e in self.heap if e[3]]
             heapq.heapify(self.heap)
             self.dead = 0
 
-    def selected(self) -> list[bytes]:
+    def selected(self) -> list[tuple[bytes, tuple[str, str]]]:
+        """(raw, labels) of the kept records in ascending key order."""
         live = [e for e in self.heap if e[3]]
         live.sort(reverse=True)  # ascending key = descending (negkey, raw)
-        return [e[1] for e in live]
+        return [(e[1], e[4]) for e in live]
 
 
 class _Prepared:
@@ -357,7 +386,12 @@ class Sampler:
         self.strata: dict[tuple[str, ...], _Stratum] | None = None
         if targets is not None:
             reason = "quota full" if config.quota else "not selected"
-            self.strata = {key: _Stratum("/".join(key) or "all", t, self.cap, reason) for key, t in targets.items()}
+            self.strata = {}
+            for key, target in targets.items():
+                self.strata[key] = _Stratum("/".join(key) or "all", target, self.cap, reason, self.out_labels)
+        # False: records released from the held selection carry no parsed fields (a writer needs
+        # only their bytes), which saves parsing each selected line a second time
+        self.parse_selected = True
         self.thresholds = dict(config.pass_thresholds)
         if config.preset == "deepdistill-stage2" and "*" not in config.cv_threshold:
             # Stage II: one uniform pass threshold of 0.99
@@ -524,6 +558,144 @@ class Sampler:
         if group:
             yield from self._flush_group(group, group_id)
 
+    def fast_path_applies(self) -> bool:
+        """The common selections :meth:`select_all` handles: no preset, no quantile band."""
+        return self.config.preset is None and self.config.band is None and not self.config.passing_only
+
+    def uses_grade_fields(self, first: Record) -> bool:
+        """``--query-stats auto`` decides on the first line: grade fields when it has them."""
+        cfg = self.config
+        return cfg.pass_rate_field is not None or cfg.cv_field is not None or isinstance(first.data.get("grade"), dict)
+
+    def select_all(self, records: Iterable[Record]) -> Iterator[Record]:
+        """:meth:`with_query_stats` (grade fields or none), :meth:`offer` and :meth:`select` fused
+        into one loop without per-record objects, for :meth:`fast_path_applies` selections.
+        Same decisions, drop reasons and output; drops are counted locally and added at the end."""
+        cfg = self.config
+        stats = self.stats
+        fields = cfg.fields
+        get_id = path_getter(fields.id_path)
+        # a plain top-level id: dict.get inline (a missing id is no str and takes record_id)
+        id_key = fields.id_path if "." not in fields.id_path else None
+        need_qs = cfg.needs_query_stats
+        band = cfg.pass_rate_band
+        lo, hi = band if band is not None else (0.0, _INF)
+        cv_min = cfg.cv_min
+        need_pr = self._need_pr
+        need_cv = self._need_cv
+        seed_prefix = self.seed_prefix
+        seed_text = str(cfg.seed)  # seed_prefix as text: rprio's bytes in one join (no extra copy)
+        plain_response = fields.response_path is None
+        strata = self.strata
+        # a quota on one field: its string values lead straight to their stratum
+        by_value: dict[str, _Stratum] | None = None
+        get_quota = self._get_quota or _no_value
+        if strata is not None and self._get_quota is not None and not cfg.level_weights:
+            by_value = {key[0]: stratum for key, stratum in strata.items()}
+        quota_key = cfg.quota_field if by_value is not None and "." not in (cfg.quota_field or ".") else None
+        paths: tuple[str, str] | None = None
+        get_pr = get_cv = self._get_pr
+        cap = self.cap
+        out_of_band = not_in_quota = behind_worst = over_cap = 0
+        try:
+            for rec in records:
+                data = rec.data
+                rid = data.get(id_key) if id_key is not None else get_id(data)
+                if need_qs:
+                    try:
+                        if type(rid) is not str:
+                            rid = fields.record_id(rec)
+                        if paths is None:
+                            paths = self._grade_paths(rec)
+                            get_pr, get_cv = self._get_pr, self._get_cv
+                        pass_rate: float | None = None
+                        cv: float | None = None
+                        if need_pr:
+                            value = get_pr(data)
+                            if type(value) is float or type(value) is int:
+                                pass_rate = float(value)
+                            elif need_pr == 2 or not (is_missing(value) or value is None):
+                                raise BadInput(rec.source, rec.line, _not_number(paths[0], value))
+                        if need_cv:
+                            value = get_cv(data)
+                            if type(value) is float or type(value) is int:
+                                cv = float(value)
+                            elif value is not None:
+                                raise BadInput(rec.source, rec.line, _not_number(paths[1], value))
+                    except BadInput as exc:
+                        self._unusable(rec, exc)
+                        continue
+                    if band is not None and (pass_rate is None or not lo <= pass_rate <= hi):
+                        out_of_band += 1
+                        continue
+                    if cv_min:
+                        need = cv_min.get(self.category(rec), cv_min.get("*"))
+                        if need is not None and (cv is None or cv < need):
+                            stats.drop("below cv")
+                            continue
+                elif type(rid) is not str:
+                    try:
+                        rid = fields.record_id(rec)
+                    except BadInput as exc:
+                        self._unusable(rec, exc)
+                        continue
+                if strata is None:
+                    self.count_out(rec)
+                    yield rec
+                    continue
+                stratum: _Stratum | None = None
+                if by_value is not None:
+                    v = data.get(quota_key) if quota_key is not None else get_quota(data)
+                    if type(v) is str:
+                        stratum = by_value.get(v)
+                    elif (key := self.stratum_key(rec)) is not None:
+                        stratum = strata.get(key)
+                elif (key := self.stratum_key(rec)) is not None:
+                    stratum = strata.get(key)
+                if stratum is None:
+                    not_in_quota += 1
+                    continue
+                qprio = _H(seed_prefix + rid.encode())
+                heap = stratum.heap
+                # a full stratum whose worst kept query ranks before this one: no response can enter
+                if stratum.alive >= stratum.target and heap and heap[0][3] and qprio > (-heap[0][0]) >> 64:
+                    behind_worst += 1
+                    continue
+                response = data.get("response") if plain_response else None
+                if type(response) is not str:
+                    try:
+                        response = fields.response(rec)
+                    except BadInput:
+                        response = ""
+                # an f-string formats like str() and joins in one copy: the same bytes as rprio()
+                text = f"{seed_text}\x1f{rid}\x1f{data.get('model', '')}\x1f{data.get('sample_idx', '')}\x1f{response}"
+                rprio = _H(text.encode("utf-8", "surrogatepass"))
+                neg = -((qprio << 64) | rprio)
+                raw = rec.to_bytes()
+                # offer's two rejections inline, in its order (most responses end here)
+                if stratum.alive >= stratum.target:
+                    worst = heap[0] if heap and heap[0][3] else stratum.worst()
+                    if worst is not None and (neg < worst[0] or (neg == worst[0] and raw <= worst[1])):
+                        behind_worst += 1
+                        continue
+                if cap is not None:
+                    group = stratum.per_query.get(qprio)
+                    if group is not None and len(group) >= cap:
+                        g0 = group[0]
+                        if neg < g0[0] or (neg == g0[0] and raw <= g0[1]):
+                            over_cap += 1
+                            continue
+                stratum.offer(neg, qprio, raw, data, stats)
+        finally:
+            if over_cap:
+                stats.drop("per-query limit", over_cap)
+            if out_of_band:
+                stats.drop("pass rate out of band", out_of_band)
+            if not_in_quota:
+                stats.drop("not in quota", not_in_quota)
+            if behind_worst:
+                stats.drop("quota full" if cfg.quota else "not selected", behind_worst)
+
     def _flush_group(self, group: list[Record], rid: str) -> Iterator[_Prepared]:
         qs = self.group_stats(group)
         qprio = self.qprio(rid)
@@ -640,6 +812,15 @@ class Sampler:
     def offer(self, p: _Prepared) -> Record | None:
         """Decide one record; returns it when it is selected on sight (streaming mode)."""
         stats = self.stats
+        if self.config.passing_only:
+            try:
+                score = self.score(p.rec)
+            except BadInput as exc:
+                self._unusable(p.rec, exc)
+                return None
+            if not score > self.threshold(self.category(p.rec)):
+                stats.drop("failing response")
+                return None
         if p.qs is not None and not self.keep(p, stats.drop):
             return None
         if self.band_cut is not None:
@@ -662,23 +843,35 @@ class Sampler:
             if stratum.rejects_prefix(prefix):
                 self.stats.drop(stratum.evict_reason)
                 return None
-            neg: tuple[Any, ...] = (*prefix, -self.rprio(p.rec, p.rid))
+            neg: Any = (*prefix, -self.rprio(p.rec, p.rid))
         else:
             # fast path of rejects_prefix: a full stratum whose worst kept query ranks before this one
-            neg_q = -p.qprio
             if stratum.alive >= stratum.target and stratum.heap:
                 worst = stratum.heap[0]
-                if worst[3] and neg_q < worst[0][0]:
+                if worst[3] and p.qprio > (-worst[0]) >> 64:
                     self.stats.drop(stratum.evict_reason)
                     return None
-            neg = (neg_q, -self.rprio(p.rec, p.rid))
-        stratum.offer(neg, p.qprio, p.rec.to_bytes(), self.stats)
+            neg = -((p.qprio << 64) | self.rprio(p.rec, p.rid))
+        stratum.offer(neg, p.qprio, p.rec.to_bytes(), p.rec.data, self.stats)
         return None
 
+    def out_labels(self, data: dict[str, Any]) -> tuple[str, str]:
+        """A selected record's category and level as the summary's distribution counts them."""
+        cat = self._get_category(data)
+        lv = self._get_level(data)
+        if type(cat) is str and type(lv) is str:
+            return cat or "(none)", lv
+        return (
+            ("" if is_missing(cat) or cat is None else value_key(cat)) or "(none)",
+            "(none)" if is_missing(lv) or lv is None else value_key(lv),
+        )
+
     def count_out(self, rec: Record) -> None:
-        self.out_counts[self.category(rec) or "(none)"] += 1
-        lv = self._get_level(rec.data)
-        self.level_counts["(none)" if is_missing(lv) or lv is None else value_key(lv)] += 1
+        self.count_labels(self.out_labels(rec.data))
+
+    def count_labels(self, labels: tuple[str, str]) -> None:
+        self.out_counts[labels[0]] += 1
+        self.level_counts[labels[1]] += 1
 
     def finish(self) -> Iterator[Record]:
         """Release band-edge ties into the selection, then the held strata, then the summary."""
@@ -701,10 +894,9 @@ class Sampler:
                         "shortfall": 0 if target == _INF else int(target) - len(chosen),
                     }
                 )
-                for n, raw in enumerate(chosen, 1):
-                    rec = Record(orjson.loads(raw), raw, "<selected>", n)
-                    self.count_out(rec)
-                    yield rec
+                for n, (raw, labels) in enumerate(chosen, 1):
+                    self.count_labels(labels)
+                    yield Record(orjson.loads(raw) if self.parse_selected else {}, raw, "<selected>", n)
             summary["strata"] = strata_out
             summary["shortfall"] = sum(s["shortfall"] for s in strata_out)
         summary["distribution"] = {
@@ -750,6 +942,28 @@ def path_getter(path: str) -> Callable[[dict[str, Any]], Any]:
                 return missing
         return cur
 
+    # two or three plain dict levels (verify.score, grade.M.pass_rate): index directly; anything
+    # else on the way (a missing key, a list, a scalar) takes the general walk above
+    if len(parts) == 2:
+        a, b = parts
+
+        def get2(data: dict[str, Any]) -> Any:
+            try:
+                return data[a][b]
+            except (KeyError, TypeError):
+                return get(data)
+
+        return get2
+    if len(parts) == 3:
+        a, b, c = parts
+
+        def get3(data: dict[str, Any]) -> Any:
+            try:
+                return data[a][b][c]
+            except (KeyError, TypeError):
+                return get(data)
+
+        return get3
     return get
 
 
@@ -766,6 +980,10 @@ def _ignore_reject(rec: Record, message: str) -> None:
 
 
 def _ignore(reason: str) -> None:
+    return None
+
+
+def _no_value(data: dict[str, Any]) -> Any:
     return None
 
 
@@ -850,14 +1068,31 @@ def run_sample(
     config: SampleConfig,
     stats: RunStats,
     first_pass: Iterable[Record] | None = None,
+    fast: bool = True,
+    parse_selected: bool = True,
 ) -> Iterator[Record]:
     """Select records per ``config``; ``first_pass`` (a second reading of the same input) is
-    needed when a quantile band is set."""
+    needed when a quantile band is set. ``fast=False`` takes the general path everywhere (tests
+    compare the two). ``parse_selected=False``: records released from a counted selection at the
+    end carry an empty ``data`` (their bytes are exact), for a consumer that only writes them."""
     sampler = Sampler(config, stats)
+    sampler.parse_selected = parse_selected
     if config.band is not None:
         if first_pass is None:
             raise UsageError("a quantile band needs a second reading of the input (pass 1)")
         sampler.first_pass(first_pass)
+    if fast and sampler.fast_path_applies():
+        records = iter(records)
+        grade_or_none = not config.needs_query_stats or config.query_stats == "grade"
+        if config.needs_query_stats and config.query_stats == "auto":
+            first = next(records, None)
+            if first is not None:
+                grade_or_none = sampler.uses_grade_fields(first)
+                records = itertools.chain((first,), records)
+        if grade_or_none:
+            yield from sampler.select_all(records)
+            yield from sampler.finish()
+            return
     offer = sampler.offer
     for p in sampler.with_query_stats(records):
         try:

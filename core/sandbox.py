@@ -185,14 +185,24 @@ class Sandbox:
             elif os.path.isdir(d):
                 argv += ["--ro-bind", d, d]
         made: set[str] = set()
-        for d in self.python_dirs:
+
+        def bind_python_dir(d: str) -> None:
             for a in _ancestors(d):
-                if a not in made and not any(a == s or a.startswith(s + "/") for s in _SYSTEM_DIRS):
-                    argv += ["--perms", "0755", "--dir", a]
+                if a not in made and a != "/tmp" and not any(a == s or a.startswith(s + "/") for s in _SYSTEM_DIRS):
+                    argv.extend(["--perms", "0755", "--dir", a])
                     made.add(a)
-            argv += ["--ro-bind", d, d]
+            argv.extend(["--ro-bind", d, d])
+
+        # A Python (or venv) under /tmp is bound after the fresh tmpfs, which would cover it.
+        under_tmp = [d for d in self.python_dirs if d == "/tmp" or d.startswith("/tmp/")]
+        for d in self.python_dirs:
+            if d not in under_tmp:
+                bind_python_dir(d)
         argv += ["--dev", "/dev", "--proc", "/proc"]
         argv += ["--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
+        made = {a for a in made if not a.startswith("/tmp/")}
+        for d in under_tmp:
+            bind_python_dir(d)
         if box_dir is not None:
             argv += ["--ro-bind", box_dir, BOX]
         if out_dir is not None:
@@ -219,7 +229,8 @@ class Sandbox:
         # capability before exec'ing the code.
         home = os.path.expanduser("~")
         hidden = [d for d in dict.fromkeys((*_HIDDEN_DIRS, home)) if d != "/" and os.path.isdir(d)]
-        keep = [d for d in self.python_dirs if any(d.startswith(h + "/") or d == h for h in hidden)]
+        # a Python under a hidden dir or under /tmp (both get covered by a tmpfs) must stay visible
+        keep = [d for d in self.python_dirs if any(d.startswith(h + "/") or d == h for h in (*hidden, "/tmp"))]
         # Stage what must stay visible (the staged box/out dirs, a Python under a hidden dir) on a
         # scratch tmpfs first, because the tmpfs over /tmp and the hidden dirs would cover it.
         stage = next(d for d in ("/run", "/mnt", "/media", "/srv", "/var/tmp") if os.path.isdir(d))

@@ -20,8 +20,8 @@ echo "== 3. decontam: drop records that contain a question of the demo benchmark
 echo "== 4. verify: math answers (exact paths, math-verify in killable workers), code in the sandbox"
 "$still" verify --workers 2 "$dir/3-decontam.jsonl" -o "$dir/4-verified.jsonl"
 
-echo "== 5. sample: the longer half of responses, one per query, as a math:60 / code:30 mix"
-"$still" sample --length-top 0.5 --per-query 1 --quota domain=math:60,code:30 --seed 7 \
+echo "== 5. sample: verified-correct responses only, one per query, as a math:40 / code:20 mix"
+"$still" sample --passing --per-query 1 --quota domain=math:40,code:20 --seed 7 \
   "$dir/4-verified.jsonl" -o "$dir/5-sample.jsonl"
 
 echo

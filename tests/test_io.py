@@ -178,13 +178,32 @@ def test_fields_library_rules() -> None:
     assert fields.query(problem) == "p" and fields.record_id(problem) == "7"
 
 
+def test_lines_across_read_buffer_edges_pass_through_unchanged(tmp_path) -> None:
+    # lines shorter and longer than the 64 KiB read buffer, so some straddle its edges; the last
+    # line has no newline (one is added)
+    sizes = [10, 1 << 20, (1 << 20) - 40, 3 << 20, 5, 700_000, 700_000, 3000, (1 << 16) - 30, 1 << 16]
+    rows = [json.dumps({"id": str(i), "query": "q" * n}).encode() + b"\n" for i, n in enumerate(sizes)]
+    data = b"".join(rows) + b'{"id": "last"}'
+    assert run_still("sample -q", stdin=data).stdout == data + b"\n"
+    plain, packed = tmp_path / "in.jsonl", tmp_path / "in.jsonl.gz"
+    plain.write_bytes(data)
+    packed.write_bytes(gzip.compress(data))
+    assert run_still(["sample", "-q", str(plain), str(packed)]).stdout == (data + b"\n") * 2
+    # lines over the limit are skipped whole wherever they fall; the reader stays in step
+    res = run_still(["sample", "--max-line-mb", "0.5", "--on-error", "skip", str(plain)])
+    assert res.stdout == rows[0] + rows[4] + rows[7] + rows[8] + rows[9] + b'{"id": "last"}\n'
+    assert "errors 5 (line longer than 0.5 MiB 5)" in res.stderr
+
+
 def test_output_to_a_device_writes_through(tmp_path) -> None:
-    # -o /dev/null must not replace the device node with a regular file
+    # -o onto a FIFO or device must write into it, not rename a temporary file over it
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
     run_still(["dedup", "--exact-only", "-o", str(fifo)], stdin=GOOD)
     assert reader.communicate(timeout=30)[0] == GOOD
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    before = os.stat(os.devnull)
     run_still(["dedup", "--exact-only", "-o", os.devnull], stdin=GOOD)
-    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    after = os.stat(os.devnull)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)

@@ -454,3 +454,93 @@ def test_unusable_lines_follow_on_error(tmp_path: Path) -> None:
         stdin=b'{"id": "a", "pr": 0.5}\n{"id": "b", "pr": "x"}\n',
     )
     assert quarantine.read_bytes() == b'{"id": "b", "pr": "x"}\n'
+
+
+def _variety_rows() -> list[dict]:
+    """make_rows plus the awkward cases the fast path must treat like the general one."""
+    rng = random.Random(5)
+    rows = make_rows(120, k=4, seed=3)
+    for i, r in enumerate(rows):
+        roll = rng.random()
+        if roll < 0.05:
+            r["id"] = i % 40  # a numeric id
+        elif roll < 0.08:
+            del r["id"]  # a derived id from the query
+        elif roll < 0.10:
+            r["domain"] = 7  # a numeric quota value
+        elif roll < 0.12:
+            del r["domain"]
+        elif roll < 0.14:
+            r["grade"]["r1"]["pass_rate"] = "high"  # unusable: --on-error decides
+        elif roll < 0.16:
+            del r["grade"]  # unusable
+        elif roll < 0.18:
+            r["grade"]["r1"]["cv"] = None  # a valid, undefined CV
+        elif roll < 0.22:
+            r["grade"]["r1"]["cv"] = 0.3  # exactly at a --cv-min threshold
+        elif roll < 0.24:
+            r["model"] = rng.choice([None, 1.5, True, ["r", 1]])  # priorities format any value
+        elif roll < 0.26:
+            del r["sample_idx"]
+        elif roll < 0.20:
+            del r["response"]
+            r["messages"] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"m{i}"}]
+    rows += [dict(rows[3]), dict(rows[3]), dict(rows[10])]  # exact duplicate lines
+    return rows
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"per_query": 1, "quota_field": "domain", "quota": {"math": 20, "code": 15, "7": 3, "other": 200}},
+        {"per_query": 2, "quota_field": "domain", "quota": {"math": 30, "code": 5}, "pass_rate_band": (0.25, 0.75)},
+        {"total": 40, "pass_rate_band": (0.0, 0.5)},
+        {"total": 25, "level_weights": {"L1": 2, "L3": 1}, "cv_min": {"math": 0.3, "*": 0.1}},
+        {"quota_field": "domain", "quota": {"math": 9, "science": 4}, "level_weights": {"L2": 1, "L4": 1}},
+        {"pass_rate_band": (0.25, 1.0)},
+        {"per_query": 3},
+        {},
+    ],
+)
+def test_fast_path_matches_general_path(options: dict) -> None:
+    from still.core.jsonl import Record
+    from still.core.sample import SampleConfig, run_sample
+    from still.core.stats import RunStats
+
+    rows = _variety_rows()
+    for order_seed in (0, 1):
+        random.Random(order_seed).shuffle(rows)
+        results = []
+        # the fast path, releasing the selection unparsed (what the CLI writes), against the general one
+        for fast in (True, False):
+            stats = RunStats("sample")
+            stats.on_bad = lambda source, line, message, raw, stats=stats: stats.error(message.split(":")[0])
+            records = [Record(json.loads(line), line, "t", n) for n, line in enumerate(dump(rows).splitlines(True), 1)]
+            stats.read = len(records)
+            config = SampleConfig(seed=order_seed, **options)
+            selected = run_sample(iter(records), config, stats, fast=fast, parse_selected=not fast)
+            out = [rec.to_bytes() for rec in selected]
+            stats.written = len(out)
+            stats.check_balance()
+            results.append((out, dict(stats.dropped), dict(stats.errors), stats.extra["sample"]))
+        assert results[0] == results[1]
+        assert results[0][0]  # something was selected
+
+
+def test_passing_keeps_only_passing_responses() -> None:
+    rows = [
+        {"id": "a", "domain": "math", "response": "r1", "verify": {"score": 1.0}},
+        {"id": "a", "domain": "math", "response": "r2", "verify": {"score": 0.0}},
+        {"id": "b", "domain": "code", "response": "r3", "verify": {"score": 0.5}},
+        {"id": "b", "domain": "code", "response": "r4", "verify": {"score": 1.0}},
+        {"id": "c", "domain": "other", "response": "r5", "verify": {"score": 0.75}},
+    ]
+    data = "".join(json.dumps(r) + "\n" for r in rows)
+    res = run_still("sample --passing", stdin=data)
+    assert [json.loads(x)["response"] for x in res.lines()] == ["r1", "r4", "r5"]
+    assert "failing response 2" in res.stderr
+    res = run_still("sample --passing --per-query 1 --pass-threshold other=0.8", stdin=data)
+    assert sorted(json.loads(x)["response"] for x in res.lines()) == ["r1", "r4"]
+    missing = data + json.dumps({"id": "d", "domain": "math", "response": "r6"}) + "\n"
+    res = run_still("sample --passing", stdin=missing, code=3)
+    assert "<stdin>:6: no numeric verify.score" in res.stderr

@@ -234,7 +234,9 @@ def test_unshare_backend_isolates_too(tmp_path):
     ush = get_sandbox("unshare")
     secret_home = Path.home() / f".still-test-secret-{secrets.token_hex(4)}"
     secret_home.write_text("hidden")
-    target = ROOT / f"escape-{secrets.token_hex(6)}"
+    # a visible host directory outside /tmp (inside, /tmp is a fresh writable tmpfs)
+    base = Path("/usr/local") if str(ROOT).startswith("/tmp/") else ROOT
+    target = base / f"escape-{secrets.token_hex(6)}"
     code = (
         "import sys\nprint(open('/proc/net/dev').read())\n"
         "for p in sys.argv[1:]:\n"
