@@ -36,7 +36,7 @@ import orjson
 import xxhash
 
 from still.core import minhash as mh
-from still.core.errors import StillError, UsageError
+from still.core.errors import BadInput, StillError, UsageError
 from still.core.fields import Fields, get_path, is_missing
 from still.core.jsonl import Record
 from still.core.lshindex import KeyIndex
@@ -663,12 +663,12 @@ class Deduper:
                 out.write(orjson.dumps(line) + b"\n")
 
 
-def _priority(config: DedupConfig, it: Item, key_text: str) -> tuple[float, int]:
+def _priority(config: DedupConfig, rec: Record, key_text: str) -> tuple[float, int]:
     """Sort key for --keep longest / max:FIELD: best first, ties broken by content, not position."""
-    tie = xxhash.xxh3_64_intdigest(it.rec.raw or b"")
+    tie = xxhash.xxh3_64_intdigest(rec.raw or b"")
     if config.keep == "longest":
         return (-float(len(key_text)), tie)
-    value = get_path(it.rec.data, config.keep[4:])
+    value = get_path(rec.data, config.keep[4:])
     if is_missing(value) or isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(config.keep[4:])
     return (-float(value), tie)
@@ -691,13 +691,13 @@ def dedup(records: Iterable[Record], config: DedupConfig, stats: RunStats) -> It
     deduper.write_clusters()
 
 
-def _make_item(deduper: Deduper, rec: Record, index: int, stats: RunStats) -> tuple[Item, str] | None:
+def _key_text(deduper: Deduper, rec: Record, stats: RunStats) -> str | None:
+    """The record's key text, or None after the --on-error policy took a record without one."""
     try:
-        text = deduper.key_text(rec)
-    except StillError as exc:
-        stats.reject(rec, str(exc).split(": ", 1)[-1] if rec.line else str(exc))
+        return deduper.key_text(rec)
+    except BadInput as exc:
+        stats.reject(rec, exc.message)
         return None
-    return Item(rec, index, norm=deduper.normalise(text, collapse=False)), text
 
 
 def _emit(deduper: Deduper, items: list[Item], stats: RunStats) -> Iterator[Record]:
@@ -713,10 +713,10 @@ def _dedup_streaming(records: Iterable[Record], deduper: Deduper, stats: RunStat
     block: list[Item] = []
     size = deduper.config.block_size
     for index, rec in enumerate(records):
-        made = _make_item(deduper, rec, index, stats)
-        if made is None:
+        text = _key_text(deduper, rec, stats)
+        if text is None:
             continue
-        block.append(made[0])
+        block.append(Item(rec, index, norm=deduper.normalise(text, collapse=False)))
         if len(block) >= size:
             deduper.decide(block)
             yield from _emit(deduper, block, stats)
@@ -734,12 +734,11 @@ def _dedup_by_priority(records: Iterable[Record], deduper: Deduper, stats: RunSt
         order: list[tuple[float, int, int]] = []
         offset = 0
         for rec in records:
-            made = _make_item(deduper, rec, len(where), stats)
-            if made is None:
+            text = _key_text(deduper, rec, stats)
+            if text is None:
                 continue
-            it, text = made
             try:
-                prio = _priority(config, it, text)
+                prio = _priority(config, rec, text)
             except ValueError as exc:
                 stats.reject(rec, f"--keep {config.keep}: field {exc} is missing or not a number")
                 continue
