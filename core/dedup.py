@@ -554,10 +554,16 @@ class Deduper:
         new_reps: list[int] = []
         new_rows: list[int] = []
         threshold = self.config.threshold
+        # exact copies of a record that joined a cluster earlier in this block join it the same way
+        local_members: dict[int, tuple[int, float]] = {}
         for row, it in enumerate(items):
             rep = exact_hits[row][0] if exact_hits[row] else local_exact.get(it.exact)
             if rep is not None:
                 it.rep, it.jaccard, it.match = rep, 1.0, "exact"
+                continue
+            member = local_members.get(it.exact)
+            if member is not None:
+                it.rep, it.jaccard, it.match = member[0], member[1], "near"
                 continue
             earlier = neighbours.get(row)
             if band_hits[row] or earlier:
@@ -573,6 +579,7 @@ class Deduper:
                         best, best_j = cand, j
                 if best >= 0:
                     it.rep, it.jaccard, it.match = best, best_j, "near"
+                    local_members[it.exact] = (best, best_j)
                     continue
             rep = self.index.next_rep()
             it.rep, it.jaccard, it.match, it.rank = rep, 1.0, None, 0

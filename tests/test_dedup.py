@@ -420,3 +420,15 @@ def test_redis_workers_never_both_keep_an_exact_duplicate(tmp_path: Path, redis_
     kept = [json.loads(line)["query"] for out, _ in outs for line in out.splitlines()]
     counts = collections.Counter(kept)
     assert len(counts) == 300 and max(counts.values()) == 1
+
+
+def test_exact_copies_of_a_near_duplicate_join_its_cluster() -> None:
+    # found by the idempotence property: the copy used to become a representative of its own
+    texts = ["alpha", "alpha alpha", "alpha alpha"]
+    for block_size in (1, 2, 2048):
+        kept = _run(texts, mark=True, block_size=block_size)
+        marks = [k["dedup"] for k in kept]
+        assert [m["representative"] for m in marks] == [True, False, False]
+        assert marks[1]["cluster"] == marks[2]["cluster"] == marks[0]["cluster"]
+        assert [m["rank"] for m in marks] == [0, 1, 2]
+    assert [k["query"] for k in _run(texts)] == ["alpha"]
