@@ -407,7 +407,7 @@ _MIX1 = _U64(0xFF51AFD7ED558CCD)
 _MIX2 = _U64(0xC4CEB9FE1A85EC53)
 _LEN_MUL = _U64(0x9FB21C651E98DF25)
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=_U64)
-SCREEN_BYTES = 1 << 18  # prepared bytes screened at once (keeps the per-byte arrays in cache)
+SCREEN_BYTES = 1 << 19  # prepared bytes screened at once (larger measured no faster; arrays stay small)
 
 
 def _fmix(h: np.ndarray) -> np.ndarray:
@@ -1172,7 +1172,10 @@ class Matcher:
             owners.append(which[owner[valid]])
         flat = np.concatenate(hashes) if hashes else np.empty(0, dtype=_U64)
         item = np.concatenate(owners) if owners else np.empty(0, dtype=np.int64)
-        order = np.lexsort((flat, item))
+        # by item, then hash: a sort by hash, then a stable one by item (items come nearly
+        # sorted) costs less than np.lexsort's two stable sorts; equal pairs are dropped below
+        by_hash = np.argsort(flat)
+        order = by_hash[np.argsort(item[by_hash], kind="stable")]
         flat, item = flat[order], item[order]
         distinct = np.ones(flat.size, dtype=bool)
         distinct[1:] = (flat[1:] != flat[:-1]) | (item[1:] != item[:-1])
@@ -1447,11 +1450,13 @@ class Matcher:
         size = len(buf)
         if size == 0:
             return suspect | bool(self.whole), seeds
-        byte = np.frombuffer(buf, dtype=np.uint8)
         # tokens are the runs of non-space bytes: exactly ``prepared(text).split()``
-        edges = np.diff((byte != 32).view(np.int8), prepend=np.int8(0), append=np.int8(0))
-        starts = np.flatnonzero(edges == 1)
-        ends = np.flatnonzero(edges == -1)
+        in_token = np.zeros(size + 2, dtype=bool)  # padded with a space at each end
+        np.not_equal(np.frombuffer(buf, dtype=np.uint8), 32, out=in_token[1:-1])
+        # the changes alternate: a token's start, then its end (one scan for both)
+        changes = np.flatnonzero(in_token[1:] != in_token[:-1])
+        starts = changes[0::2]
+        ends = changes[1::2]
         values = self._token_values(buf + bytes(8), starts, ends)
         exact = values >> 32
         masked = values & 0xFFFFFFFF
@@ -1674,7 +1679,7 @@ def _texts(rec: Record, config: DecontamConfig) -> list[tuple[str, str]]:
     return out
 
 
-RECORD_BLOCK = 512  # records matched at once (the block screen's unit of work)
+RECORD_BLOCK = 2048  # records matched at once: fewer, fuller screen chunks (2048 x 1 KB: 2 MB held)
 
 
 def run_decontam(
@@ -1686,18 +1691,24 @@ def run_decontam(
     and the accounting are the same as matching them one at a time.
     """
     index = matcher.index
-    block: list[tuple[Record, list[tuple[str, str]]]] = []
+    mark = config.mark
+    block: list[Record] = []
+    pairs: list[tuple[str, str]] = []  # the block's (text, field name) pairs, record by record
+    counts: list[int] = []  # pairs per record (--fields both); empty while every record has one
 
     def flush() -> Iterator[Record]:
-        pairs = [(text, name) for _, texts in block for name, text in texts]
-        found = iter(matcher.match_many(pairs))
-        for rec, texts in block:
-            hits: list[Hit] = []
-            for _ in texts:
-                hits.extend(next(found))
+        found = matcher.match_many(pairs)
+        if counts:  # a record's hits are those of its texts, in order
+            merged: list[list[Hit]] = []
+            at = 0
+            for n in counts:
+                merged.append([h for hits in found[at : at + n] for h in hits])
+                at += n
+            found = merged
+        for rec, hits in zip(block, found, strict=True):
             if hits:
                 report.add(hits)
-            if config.mark:
+            if mark:
                 rec.changed()["decontam"] = [h.as_dict(index) for h in hits]
                 yield rec
             elif hits:
@@ -1705,19 +1716,29 @@ def run_decontam(
             else:
                 yield rec
         block.clear()
+        pairs.clear()
+        counts.clear()
 
     query_only = config.check == "query"
     query = config.fields.query
     for rec in records:
         try:
-            texts = [("query", query(rec))] if query_only else _texts(rec, config)
+            if query_only:
+                pairs.append((query(rec), "query"))
+            else:
+                texts = [(text, name) for name, text in _texts(rec, config)]
+                if len(texts) != 1 and not counts:
+                    counts.extend([1] * len(block))
+                pairs.extend(texts)
+                if counts or len(texts) != 1:
+                    counts.append(len(texts))
         except BadInput as exc:
             if not config.skip_bad:
                 yield from flush()  # the records before it, as one at a time would have
                 raise
             stats.error(exc.message)
             continue
-        block.append((rec, texts))
+        block.append(rec)
         if len(block) >= RECORD_BLOCK:
             yield from flush()
     yield from flush()
