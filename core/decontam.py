@@ -1339,25 +1339,19 @@ class Matcher:
         cannot clear, a few in a hundred in practice, take the per-record path.
         """
         recent = self._recent
-        get = recent.get
-        out: list[list[Hit] | None] = [get(key) for key in texts]
-        todo: dict[tuple[str, str], list[int]] = {}
-        for k, cached in enumerate(out):
-            if cached is None:
-                todo.setdefault(texts[k], []).append(k)
-        if not todo:
-            return out  # type: ignore[return-value]  # every text was remembered
-        keys = list(todo)
+        remembered = [recent.get(key) for key in texts]
+        keys = list(dict.fromkeys([key for key, hits in zip(texts, remembered, strict=True) if hits is None]))
+        if not keys:
+            return [hits for hits in remembered if hits is not None]  # all of them
         suspects, seeds = self._screen([text for text, _ in keys])
+        found: dict[tuple[str, str], list[Hit]] = {}
         evict = recent.popitem
         for key, suspect, seed_items in zip(keys, suspects, seeds, strict=True):
-            hits = self._match_uncached(*key, seed_items) if suspect else []
+            hits = found[key] = self._match_uncached(*key, seed_items) if suspect else []
             if len(recent) >= RECENT_TEXTS:
                 evict(last=False)
             recent[key] = hits
-            for k in todo[key]:
-                out[k] = hits
-        return out  # type: ignore[return-value]  # every None was filled from todo
+        return [found[key] if hits is None else hits for key, hits in zip(texts, remembered, strict=True)]
 
     def screen(self, texts: Sequence[str]) -> list[bool]:
         """For each text, False when it certainly contains no benchmark item (the per-record
@@ -1372,12 +1366,12 @@ class Matcher:
         prepared_texts = [prepared(text) for text in texts]
         out: list[bool] = []
         seeds: list[list[int] | None] = []
+        # chunks of texts (and a space after each) under SCREEN_BYTES, at least one text each
+        ends = list(itertools.accumulate([len(p) + 1 for p in prepared_texts]))
         start = 0
         while start < len(prepared_texts):
-            stop, size = start, 0
-            while stop < len(prepared_texts) and (stop == start or size + len(prepared_texts[stop]) < SCREEN_BYTES):
-                size += len(prepared_texts[stop]) + 1
-                stop += 1
+            base = ends[start - 1] if start else 0
+            stop = bisect.bisect_left(ends, base + SCREEN_BYTES + 1, lo=start + 1)
             suspect, block_seeds = self._screen_block(prepared_texts[start:stop])
             out.extend(suspect.tolist())
             seeds.extend(block_seeds)
