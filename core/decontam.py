@@ -1425,7 +1425,14 @@ class Matcher:
             missing = np.flatnonzero(~found)
             new_keys, first_at = np.unique(keys[missing], return_index=True)
             at = missing[first_at]
-            pairs = [self.token_pair(buf[a:b]) for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
+            raws = [buf[a:b] for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
+            pairs = [self.token_pair(raw) for raw in raws]
+            if len(self._exact) <= 2_000_000:  # the per-record path's maps too: no second token_pair
+                for raw, (e, m) in zip(raws, pairs, strict=True):
+                    self._exact[raw] = e
+                    self._masked[raw] = m
+                    if e in self.anchors:
+                        self._anchor_raw.add(raw)
             new_values = np.array([(e << 32) | m for e, m in pairs], dtype=np.int64)
             if self._tokens.count > 1_000_000:  # endless vocabularies (ids, hashes): ~70 MB at most
                 self._tokens = _KeyTable()
