@@ -184,8 +184,10 @@ class _Progress:
 
     def wrap(self, records: Iterator[Record], stats: RunStats) -> Iterator[Record]:
         if not self.enabled:
-            yield from records
-            return
+            return records  # no counter: no extra generator step per record
+        return self._counted(records, stats)
+
+    def _counted(self, records: Iterator[Record], stats: RunStats) -> Iterator[Record]:
         for rec in records:
             now = time.monotonic()
             if now - self.last > 0.5:

@@ -180,6 +180,7 @@ def run(
     params.check()
     index = DecontamIndex.load(index_dir) if index_dir else DecontamIndex.build(load_benchmarks(against, bench_field))
     matcher = Matcher(index, params)
+    matcher.prepare_screen()
     report = DecontamReport(index)
     config = DecontamConfig(
         fields=stream.fields(), check=check, mark=mark, params=params, skip_bad=stream.on_error != "fail"

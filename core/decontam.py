@@ -39,7 +39,7 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -407,7 +407,7 @@ _MIX1 = _U64(0xFF51AFD7ED558CCD)
 _MIX2 = _U64(0xC4CEB9FE1A85EC53)
 _LEN_MUL = _U64(0x9FB21C651E98DF25)
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=_U64)
-SCREEN_BYTES = 1 << 18  # prepared bytes screened at once (keeps the per-byte arrays in cache)
+SCREEN_BYTES = 1 << 19  # prepared bytes screened at once (larger measured no faster; arrays stay small)
 
 
 def _fmix(h: np.ndarray) -> np.ndarray:
@@ -467,10 +467,16 @@ def _row_ids(rows: np.ndarray) -> np.ndarray:
 
 class _KeyTable:
     """An open-addressing hash table from uint64 keys (well-mixed hashes) to int64 values,
-    probed for whole arrays at once; at most a quarter full, so most keys need one probe."""
+    probed for whole arrays at once; at most a quarter full, so most keys need one probe.
+
+    An empty slot holds key 0, so a lookup reads one array to learn whether a key is there (and
+    the values only where it is); the key 0 itself, if ever inserted, is kept aside."""
 
     def __init__(self, capacity: int = 1 << 12) -> None:
         self._allocate(capacity)
+        self.count = 0
+        self._has_zero = False
+        self._zero_value = 0
 
     def _allocate(self, capacity: int) -> None:
         size = 1 << max(10, (4 * capacity - 1).bit_length())
@@ -479,17 +485,25 @@ class _KeyTable:
         self.keys = np.zeros(size, dtype=_U64)
         self.values = np.zeros(size, dtype=np.int64)
         self.used = np.zeros(size, dtype=bool)
-        self.count = 0
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         return (keys >> self.shift).astype(np.int64)  # keys are well-mixed hashes already
 
     def insert(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Add distinct keys that are not in the table yet."""
-        if 4 * (self.count + keys.size) > self.keys.size:  # grow: rehash everything
+        self.count += keys.size
+        zero = keys == 0
+        if zero.any():
+            self._has_zero = True
+            self._zero_value = int(values[zero][0])
+            keys, values = keys[~zero], values[~zero]
+        if 4 * self.count > self.keys.size:  # grow: rehash everything
             old_keys, old_values = self.keys[self.used], self.values[self.used]
-            self._allocate(self.count + keys.size)
-            self.insert(old_keys, old_values)
+            self._allocate(self.count)
+            self._place(old_keys, old_values)
+        self._place(keys, values)
+
+    def _place(self, keys: np.ndarray, values: np.ndarray) -> None:
         pos = self._slots(keys)
         todo = np.arange(keys.size)
         while todo.size:
@@ -505,23 +519,31 @@ class _KeyTable:
             left[np.flatnonzero(free)[first]] = False
             todo = todo[left]
             pos[todo] = (pos[todo] + 1) & self.mask
-        self.count += keys.size
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, found) for each key; values are 0 where not found."""
         pos = self._slots(keys)
-        used = self.used[pos]
-        found = used & (self.keys[pos] == keys)
-        values = np.where(found, self.values[pos], 0)
-        todo = np.flatnonzero(used & ~found)  # collided: probe on
+        table_keys = self.keys
+        at_keys = table_keys[pos]
+        found = at_keys == keys  # (a key 0 "found" in an empty slot is settled below)
+        todo = np.flatnonzero(~found & (at_keys != 0))  # slot taken by another key: probe on
         while todo.size:
             at = (pos[todo] + 1) & self.mask
             pos[todo] = at
-            used = self.used[at]
-            hit = used & (self.keys[at] == keys[todo])
-            values[todo[hit]] = self.values[at[hit]]
+            at_keys = table_keys[at]
+            hit = at_keys == keys[todo]
             found[todo[hit]] = True
-            todo = todo[used & ~hit]
+            todo = todo[~hit & (at_keys != 0)]
+        where = np.flatnonzero(found)
+        if 4 * where.size > keys.size:  # mostly found (tokens): one gather
+            values = np.where(found, self.values[pos], 0)
+        else:  # mostly absent (5-grams of clean text): read the values only where found
+            values = np.zeros(keys.size, dtype=np.int64)
+            values[where] = self.values[pos[where]]
+        zero = np.flatnonzero(keys == 0)
+        if zero.size:
+            found[zero] = self._has_zero
+            values[zero] = self._zero_value if self._has_zero else 0
         return values, found
 
 
@@ -962,7 +984,9 @@ class Matcher:
         self._masked: dict[Any, int] = {}
         self._item_cache: dict[tuple[str, int], tuple[dict[int, float], float]] = {}
         self._anchor_raw: set[bytes] = set()
-        self._recent: dict[tuple[str, str], list[Hit]] = {}
+        # oldest first; an OrderedDict drops its oldest in O(1) (a dict's next(iter()) scans the
+        # holes its deletions leave at the front: ~2 us a record at RECENT_TEXTS)
+        self._recent: OrderedDict[tuple[str, str], list[Hit]] = OrderedDict()
         self._tokens: _KeyTable | None = None  # the block screen's token table, once used
         self._rows_exact = False
         self._numpy_probes = 0  # per-record seed lookups done with numpy (see SEED_DICT_AFTER)
@@ -1148,7 +1172,10 @@ class Matcher:
             owners.append(which[owner[valid]])
         flat = np.concatenate(hashes) if hashes else np.empty(0, dtype=_U64)
         item = np.concatenate(owners) if owners else np.empty(0, dtype=np.int64)
-        order = np.lexsort((flat, item))
+        # by item, then hash: a sort by hash, then a stable one by item (items come nearly
+        # sorted) costs less than np.lexsort's two stable sorts; equal pairs are dropped below
+        by_hash = np.argsort(flat)
+        order = by_hash[np.argsort(item[by_hash], kind="stable")]
         flat, item = flat[order], item[order]
         distinct = np.ones(flat.size, dtype=bool)
         distinct[1:] = (flat[1:] != flat[:-1]) | (item[1:] != item[:-1])
@@ -1290,7 +1317,7 @@ class Matcher:
             return cached
         hits = self._match_uncached(text, field_name)
         if len(self._recent) >= RECENT_TEXTS:
-            del self._recent[next(iter(self._recent))]
+            self._recent.popitem(last=False)
         self._recent[key] = hits
         return hits
 
@@ -1311,24 +1338,20 @@ class Matcher:
         The texts are screened in blocks with numpy (:meth:`screen`); only those the screen
         cannot clear, a few in a hundred in practice, take the per-record path.
         """
-        out: list[list[Hit]] = [[] for _ in texts]
-        todo: dict[tuple[str, str], list[int]] = {}
-        for k, key in enumerate(texts):
-            cached = self._recent.get(key)
-            if cached is not None:
-                out[k] = cached
-            else:
-                todo.setdefault(key, []).append(k)
-        keys = list(todo)
+        recent = self._recent
+        remembered = [recent.get(key) for key in texts]
+        keys = list(dict.fromkeys([key for key, hits in zip(texts, remembered, strict=True) if hits is None]))
+        if not keys:
+            return [hits for hits in remembered if hits is not None]  # all of them
         suspects, seeds = self._screen([text for text, _ in keys])
+        found: dict[tuple[str, str], list[Hit]] = {}
+        evict = recent.popitem
         for key, suspect, seed_items in zip(keys, suspects, seeds, strict=True):
-            hits = self._match_uncached(*key, seed_items) if suspect else []
-            if len(self._recent) >= RECENT_TEXTS:
-                del self._recent[next(iter(self._recent))]
-            self._recent[key] = hits
-            for k in todo[key]:
-                out[k] = hits
-        return out
+            hits = found[key] = self._match_uncached(*key, seed_items) if suspect else []
+            if len(recent) >= RECENT_TEXTS:
+                evict(last=False)
+            recent[key] = hits
+        return [found[key] if hits is None else hits for key, hits in zip(texts, remembered, strict=True)]
 
     def screen(self, texts: Sequence[str]) -> list[bool]:
         """For each text, False when it certainly contains no benchmark item (the per-record
@@ -1343,17 +1366,23 @@ class Matcher:
         prepared_texts = [prepared(text) for text in texts]
         out: list[bool] = []
         seeds: list[list[int] | None] = []
+        # chunks of texts (and a space after each) under SCREEN_BYTES, at least one text each
+        ends = list(itertools.accumulate([len(p) + 1 for p in prepared_texts]))
         start = 0
         while start < len(prepared_texts):
-            stop, size = start, 0
-            while stop < len(prepared_texts) and (stop == start or size + len(prepared_texts[stop]) < SCREEN_BYTES):
-                size += len(prepared_texts[stop]) + 1
-                stop += 1
+            base = ends[start - 1] if start else 0
+            stop = bisect.bisect_left(ends, base + SCREEN_BYTES + 1, lo=start + 1)
             suspect, block_seeds = self._screen_block(prepared_texts[start:stop])
             out.extend(suspect.tolist())
             seeds.extend(block_seeds)
             start = stop
         return out, seeds
+
+    def prepare_screen(self) -> None:
+        """Build the block screen's tables now (else the first block builds them): part of
+        loading an index, ~0.05 s for 10k items."""
+        if self._tokens is None:
+            self._screen_tables()
 
     def _screen_tables(self) -> None:
         """The screen's tables: the seed table as a key table of rows with CSR item lists, and
@@ -1396,7 +1425,14 @@ class Matcher:
             missing = np.flatnonzero(~found)
             new_keys, first_at = np.unique(keys[missing], return_index=True)
             at = missing[first_at]
-            pairs = [self.token_pair(buf[a:b]) for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
+            raws = [buf[a:b] for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
+            pairs = [self.token_pair(raw) for raw in raws]
+            if len(self._exact) <= 2_000_000:  # the per-record path's maps too: no second token_pair
+                for raw, (e, m) in zip(raws, pairs, strict=True):
+                    self._exact[raw] = e
+                    self._masked[raw] = m
+                    if e in self.anchors:
+                        self._anchor_raw.add(raw)
             new_values = np.array([(e << 32) | m for e, m in pairs], dtype=np.int64)
             if self._tokens.count > 1_000_000:  # endless vocabularies (ids, hashes): ~70 MB at most
                 self._tokens = _KeyTable()
@@ -1415,11 +1451,13 @@ class Matcher:
         size = len(buf)
         if size == 0:
             return suspect | bool(self.whole), seeds
-        byte = np.frombuffer(buf, dtype=np.uint8)
         # tokens are the runs of non-space bytes: exactly ``prepared(text).split()``
-        edges = np.diff((byte != 32).view(np.int8), prepend=np.int8(0), append=np.int8(0))
-        starts = np.flatnonzero(edges == 1)
-        ends = np.flatnonzero(edges == -1)
+        in_token = np.zeros(size + 2, dtype=bool)  # padded with a space at each end
+        np.not_equal(np.frombuffer(buf, dtype=np.uint8), 32, out=in_token[1:-1])
+        # the changes alternate: a token's start, then its end (one scan for both)
+        changes = np.flatnonzero(in_token[1:] != in_token[:-1])
+        starts = changes[0::2]
+        ends = changes[1::2]
         values = self._token_values(buf + bytes(8), starts, ends)
         exact = values >> 32
         masked = values & 0xFFFFFFFF
@@ -1642,7 +1680,7 @@ def _texts(rec: Record, config: DecontamConfig) -> list[tuple[str, str]]:
     return out
 
 
-RECORD_BLOCK = 512  # records matched at once (the block screen's unit of work)
+RECORD_BLOCK = 2048  # records matched at once: fewer, fuller screen chunks (2048 x 1 KB: 2 MB held)
 
 
 def run_decontam(
@@ -1654,18 +1692,24 @@ def run_decontam(
     and the accounting are the same as matching them one at a time.
     """
     index = matcher.index
-    block: list[tuple[Record, list[tuple[str, str]]]] = []
+    mark = config.mark
+    block: list[Record] = []
+    pairs: list[tuple[str, str]] = []  # the block's (text, field name) pairs, record by record
+    counts: list[int] = []  # pairs per record (--fields both); empty while every record has one
 
     def flush() -> Iterator[Record]:
-        pairs = [(text, name) for _, texts in block for name, text in texts]
-        found = iter(matcher.match_many(pairs))
-        for rec, texts in block:
-            hits: list[Hit] = []
-            for _ in texts:
-                hits.extend(next(found))
+        found = matcher.match_many(pairs)
+        if counts:  # a record's hits are those of its texts, in order
+            merged: list[list[Hit]] = []
+            at = 0
+            for n in counts:
+                merged.append([h for hits in found[at : at + n] for h in hits])
+                at += n
+            found = merged
+        for rec, hits in zip(block, found, strict=True):
             if hits:
                 report.add(hits)
-            if config.mark:
+            if mark:
                 rec.changed()["decontam"] = [h.as_dict(index) for h in hits]
                 yield rec
             elif hits:
@@ -1673,17 +1717,29 @@ def run_decontam(
             else:
                 yield rec
         block.clear()
+        pairs.clear()
+        counts.clear()
 
+    query_only = config.check == "query"
+    query = config.fields.query
     for rec in records:
         try:
-            texts = _texts(rec, config)
+            if query_only:
+                pairs.append((query(rec), "query"))
+            else:
+                texts = [(text, name) for name, text in _texts(rec, config)]
+                if len(texts) != 1 and not counts:
+                    counts.extend([1] * len(block))
+                pairs.extend(texts)
+                if counts or len(texts) != 1:
+                    counts.append(len(texts))
         except BadInput as exc:
             if not config.skip_bad:
                 yield from flush()  # the records before it, as one at a time would have
                 raise
             stats.error(exc.message)
             continue
-        block.append((rec, texts))
+        block.append(rec)
         if len(block) >= RECORD_BLOCK:
             yield from flush()
     yield from flush()

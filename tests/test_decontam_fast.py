@@ -236,3 +236,14 @@ def test_vectorised_compile_equals_the_per_item_definition(index):
                 assert grams.tolist() == sorted(set(gram_hashes(th[collapsed], SEED_N).tolist()))
             else:
                 assert grams.size == 0
+
+
+def test_key_table_keeps_the_key_zero_apart_from_its_empty_slots():
+    table = _KeyTable(16)
+    keys = np.array([0, 5, 1 << 63, (1 << 63) + 1], dtype=np.uint64)  # the last two share a slot
+    table.insert(keys[1:], np.array([7, 8, 9], dtype=np.int64))
+    values, found = table.lookup(np.array([0, 5, 1 << 63, (1 << 63) + 1, 6], dtype=np.uint64))
+    assert found.tolist() == [False, True, True, True, False] and values.tolist() == [0, 7, 8, 9, 0]
+    table.insert(keys[:1], np.array([4], dtype=np.int64))
+    values, found = table.lookup(keys)
+    assert found.all() and values.tolist() == [4, 7, 8, 9]
