@@ -165,16 +165,21 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return candidate
 
 
+def _load_module(name: str, path: str) -> Any:
+    """Import the file at ``path`` as module ``name`` (registered, so tests can import it)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_assert(entry_point: str | None, call_check: bool) -> list[dict[str, Any]]:
     holder: dict[str, Any] = {}
 
     def load() -> None:
-        spec = importlib.util.spec_from_file_location("solution", SOLUTION_FILE)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["solution"] = module
-        spec.loader.exec_module(module)
-        holder["ns"] = dict(vars(module))
+        holder["ns"] = dict(vars(_load_module("solution", SOLUTION_FILE)))
 
     snap = _snapshot()
     loaded = _run("import solution", load)
@@ -446,12 +451,7 @@ def run_pytest() -> list[dict[str, Any]]:
     holder: dict[str, Any] = {}
 
     def load() -> None:
-        spec = importlib.util.spec_from_file_location("test_solution", TEST_FILE)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["test_solution"] = module
-        spec.loader.exec_module(module)
-        holder["module"] = module
+        holder["module"] = _load_module("test_solution", TEST_FILE)
 
     loaded = _run("import", load)
     problem = _tampered(snap)

@@ -202,7 +202,6 @@ class MemoryIndex:
             self._tmp = tempfile.mkdtemp(prefix="still-dedup-")
             store_path = os.path.join(self._tmp, "shingles.bin")
         self.store = ShingleStore(store_path, offsets)
-        self.loaded_reps = len(self.rep_keys)
 
     def _load_state(self, state_dir: str) -> array | None:  # type: ignore[type-arg]
         manifest_path = os.path.join(state_dir, "manifest.json")

@@ -282,7 +282,3 @@ def write_records(records: Iterable[Record], sink: BinaryIO, stats: RunStats) ->
     for rec in records:
         write(rec.to_bytes())
         stats.written += 1
-
-
-def dumps_line(obj: Any) -> bytes:
-    return orjson.dumps(obj) + b"\n"
