@@ -1,6 +1,6 @@
 """Benchmark `still decontam` against an open-r1-style 8-gram baseline, in one run on the same data.
 
-Index: the shared MATH-500, GSM8K, AIME 24/25 and AMC 23 questions plus variants of them (numbers
+Index: the shared MATH-500, GSM8K, AIME 24 and AMC 23 questions plus variants of them (numbers
 changed and a word swapped) up to ~10k items. Records: ~1 KB prompts, mostly clean templated maths
 with planted benchmark questions. The baseline is open-r1's `scripts/decontaminate.py` rule: lower-case,
 collapse whitespace, a Python set of the benchmark's word 8-grams, and a record is contaminated when
@@ -29,8 +29,8 @@ from still.core.decontam import RECORD_BLOCK, Benchmark, DecontamIndex, IndexPar
 from still.core.decontam_suite import KINDS, clean_problem, planted_suite
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DIR = ROOT.parent / "shared" / "data" / "benchmarks"
-NAMES = ("math500", "gsm8k_test", "aime24", "aime25", "amc23")
+BENCH_DIR = ROOT / "tests" / "data" / "benchmarks"
+NAMES = ("math500", "gsm8k_test", "aime24", "amc23")
 SWAP_WORDS = ("exactly", "now", "then", "also", "again", "still", "together", "first")
 
 

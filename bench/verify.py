@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "benchmarks"
+DATA = ROOT / "tests" / "data" / "benchmarks"
 
 
 def benchmark_answers(limit: int) -> list[str]:
     answers = []
-    for name in ("math500", "aime24", "aime25", "amc23"):
+    for name in ("math500", "aime24", "amc23"):
         for line in (DATA / f"{name}.jsonl").open():
             answer = json.loads(line)["answer"]
             answers.append(str(int(answer)) if isinstance(answer, float) else str(answer))

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-SHARED_DATA = SHARED / "data"
+DATA = ROOT / "tests" / "data"  # carried by the project (tests/data/README.md: origin, license)
 
 
 @dataclass
@@ -60,8 +59,8 @@ def still():
     return run_still
 
 
-def shared_file(rel: str) -> Path:
-    path = SHARED_DATA / rel
+def data_file(rel: str) -> Path:
+    path = DATA / rel
     if not path.exists():
-        pytest.fail(f"shared data file missing: {path} (tests read ../shared/data)")
+        pytest.fail(f"test data file missing: {path} (tests/data/README.md lists what the project carries)")
     return path

@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import run_still, shared_file
+from conftest import run_still, data_file
 
 from still.core.decontam import (
     RECORD_BLOCK,
@@ -26,12 +26,12 @@ from still.core.decontam import (
 )
 from still.core.decontam_suite import clean_problem, planted_suite
 
-BENCH_FILES = ("aime24", "aime25", "amc23", "math500", "gsm8k_test")
+BENCH_FILES = ("aime24", "amc23", "math500", "gsm8k_test")
 
 
 @pytest.fixture(scope="module")
 def benchmarks():
-    return load_benchmarks([str(shared_file(f"benchmarks/{n}.jsonl")) for n in BENCH_FILES], None)
+    return load_benchmarks([str(data_file(f"benchmarks/{n}.jsonl")) for n in BENCH_FILES], None)
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +172,8 @@ def test_cli_output_is_the_same_in_blocks_as_one_at_a_time(tmp_path, benchmarks)
         q = clean_problem(rng) if k % 97 else rng.choice(items)
         rows.append({"id": k, "query": q} if k != 700 else {"id": k})
     data = "".join(json.dumps(r) + "\n" for r in rows)
-    math = str(shared_file("benchmarks/math500.jsonl"))
-    gsm = str(shared_file("benchmarks/gsm8k_test.jsonl"))
+    math = str(data_file("benchmarks/math500.jsonl"))
+    gsm = str(data_file("benchmarks/gsm8k_test.jsonl"))
     res = run_still(["decontam", "--against", f"{math},{gsm}", "--mark", "--on-error", "skip"], stdin=data)
     out = [json.loads(line) for line in res.lines()]
     assert len(out) == len(rows) - 1 and "errors 1" in res.stderr

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_still, shared_file
+from conftest import run_still, data_file
 
 
 def test_parquet_benchmark_file(tmp_path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [json.loads(line) for line in shared_file("benchmarks/aime24.jsonl").open()]
+    rows = [json.loads(line) for line in data_file("benchmarks/aime24.jsonl").open()]
     table = pa.table({"id": [str(r["id"]) for r in rows], "problem": [r["problem"] for r in rows]})
     path = tmp_path / "aime24.parquet"
     pq.write_table(table, path)

@@ -23,7 +23,7 @@ from still.core.verify_code import (
     kodcode_test_file,
 )
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 CFG = CodeConfig(timeout_s=3.0)
 
 ADD_IO = {"inputs": ["1 2\n", "5 7\n", "-1 1\n"], "outputs": ["3\n", "12\n", "0\n"]}
@@ -321,7 +321,7 @@ def test_cpp_memory_and_time_limits():
 
 # -------------------------------------------------------------------------- positive controls
 def test_all_humaneval_canonical_solutions_pass():
-    rows = [json.loads(line) for line in (SHARED_DATA / "code" / "humaneval.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (DATA / "code" / "humaneval.jsonl").read_text().splitlines()]
     assert len(rows) == 164
 
     def one(row: dict) -> tuple[str, dict]:
@@ -339,7 +339,7 @@ def test_all_humaneval_canonical_solutions_pass():
 
 @pytest.mark.slow
 def test_kodcode_trials_agree_with_their_labels():
-    questions = json.loads((SHARED_DATA / "code" / "kodcode_algorithm_demo.json").read_text())
+    questions = json.loads((DATA / "code" / "kodcode_algorithm_demo.json").read_text())
     trials = [(q["question_id"], name, t) for q in questions for name, t in q["trials"].items()]
 
     def one(job: tuple[str, str, dict]) -> tuple[str, str, str, dict]:
