@@ -64,3 +64,12 @@ def data_file(rel: str) -> Path:
     if not path.exists():
         pytest.fail(f"test data file missing: {path} (tests/data/README.md lists what the project carries)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama-shaped model with a trained tokenizer and a ChatML template (tests/tiny_model.py)."""
+    pytest.importorskip("transformers", reason="the model tests need the 'models' extra: pip install 'still[models]'")
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
