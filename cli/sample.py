@@ -103,7 +103,7 @@ if TYPE_CHECKING:
 @click.option(
     "--preset",
     type=click.Choice(["deepdistill-stage1", "deepdistill-stage2", "openthoughts"]),
-    help="A published recipe (see the README); combinable with the options above.",
+    help="A published recipe (see docs/sample.md); combinable with the options above.",
 )
 @click.option(
     "--cv-threshold",

@@ -63,7 +63,7 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     type=click.Choice(["auto", "bwrap", "unshare", "none"]),
     default="auto",
     show_default=True,
-    help="Code isolation (see README 'Code and the sandbox'); none only with a loud warning.",
+    help="Code isolation (see docs/verify.md 'Code and the sandbox'); none only with a loud warning.",
 )
 @click.option(
     "--code-timeout",

@@ -262,7 +262,10 @@ class AtomicOutput:
             self._direct = True
             return self.stream
         directory = os.path.dirname(os.path.abspath(self.path))
-        fd, self._tmp = tempfile.mkstemp(prefix=".still-", suffix=".part", dir=directory)
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=".still-", suffix=".part", dir=directory)
+        except OSError as exc:
+            raise UsageError(f"cannot write {self.path}: {exc.strerror} ({directory})") from exc
         os.fchmod(fd, umask_mode())
         raw: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
         if self.path.endswith(".gz"):

@@ -211,3 +211,72 @@ def test_progress_shows_rate_percent_and_eta():
     assert text == "still dedup: 5,000 read, 500/s, 25%, ETA 0:30"
     unknown_size = Progress("still dedup", True)
     assert unknown_size.line(10, now=unknown_size.started + 2).endswith("10 read, 5/s")
+
+
+# ------------------------------------------------------------------ the first run and the docs
+def test_readme_is_short_and_links_a_guide_per_command():
+    from still.cli import COMMANDS
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count("\n") <= 300
+    assert "cli-reference:start" not in readme  # the generated reference lives in docs/cli.md
+    for name in COMMANDS:
+        assert (ROOT / "docs" / f"{name}.md").is_file(), name
+        assert f"docs/{name}.md" in readme, name
+    import re
+
+    for target in re.findall(r"\]\(((?!http)[^)#]+)", readme):
+        assert (ROOT / target).exists(), target
+
+
+def _repo_lookalike(tmp_path: Path, queries: int) -> Path:
+    """A working directory laid out like the repository after `make demo`: examples/, .venv/bin/still
+    and demo-out/ (a small generated dataset)."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "still").symlink_to(Path(sys.executable).with_name("still"))
+    gen = [sys.executable, str(ROOT / "examples" / "make_sample.py"), "--seed", "7", "--queries", str(queries)]
+    subprocess.run([*gen, "--out", str(tmp_path / "demo-out")], check=True, capture_output=True)
+    return tmp_path
+
+
+def _path_without_still() -> str:
+    venv_bin = str(Path(sys.executable).parent)
+    return ":".join(p for p in os.environ.get("PATH", "").split(":") if p != venv_bin)
+
+
+def test_readme_makefile_recipe_runs_as_copied(tmp_path: Path):
+    readme = (ROOT / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("make -f examples/experiment.mk"))
+    cwd = _repo_lookalike(tmp_path, 16)
+    env = {**os.environ, "PATH": _path_without_still(), "MAKEFLAGS": ""}  # no `still` on PATH
+    res = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (cwd / "exp" / "train.jsonl").stat().st_size > 0
+
+
+def test_demo_pipeline_shows_commands_and_checks_what_was_planted(tmp_path: Path):
+    cwd = _repo_lookalike(tmp_path, 16)
+    still = str(cwd / ".venv" / "bin" / "still")
+    res = subprocess.run(
+        ["bash", str(ROOT / "examples" / "pipeline.sh"), "demo-out", still, sys.executable],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "$ still dedup --key query+response" in out and "$ still sample" in out
+    truth = json.loads((cwd / "demo-out" / "truth.json").read_text())
+    assert f"exact duplicates found       {truth['exact_duplicates']}/{truth['exact_duplicates']}" in out
+    assert f"contaminated records found   {truth['contaminated']}/{truth['contaminated']}" in out
+    assert "try next:" in out
+
+
+def test_builtin_benchmark_error_names_the_extra():
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is not None:
+        pytest.skip("datasets is installed here: the message for its absence cannot show")
+    res = run_still("decontam --against math500", stdin=jsonl({"query": "q"}), code=None)
+    assert res.code != 0 and "pip install 'still[hub]'" in res.stderr
