@@ -280,3 +280,19 @@ def test_builtin_benchmark_error_names_the_extra():
         pytest.skip("datasets is installed here: the message for its absence cannot show")
     res = run_still("decontam --against math500", stdin=jsonl({"query": "q"}), code=None)
     assert res.code != 0 and "pip install 'still[hub]'" in res.stderr
+
+
+def test_progress_in_a_pipeline_prints_whole_lines(capsys: pytest.CaptureFixture[str]):
+    from still.cli._common import Progress
+    from still.core.jsonl import Record
+    from still.core.stats import RunStats
+
+    stats = RunStats("dedup")
+    p = Progress("still dedup", True, total_bytes=30, in_pipe=True)
+    p.interval = 0.0  # every record: each update must be a line of its own
+    records = [Record({}, b"{}\n", "f", i) for i in range(3)]
+    for _ in p.wrap(iter(records), stats):
+        stats.read += 1
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") == 3
+    assert all(line.startswith("still dedup: ") for line in err.splitlines())
