@@ -147,7 +147,7 @@ def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunSt
                 tests = _tests(rec, config)
                 if tests is None:
                     looked = config.tests_field or ", ".join(TESTS_FALLBACKS)
-                    stats.reject(rec, f"no tests field (looked for {looked}; --tests-field names another)")
+                    stats.reject(rec, f"no tests field ({looked}): --tests-field names another")
                     continue
                 if finish_reason == "length":
                     outcome = make_verdict("truncated", None, "code", "finish_reason is length: the output was cut off")
@@ -160,7 +160,7 @@ def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunSt
                     continue
                 answer = _field(rec, config.answer_field)
                 if answer is None:
-                    stats.reject(rec, f"no answer field ({config.answer_field}; --answer-field names another)")
+                    stats.reject(rec, f"no answer field ({config.answer_field}): --answer-field names another")
                     continue
                 outcome = check_choice(response, answer, choices, finish_reason)
             else:
@@ -168,8 +168,8 @@ def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunSt
                 if raw is None:
                     stats.reject(
                         rec,
-                        f"no answer field ({config.answer_field}; looked for {_looked_for(config)} first: "
-                        "--answer-field or --tests-field names another)",
+                        f"no answer field ({config.answer_field}): looked for {_looked_for(config)} first; "
+                        "--answer-field or --tests-field names another",
                     )
                     continue
                 gold = gold_text(raw)
