@@ -38,6 +38,14 @@ class LazyGroup(click.Group):
         command: click.Command = getattr(module, target[1])
         return command
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            from still.cli._common import PipeClosed
+
+            raise PipeClosed() from exc
+
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -45,15 +53,35 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "-V", "--version", prog_name="still")
 @click.option("--debug", is_flag=True, envvar="STILL_DEBUG", help="Show tracebacks on errors.")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="STILL_CONFIG",
+    show_envvar=True,
+    help="Option defaults (TOML) [default: still.toml in the working directory, if any].",
+)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, config_path: str | None) -> None:
     """Small, composable commands for reasoning distillation.
 
     Every command reads JSONL (files or stdin) and writes JSONL to stdout; logs and the run
-    summary go to stderr. Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 bad input.
+    summary go to stderr. Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 bad input,
+    130 interrupted, 141 broken pipe.
+
+    An option's value comes from the command line, else its environment variable
+    (STILL_QUERY_FIELD, STILL_RESPONSE_FIELD, STILL_QUERY_ID_FIELD, ...), else the config file
+    (top-level keys for every command, [COMMAND] tables for one), else its default.
     """
     if debug:
         os.environ["STILL_DEBUG"] = "1"
+    if ctx.invoked_subcommand is not None:
+        from still.cli._config import option_defaults
+
+        command = ctx.command.get_command(ctx, ctx.invoked_subcommand)  # type: ignore[attr-defined]
+        defaults = option_defaults(config_path, ctx.invoked_subcommand, command)
+        if defaults:
+            ctx.default_map = {ctx.invoked_subcommand: defaults}
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -58,7 +58,8 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Keep up to K records per cluster (OpenThoughts keeps 16 answers per question).",
+    help="Keep up to K records per cluster: with --key query, K responses per query (OpenThoughts keeps "
+    "16 answers per question); copies of a kept record take no place.",
 )
 @click.option(
     "--mark", is_flag=True, help="Keep every record and add dedup: {cluster, representative, jaccard, rank, match}."
@@ -113,7 +114,9 @@ def command(
     Exact: xxh3 of the normalised key text. Near: MinHash (datasketch affine32) over word n-gram
     shingles, LSH candidates, each confirmed by the exact Jaccard similarity of the shingle sets;
     a record joins a cluster only if it is similar enough to the cluster's representative itself.
-    Output keeps input order. Dropped records are counted as "exact duplicate" or "near duplicate".
+    Output keeps input order. Dropped records are counted as "exact duplicate" (with --key query:
+    same query and same response), "near duplicate", or "same query beyond --max-per-key" (another
+    response to a query kept --max-per-key times already; a warning says so).
 
     \b
     Examples:

@@ -103,7 +103,7 @@ if TYPE_CHECKING:
 @click.option(
     "--preset",
     type=click.Choice(["deepdistill-stage1", "deepdistill-stage2", "openthoughts"]),
-    help="A published recipe (see the README); combinable with the options above.",
+    help="A published recipe (see docs/sample.md); combinable with the options above.",
 )
 @click.option(
     "--cv-threshold",
@@ -223,6 +223,12 @@ def command(
         passing_only=passing_only,
     )
     config.validate()
+    if not config.selects and stages is None and not stream.quiet:
+        click.echo(
+            "still sample: no selection option (-n, --per-query, --quota, --pass-rate, --cv-min, --passing, "
+            "--length-top, --preset, ...): every record passes through",
+            err=True,
+        )
     _run(stream, config, stages, stage_by)
 
 
@@ -253,6 +259,10 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
         fields = stream.fields()
         reader = _as_stdin(read_records(inputs, stats, stream.policy(), max_bytes), spooled)
         records = shard_filter(reader, shard, fields, stats)
+        if config.groups_by_query is not None:
+            from still.core.fields import check_query_ids
+
+            records = check_query_ids(records, fields, stats, config.groups_by_query)
         first_pass = None
         if config.band is not None:
             policy = stream.policy()
@@ -263,7 +273,7 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
         # only curriculum stages look at the selected records' fields; the writer needs their bytes
         selected = run_sample(records, config, stats, first_pass, parse_selected=stages is not None)
         if stages is None:
-            with AtomicOutput(stream.output) as sink:
+            with AtomicOutput(stream.output, stream.gzip_level) as sink:
                 write_records(selected, sink, stats)
         else:
             _write_stages(selected, stream.output or "stages", stages, stage_by, stats)

@@ -19,7 +19,11 @@ from still.cli._common import StreamOptions, run_stream, stream_options
 @click.option(
     "--choices-field", default="choices", show_default=True, metavar="PATH", help="Multiple-choice options (a list)."
 )
-@click.option("--tests-field", default="tests", show_default=True, metavar="PATH", help="Reference tests for code.")
+@click.option(
+    "--tests-field",
+    metavar="PATH",
+    help="Reference tests for code [default: tests, else test, test_code, input_output].",
+)
 @click.option(
     "--finish-reason-field",
     default="finish_reason",
@@ -59,7 +63,7 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     type=click.Choice(["auto", "bwrap", "unshare", "none"]),
     default="auto",
     show_default=True,
-    help="Code isolation (see README 'Code and the sandbox'); none only with a loud warning.",
+    help="Code isolation (see docs/verify.md 'Code and the sandbox'); none only with a loud warning.",
 )
 @click.option(
     "--code-timeout",
@@ -82,7 +86,7 @@ def command(
     mode: str,
     answer_field: str,
     choices_field: str,
-    tests_field: str,
+    tests_field: str | None,
     finish_reason_field: str,
     timeout_s: float,
     workers: int,

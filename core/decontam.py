@@ -682,7 +682,7 @@ def load_builtin(name: str) -> Benchmark:
     import importlib.util
 
     if importlib.util.find_spec("datasets") is None:
-        raise StillError(hint.format(why=" (datasets is not installed)"))
+        raise StillError(hint.format(why=" (datasets is not installed: pip install 'still[hub]')"))
     if _offline():
         raise StillError(hint.format(why=" (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"))
     try:

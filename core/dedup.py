@@ -10,6 +10,11 @@ Pipeline per block of records (in priority order):
    the shingle sets, and the record joins the best one at or above the threshold; otherwise it
    becomes a new representative.
 
+With ``--key query`` (multi-sample data: k responses per query) a record is also told apart by
+its response: a copy of a record already kept (same query, same response) is dropped as an
+"exact duplicate" and takes none of the ``--max-per-key`` places; other responses to the same
+query fill those places, and the rest are dropped as "same query beyond --max-per-key".
+
 Clusters are stars around a representative: a record joins a cluster only when its own
 Jaccard similarity to the representative reaches the threshold, so chains of merely similar
 records never merge unrelated texts (the failure of union-find over unverified LSH bands).
@@ -123,8 +128,9 @@ class Item:
     shingles: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     rep: int = -1  # the representative it joined (or became)
     jaccard: float = 1.0
-    match: str | None = None  # "exact" / "near" for duplicates
-    rank: int = 0  # 0 for the representative, then arrival order in its cluster
+    match: str | None = None  # "exact" / "near" for duplicates, "record" for a copy of a kept record
+    rank: int = 0  # 0 for the representative, then arrival order in its cluster; -1 for a copy
+    response_key: int | None = None  # --key query: hash of the response, telling samples apart
 
 
 _EMPTY_SET = np.empty(0, dtype=np.uint64)
@@ -500,6 +506,9 @@ class Deduper:
         self.shingler = mh.BlockShingler(config.ngram)
         self.clusters: dict[int, list[dict[str, Any]]] | None = {} if config.clusters_path else None
         self.rep_info: dict[int, dict[str, Any]] = {}
+        # (representative, response key) of every kept record, with --key query
+        self.kept_responses: set[tuple[int, int]] = set()
+        self.beyond_max = 0  # records dropped only because their query had --max-per-key already
 
     # -- features -------------------------------------------------------------------------
     def key_text(self, rec: Record) -> str:
@@ -508,6 +517,19 @@ class Deduper:
         if self.config.key == "response":
             return self.fields.response(rec)
         return self.fields.query(rec) + "\n\u241e\n" + self.fields.response(rec)
+
+    def response_key(self, rec: Record) -> int | None:
+        """With --key query, the hash of the record's response (None: no response, or another key)."""
+        if self.config.key != "query":
+            return None
+        try:
+            text = self.fields.response(rec)
+        except BadInput:
+            return None
+        return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
+
+    def item(self, rec: Record, index: int, text: str) -> Item:
+        return Item(rec, index, norm=self.normalise(text, collapse=False), response_key=self.response_key(rec))
 
     def features(self, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
         """Fill exact keys and shingle sets; return (signatures, band keys) for the block.
@@ -601,8 +623,13 @@ class Deduper:
                 if it.match is None:
                     it.jaccard, it.match = 1.0, "exact"
                 it.rep = conflicts[it.rep]
-            if it.match is not None:
+            seen = None if it.response_key is None else (it.rep, it.response_key)
+            if it.match is not None and seen is not None and seen in self.kept_responses:
+                it.match, it.rank = "record", -1  # the same query and response again: no new place
+            elif it.match is not None:
                 it.rank = self.index.add_member(it.rep)
+            if seen is not None and self.kept(it):
+                self.kept_responses.add(seen)
             if self.clusters is not None:
                 self._note_cluster(it)
 
@@ -615,7 +642,7 @@ class Deduper:
             "jaccard": round(it.jaccard, 4),
             "match": it.match,
             "rank": it.rank,
-            "kept": it.rank < self.config.max_per_key,
+            "kept": self.kept(it),
         }
         if it.match is None:
             self.rep_info[it.rep] = info
@@ -642,7 +669,26 @@ class Deduper:
         }
 
     def kept(self, it: Item) -> bool:
-        return it.rank < self.config.max_per_key
+        return 0 <= it.rank < self.config.max_per_key
+
+    def drop_reason(self, it: Item) -> str:
+        """What a dropped record is: named for what it is, not for the mechanism."""
+        if it.match == "near":
+            return "near duplicate"
+        if it.match == "record" or it.response_key is None:
+            return "exact duplicate"
+        # the same (normalised) query with another response: a sample beyond the cap
+        self.beyond_max += 1
+        return "same query beyond --max-per-key"
+
+    def warn_multi_sample(self) -> None:
+        if self.beyond_max and not self.config.mark:
+            k = self.config.max_per_key
+            self.stats.warn(
+                f"{self.beyond_max} records were other responses to a query already kept {k} time(s) "
+                f"(--max-per-key {k}); for multi-sample data give --max-per-key K to keep up to K "
+                "responses per query, or --key query+response to drop only repeated pairs"
+            )
 
     def finish(self, success: bool) -> None:
         if success and isinstance(self.index, MemoryIndex) and self.index.state_dir:
@@ -694,6 +740,7 @@ def dedup(records: Iterable[Record], config: DedupConfig, stats: RunStats) -> It
         success = True
     finally:
         deduper.finish(success)
+    deduper.warn_multi_sample()
     deduper.write_clusters()
 
 
@@ -712,7 +759,7 @@ def _emit(deduper: Deduper, items: list[Item], stats: RunStats) -> Iterator[Reco
         if deduper.config.mark or deduper.kept(it):
             yield it.rec
         else:
-            stats.drop("exact duplicate" if it.match == "exact" else "near duplicate")
+            stats.drop(deduper.drop_reason(it))
 
 
 def _dedup_streaming(records: Iterable[Record], deduper: Deduper, stats: RunStats) -> Iterator[Record]:
@@ -722,7 +769,7 @@ def _dedup_streaming(records: Iterable[Record], deduper: Deduper, stats: RunStat
         text = _key_text(deduper, rec, stats)
         if text is None:
             continue
-        block.append(Item(rec, index, norm=deduper.normalise(text, collapse=False)))
+        block.append(deduper.item(rec, index, text))
         if len(block) >= size:
             deduper.decide(block)
             yield from _emit(deduper, block, stats)
@@ -767,7 +814,7 @@ def _dedup_by_priority(records: Iterable[Record], deduper: Deduper, stats: RunSt
             block = []
             for _, _, i in order[start : start + size]:
                 rec = load(i)
-                block.append(Item(rec, i, norm=deduper.normalise(deduper.key_text(rec), collapse=False)))
+                block.append(deduper.item(rec, i, deduper.key_text(rec)))
             deduper.decide(block)
             for it in block:
                 it.rec = Record({}, None, it.rec.source, it.rec.line)  # free the parsed copy

@@ -1,7 +1,8 @@
 """Errors with documented exit codes.
 
 Exit codes (README "Exit codes"): 0 ok, 1 runtime error, 2 usage error, 3 bad input,
-141 the reader closed the pipe (as coreutils do).
+130 interrupted (Ctrl-C), 128+N ended by signal N (143 SIGTERM, 129 SIGHUP), 141 the reader
+closed the pipe (as coreutils do).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
+EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 
@@ -35,6 +37,16 @@ class BadInput(StillError):
         self.line = line
         self.message = message
         super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM/SIGHUP handler so that every ``with`` block unwinds (``.part`` files
+    are removed) before the process exits 128+N. A BaseException, like KeyboardInterrupt, so that
+    no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
 
 
 class MissingExtra(StillError):

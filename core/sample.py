@@ -214,6 +214,32 @@ class SampleConfig:
             raise UsageError("quantile bands must lie within 0..1")
 
     @property
+    def selects(self) -> bool:
+        """Whether any option selects or drops records (else every record passes through)."""
+        return any(
+            (
+                self.total is not None,
+                self.per_query is not None,
+                self.quota,
+                self.level_weights,
+                self.pass_rate_band is not None,
+                self.cv_min,
+                self.band is not None,
+                self.preset,
+                self.passing_only,
+            )
+        )
+
+    @property
+    def groups_by_query(self) -> str | None:
+        """The option that groups records by query id, if any."""
+        if self.effective_per_query is not None:
+            return "--per-query" if self.per_query is not None else f"--preset {self.preset}"
+        if self.needs_query_stats:
+            return "the query statistics (pass rate, CV)"
+        return None
+
+    @property
     def needs_query_stats(self) -> bool:
         return self.preset in ("deepdistill-stage1", "deepdistill-stage2") or bool(
             self.pass_rate_band is not None or self.cv_min

@@ -22,12 +22,18 @@ class RunStats:
     dropped: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     extra: dict[str, Any] = field(default_factory=dict)
+    # things the user should know about the run (printed before the summary, kept in --stats)
+    warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     # set by the reader: applies the --on-error policy to (source, line, message, raw line)
     on_bad: Callable[[str, int, str, bytes], None] | None = None
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     def error(self, kind: str, n: int = 1) -> None:
         self.errors[kind] += n
@@ -64,6 +70,7 @@ class RunStats:
             "dropped": dict(sorted(self.dropped.items())),
             "errors": dict(sorted(self.errors.items())),
             "seconds": round(time.perf_counter() - self.started, 3),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
             **self.extra,
         }
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from still.core.errors import StillError
-from still.core.fields import Fields, get_path, is_missing
+from still.core.fields import TESTS_FALLBACKS, Fields, get_path, is_missing
 from still.core.jsonl import Record
 from still.core.stats import RunStats
 from still.core.verify_math import MathChecker, MathConfig, PendingMath, gold_text, make_verdict
@@ -30,7 +30,7 @@ class VerifyConfig:
     fields: Fields = field(default_factory=Fields)
     answer_field: str = "answer"
     choices_field: str = "choices"
-    tests_field: str = "tests"
+    tests_field: str | None = None  # None: the first of TESTS_FALLBACKS the record has
     finish_reason_field: str = "finish_reason"
     math: MathConfig = field(default_factory=MathConfig)
     sandbox: str = "auto"
@@ -67,10 +67,26 @@ class _CodeRunner:
         return result
 
 
+def _tests(rec: Record, config: VerifyConfig) -> Any:
+    """The record's code tests: ``tests_field``, else the first non-empty of TESTS_FALLBACKS."""
+    if config.tests_field:
+        return _field(rec, config.tests_field)
+    for name in TESTS_FALLBACKS:
+        value = rec.data.get(name)
+        if value not in (None, "", [], {}):
+            return value
+    return None
+
+
+def _looked_for(config: VerifyConfig) -> str:
+    tests = config.tests_field or ", ".join(TESTS_FALLBACKS)
+    return f"code tests in {tests}; choices in {config.choices_field}"
+
+
 def _mode_of(rec: Record, config: VerifyConfig) -> str:
     if config.mode != "auto":
         return config.mode
-    if _field(rec, config.tests_field) is not None:
+    if _tests(rec, config) is not None:
         return "code"
     if _field(rec, config.choices_field) is not None:
         return "mc"
@@ -128,9 +144,10 @@ def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunSt
             finish_reason = _field(rec, config.finish_reason_field)
             outcome: dict[str, Any] | PendingMath | Future[dict[str, Any]]
             if mode == "code":
-                tests = _field(rec, config.tests_field)
+                tests = _tests(rec, config)
                 if tests is None:
-                    stats.reject(rec, f"no tests field ({config.tests_field}) for code mode")
+                    looked = config.tests_field or ", ".join(TESTS_FALLBACKS)
+                    stats.reject(rec, f"no tests field ({looked}): --tests-field names another")
                     continue
                 if finish_reason == "length":
                     outcome = make_verdict("truncated", None, "code", "finish_reason is length: the output was cut off")
@@ -143,13 +160,17 @@ def verify_records(records: Iterable[Record], config: VerifyConfig, stats: RunSt
                     continue
                 answer = _field(rec, config.answer_field)
                 if answer is None:
-                    stats.reject(rec, f"no answer field ({config.answer_field})")
+                    stats.reject(rec, f"no answer field ({config.answer_field}): --answer-field names another")
                     continue
                 outcome = check_choice(response, answer, choices, finish_reason)
             else:
                 raw = _field(rec, config.answer_field)
                 if raw is None:
-                    stats.reject(rec, f"no answer field ({config.answer_field})")
+                    stats.reject(
+                        rec,
+                        f"no answer field ({config.answer_field}): looked for {_looked_for(config)} first; "
+                        "--answer-field or --tests-field names another",
+                    )
                     continue
                 gold = gold_text(raw)
                 if gold is None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from still.core.fields import TESTS_FALLBACKS
 from still.core.sandbox import Limits, RunResult, Sandbox, get_sandbox
 
 CODE_VERDICTS = (
@@ -181,7 +182,7 @@ def _as_text(value: Any) -> str:
 def _parse_tests(tests: Any, record: dict[str, Any]) -> _Spec | str:
     """The test spec, or a string saying why there is none."""
     if tests is None:
-        for key in ("tests", "test", "test_code", "input_output"):
+        for key in TESTS_FALLBACKS:
             if record.get(key) not in (None, "", [], {}):
                 tests = record[key]
                 break

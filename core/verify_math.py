@@ -1,6 +1,6 @@
 """Math and short-answer checking: answer extraction, fast exact paths, math-verify with guards.
 
-The pipeline for one record (README "still verify" documents each rule):
+The pipeline for one record (docs/verify.md documents each rule):
 
 1. Reasoning: the answer is read after the last ``</think>``. A response that opens ``<think>`` and
    never closes it, or whose ``finish_reason`` is ``length``, is ``truncated`` (never ``wrong``).
@@ -539,7 +539,7 @@ def make_verdict(verdict: str, extracted: str | None, method: str, reason: str) 
 
 @dataclass(frozen=True)
 class MathConfig:
-    """Options for math and short answers (README "still verify")."""
+    """Options for math and short answers (docs/verify.md)."""
 
     timeout_s: float = 2.0
     workers: int = 1

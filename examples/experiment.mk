@@ -4,7 +4,8 @@
 #
 #   make -f examples/experiment.mk RAW=demo-out/raw.jsonl BENCH=demo-out/bench.jsonl OUT=exp
 #
-STILL ?= still
+# the venv's still when run from the repository (after make demo), else the one on PATH
+STILL ?= $(if $(wildcard .venv/bin/still),.venv/bin/still,still)
 RAW ?= raw.jsonl
 BENCH ?= bench.jsonl
 OUT ?= exp
