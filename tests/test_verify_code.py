@@ -200,7 +200,7 @@ def test_red_team_exit_inside_the_candidate():
 
 def test_red_team_os_exit():
     res = verdict("import os\nos._exit(0)", ADD_PYTEST)
-    assert res["verdict"] == "runtime_error" and "before the test harness finished" in res["reason"]
+    assert res["verdict"] == "runtime_error" and "solution process ended" in res["reason"]
     res = verdict("def add(a, b):\n    import os\n    os._exit(0)", None, ADD_HE)
     assert res["verdict"] == "runtime_error"
 
@@ -216,7 +216,8 @@ def test_red_team_ctypes_exit_and_kill_parent():
 def test_red_team_patched_builtins():
     code = "import builtins\nbuiltins.abs = lambda x: 0\ndef add(a, b):\n    return 3"
     res = verdict(code, None, ADD_HE)
-    assert res["verdict"] == "runtime_error" and "builtins changed" in res["reason"]
+    # the checks run in another process: the patch reaches only the solution's own builtins
+    assert res["verdict"] == "wrong_answer" and "AssertionError" in res["reason"]
 
 
 def test_red_team_patched_pytest():
@@ -226,7 +227,7 @@ def test_red_team_patched_pytest():
         "def add(a, b):\n    return 3\n"
     )
     res = verdict(code, ADD_PYTEST)
-    assert res["verdict"] != "pass" and "pytest changed" in res["reason"]
+    assert res["verdict"] == "wrong_answer" and "DID NOT RAISE" in res["reason"]
 
 
 def test_red_team_patched_unittest():
@@ -234,7 +235,7 @@ def test_red_team_patched_unittest():
     tests += "    def test_add(self):\n        self.assertEqual(add(1, 2), 3)\n"
     code = "import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\ndef add(a, b):\n    return 0"
     res = verdict(code, tests)
-    assert res["verdict"] != "pass" and "TestCase changed" in res["reason"]
+    assert res["verdict"] == "wrong_answer" and "0 != 3" in res["reason"]
     assert verdict("def add(a, b):\n    return a + b", tests)["verdict"] == "pass"
 
 
@@ -378,7 +379,7 @@ def test_other_backends_run_the_same_checks(backend):
 def test_red_team_always_equal_objects_fail_humaneval():
     always = "class Anything:\n    def __eq__(self, other):\n        return True\n\n"
     res = verdict(always + "def add(a, b):\n    return Anything()", None, ADD_HE)
-    assert res["verdict"] == "wrong_answer" and "overrides __eq__" in res["reason"]
+    assert res["verdict"] == "wrong_answer" and "Anything object of its own, not plain data" in res["reason"]
     zero = "class Zero(float):\n    def __sub__(self, other):\n        return 0.0\n\n"
     res = verdict(zero + "def add(a, b):\n    return [Zero(0)][0] if a < 1 else a + b", None, ADD_HE)
     assert res["verdict"] == "wrong_answer"
