@@ -64,3 +64,35 @@ def data_file(rel: str) -> Path:
     if not path.exists():
         pytest.fail(f"test data file missing: {path} (tests/data/README.md lists what the project carries)")
     return path
+
+
+# ----------------------------------------------------------------- sandboxes (red-team suites)
+SANDBOXES = ["bwrap", "unshare"]
+
+
+def sandbox_survivors() -> list[int]:
+    """Processes this test run's sandboxes left alive, whatever uid they run under: every one
+    carries STILL_SANDBOX=<this process's tag> in its environment (root reads any environ)."""
+    from still.core.sandbox import RUN_TAG
+
+    needle = f"STILL_SANDBOX={RUN_TAG}".encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def assert_no_sandbox_survivors(wait_s: float = 3.0) -> None:
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while sandbox_survivors() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_survivors() == [], "processes from the sandbox are still alive"
