@@ -82,7 +82,7 @@ def _run(name: str, fn: Callable[[], Any]) -> dict[str, Any]:
     peer = code_remote.PEER
     if peer is not None:
         peer.deadline = time.monotonic() + PER_TEST_S
-        if peer.failure is not None or peer.chan is None:
+        if peer.generation > 0 and (peer.failure is not None or peer.chan is None):
             try:
                 peer.start()  # a fresh solution process after a crash or a time limit
             except BaseException as exc:
