@@ -21,20 +21,20 @@ plain data or handles (code_wire.py, code_remote.py). The tests run here, agains
 
 from __future__ import annotations
 
-import ast
-import inspect
 import io
-import itertools
 import json
 import os
 import signal
 import sys
-import tempfile
 import time
-import traceback
 import types
-from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
+
+# inspect, ast, tempfile... are imported where pytest mode needs them: every import here is paid
+# on each run of an assert-style check.
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
 import code_remote
 from code_remote import Peer, SolutionFailed, contains_handles
@@ -72,8 +72,7 @@ def _classify(exc: BaseException) -> str:
 def _short(exc: BaseException) -> str:
     if isinstance(exc, SolutionFailed):
         return str(exc)
-    lines = traceback.format_exception_only(type(exc), exc)
-    text = "".join(lines).strip()
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text[-500:]
 
 
@@ -202,6 +201,9 @@ class _Resolver:
         self.teardown: list[Callable[[], Any]] = []
 
     def value(self, name: str) -> Any:
+        import inspect
+        import tempfile
+
         if name in self.cache:
             return self.cache[name]
         if name in self.fixtures:
@@ -232,6 +234,8 @@ class _Resolver:
         return value
 
     def call(self, fn: Callable[..., Any], given: dict[str, Any]) -> Any:
+        import inspect
+
         kwargs = {}
         for pname, param in inspect.signature(fn).parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -280,6 +284,8 @@ def _param_sets(marks: list[Any]) -> list[dict[str, Any]]:
         combos.append(sets)
     if not combos:
         return [{}]
+    import itertools
+
     return [dict(kv for d in prod for kv in d.items()) for prod in itertools.product(*combos)]
 
 
@@ -295,6 +301,8 @@ def _skipped(marks: list[Any]) -> bool:
 
 def _collect(module: types.ModuleType) -> Iterator[tuple[str, Callable[[_Resolver, dict[str, Any]], Any], list[Any]]]:
     """(name, runner, marks) for every test defined in the test file itself, in file order."""
+    import inspect
+
     for name, obj in list(vars(module).items()):
         if inspect.isfunction(obj) and name.startswith("test") and obj.__code__.co_filename == TEST_FILE:
             yield name, _function_runner(obj), _marks(obj)
@@ -319,6 +327,8 @@ def _function_runner(fn: Callable[..., Any]) -> Callable[[_Resolver, dict[str, A
 
 def _settle(result: Any) -> Any:
     """Run an async test to completion; refuse yield tests (pytest removed them)."""
+    import inspect
+
     if inspect.iscoroutine(result):
         import asyncio
 
@@ -366,6 +376,8 @@ def _method_runner(cls: type, meth_name: str, is_case: bool) -> Callable[[_Resol
 
 def _declared_tests() -> list[str]:
     """Test names from the file's syntax, for reporting when the module cannot even be imported."""
+    import ast
+
     try:
         tree = ast.parse(TEST_CODE)
     except (SyntaxError, ValueError):
@@ -485,7 +497,8 @@ def main() -> None:
     TEST_CODE = str(spec["tests"])
     site = [str(d) for d in spec.get("site", [])]
     sys.path.extend(site)
-    peer = code_remote.PEER = Peer(BOX, site, os.path.join(HERE, "code_worker.py"))
+    boot_worker = f"import sys; sys.path[0] = {HERE!r}; import code_worker; code_worker.main()"
+    peer = code_remote.PEER = Peer(BOX, site, boot_worker)
     try:
         if spec["mode"] == "assert":
             results = run_assert(str(spec.get("prompt") or ""), spec.get("entry_point"), bool(spec.get("call_check")), peer)

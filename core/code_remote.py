@@ -20,9 +20,12 @@ import subprocess
 import sys
 import time
 import types
-from typing import Any
+from typing import TYPE_CHECKING
 
 from code_wire import Channel, Codec, PeerGone, PeerTimeout, WireError, exception_info
+
+if TYPE_CHECKING:
+    from typing import Any
 
 _OUT_CAP = 1 << 20  # solution output forwarded per reply
 
@@ -39,6 +42,7 @@ class Peer:
     """The solution process and the request/reply loop with it (callbacks served while waiting)."""
 
     def __init__(self, box: str, site: list[str], worker: str) -> None:
+        """``worker``: the ``python -c`` code that starts code_worker.main()."""
         self.box, self.site, self.worker = box, site, worker
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
@@ -56,7 +60,7 @@ class Peer:
         self.generation += 1
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        argv = [sys.executable, "-S", "-B", self.worker, str(req_r), str(rep_w), self.box]
+        argv = [sys.executable, "-S", "-B", "-c", self.worker, str(req_r), str(rep_w), self.box]
         argv += [os.pathsep.join(self.site), str(self.generation * 1_000_000_000)]
         try:
             # The solution's parent is the intermediate the worker forks away from, so it cannot

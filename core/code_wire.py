@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import builtins
 import collections
-import datetime
-import decimal
-import fractions
 import importlib
 import json
 import os
 import select
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # both processes pay for every import at each run: keep them few
+    from collections.abc import Callable
+    from typing import Any
 
 MAX_LINE = 64 << 20  # bytes per message
 MAX_DEPTH = 200
@@ -229,13 +229,15 @@ class Codec:
             factory = x.default_factory
             fname = next((k for k, v in _FACTORIES.items() if v is factory), None)
             return ["v", "defaultdict", [fname, [[self.encode(k, d), self.encode(v, d)] for k, v in x.items()]]]
-        if t is fractions.Fraction:
+        # a value of these types exists only where its module was imported
+        fractions, decimal, datetime = (sys.modules.get(m) for m in ("fractions", "decimal", "datetime"))
+        if fractions is not None and t is fractions.Fraction:
             return ["v", "Fraction", [x.numerator, x.denominator]]
-        if t is decimal.Decimal:
+        if decimal is not None and t is decimal.Decimal:
             return ["v", "Decimal", str(x)]
-        if t is datetime.timedelta:
+        if datetime is not None and t is datetime.timedelta:
             return ["v", "timedelta", [x.days, x.seconds, x.microseconds]]
-        if (t is datetime.datetime or t is datetime.date) and getattr(x, "tzinfo", None) is None:
+        if datetime is not None and (t is datetime.datetime or t is datetime.date) and getattr(x, "tzinfo", None) is None:
             return ["v", t.__name__, x.isoformat()]
         if t is range:
             return ["v", "range", [x.start, x.stop, x.step]]
@@ -315,6 +317,10 @@ class Codec:
         return out
 
     def _decode_value(self, kind: str, p: Any, d: int) -> Any:
+        import datetime
+        import decimal
+        import fractions
+
         try:
             if kind == "deque" and type(p) is list and len(p) == 2 and type(p[0]) is list:
                 maxlen = p[1] if type(p[1]) is int else None

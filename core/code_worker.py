@@ -19,9 +19,12 @@ import os
 import signal
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING
 
 from code_wire import Channel, Codec, exception_info
+
+if TYPE_CHECKING:
+    from typing import Any
 
 _OPS: dict[str, Any] = {
     "len": len,

@@ -60,6 +60,36 @@ _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)^[ \t]*```
 _OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*)\Z", re.S | re.M)
 # The trusted supervisor and what it needs, staged read-only in the box under still/.
 _HARNESS_FILES = ("code_harness.py", "code_remote.py", "code_wire.py", "code_worker.py")
+
+
+def _boot(module: str, box_inside: str) -> str:
+    """``python -c`` code that imports a staged module (from its bytecode) and runs its main().
+
+    sys.path[0] would be the cwd (/tmp, writable by the solution): it is replaced first.
+    """
+    return f"import sys; sys.path[0] = {box_inside + '/still'!r}; import {module}; {module}.main()"
+
+
+@functools.cache
+def _harness_files() -> dict[str, bytes]:
+    """The staged files: sources and bytecode (unchecked-hash .pyc, valid whatever the copies'
+    mtimes), so the four modules are not compiled again on every run."""
+    import importlib.util
+    import py_compile
+
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="still-pyc-") as tmp:
+        for name in _HARNESS_FILES:
+            source = Path(__file__).with_name(name)
+            files[name] = source.read_bytes()
+            staged = os.path.join(tmp, name)
+            Path(staged).write_bytes(files[name])
+            cached = importlib.util.cache_from_source(staged)
+            py_compile.compile(
+                staged, cfile=cached, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+            )
+            files[os.path.relpath(cached, tmp)] = Path(cached).read_bytes()
+    return files
 MAX_TIME_LIMITS = 2  # stdin/stdout: stop running cases after this many time limits
 
 # Python runs with -S (no site module: the .pth hooks of a venv, editable installs included, cost
@@ -449,8 +479,7 @@ def _run_harness(sb: Sandbox, box: str, spec: _Spec, config: CodeConfig) -> tupl
         "per_test_s": config.timeout_s,
         "site": list(site_dirs()),
     }
-    harness = f"{sb.inside(box, 'box')}/still/code_harness.py"
-    argv = [sys.executable, "-S", "-B", harness]
+    argv = [sys.executable, "-S", "-B", "-c", _boot("code_harness", sb.inside(box, "box"))]
     before = _digest(box)
     res = sb.run(argv, limits=_limits(config, wall), box_dir=box, stdin=json.dumps(request).encode())
     if _digest(box) != before:
@@ -540,9 +569,9 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
                 argv = [sys.executable, "-S", "-B", f"{inside}/launch.py"]
                 verdict, score, reason = _run_stdio(sb, argv, box, spec, config)
             else:
-                os.mkdir(os.path.join(box, "still"))
-                for name in _HARNESS_FILES:
-                    _write(os.path.join(box, "still", name), Path(__file__).with_name(name).read_bytes())
+                os.makedirs(os.path.join(box, "still", "__pycache__"))
+                for name, data in _harness_files().items():
+                    _write(os.path.join(box, "still", name), data)
                 verdict, score, reason = _run_harness(sb, box, spec, config)
         else:
             out = os.path.join(work, "out")
