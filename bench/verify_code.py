@@ -82,7 +82,7 @@ def main() -> None:
             "test": f"def check(candidate):\n    assert candidate({n}) == {sum(i * i for i in range(n)) % 1000003}\n",
             "entry_point": "f",
         }
-        solution = f"def f(n):\n    return sum(i * i for i in range(n)) % 1000003\n"
+        solution = "def f(n):\n    return sum(i * i for i in range(n)) % 1000003\n"
         res = check_code(f"```python\n{solution}```", None, record, CodeConfig(sandbox=args.sandbox))
         assert res["verdict"] == "pass", res
 

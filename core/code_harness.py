@@ -21,10 +21,10 @@ plain data or handles (code_wire.py, code_remote.py). The tests run here, agains
 
 from __future__ import annotations
 
+import _signal
 import io
 import json
 import os
-import signal
 import sys
 import time
 import types
@@ -61,7 +61,7 @@ def _outcome(kind: str) -> tuple[type, ...]:
 
 def _classify(exc: BaseException) -> str:
     if isinstance(exc, SolutionFailed):
-        return exc.verdict
+        return str(exc.verdict)
     if isinstance(exc, AssertionError) or isinstance(exc, _outcome("fail")):
         return "wrong_answer"
     if isinstance(exc, MemoryError):
@@ -373,7 +373,6 @@ def _method_runner(cls: type, meth_name: str, is_case: bool) -> Callable[[_Resol
     return run
 
 
-
 def _declared_tests() -> list[str]:
     """Test names from the file's syntax, for reporting when the module cannot even be imported."""
     import ast
@@ -460,8 +459,7 @@ class _Discard(io.TextIOBase):
 
 def _harden() -> None:
     """No ptrace, /proc/PID/mem, fd or environ for the solution; no signal but KILL/STOP lands."""
-    blockable = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, blockable)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals() - {_signal.SIGKILL, _signal.SIGSTOP})
     try:
         import ctypes
 
@@ -476,6 +474,11 @@ def _harden() -> None:
 def main() -> None:
     global PER_TEST_S, TEST_CODE
     _harden()
+    site = [d for d in sys.argv[1].split(os.pathsep) if d] if len(sys.argv) > 1 else []
+    sys.path.extend(site)
+    boot_worker = f"import sys; sys.path[0] = {HERE!r}; import code_worker; code_worker.main()"
+    peer = code_remote.PEER = Peer(BOX, site, boot_worker)
+    peer.prefork()  # before any secret is read
     chunks = []
     while True:
         chunk = os.read(0, 1 << 20)
@@ -495,13 +498,11 @@ def main() -> None:
     sys.set_int_max_str_digits(0)
     PER_TEST_S = float(spec["per_test_s"])
     TEST_CODE = str(spec["tests"])
-    site = [str(d) for d in spec.get("site", [])]
-    sys.path.extend(site)
-    boot_worker = f"import sys; sys.path[0] = {HERE!r}; import code_worker; code_worker.main()"
-    peer = code_remote.PEER = Peer(BOX, site, boot_worker)
     try:
         if spec["mode"] == "assert":
-            results = run_assert(str(spec.get("prompt") or ""), spec.get("entry_point"), bool(spec.get("call_check")), peer)
+            results = run_assert(
+                str(spec.get("prompt") or ""), spec.get("entry_point"), bool(spec.get("call_check")), peer
+            )
         else:
             results = run_pytest(peer)
     finally:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import builtins
 import os
-import signal
-import subprocess
 import sys
-import time
 import types
 from typing import TYPE_CHECKING
 
@@ -44,28 +41,48 @@ class Peer:
     def __init__(self, box: str, site: list[str], worker: str) -> None:
         """``worker``: the ``python -c`` code that starts code_worker.main()."""
         self.box, self.site, self.worker = box, site, worker
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.pid = 0
+        self.child = 0  # the process we started (its group holds the solution process)
+        self.pid = 0  # the solution process, as it said before the solution was imported
+        self.preforked: tuple[int, Channel] | None = None
         self.chan: Channel | None = None
         self.generation = 0
         self.failure: SolutionFailed | None = None  # what broke the current test, if anything
         self.codec = Codec("h", "r", _make_proxy, _describe, import_new=False)
         self.exports_wire: Any = None
+        self.writeback: Any = None  # the arguments' state after the last call (see _write_back)
         self.deadline: float | None = None
 
     # ---------------------------------------------------------------------------- lifecycle
-    def start(self) -> dict[str, Any]:
-        """Start a solution process, import the solution there; its public names as stand-ins."""
-        self.stop()
-        self.generation += 1
+    def prefork(self) -> None:
+        """Fork the first solution process now, BEFORE this process reads the nonce and the tests:
+        its copy of this memory holds neither (and one interpreter start is saved)."""
+        import code_worker
+
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(req_w)
+                os.close(rep_r)
+                code_worker.forked(req_r, rep_w, self.box, os.pathsep.join(self.site), 1_000_000_000)
+            finally:
+                os._exit(70)
+        os.close(req_r)
+        os.close(rep_w)
+        self.preforked = (pid, Channel(rep_r, req_w))
+
+    def _spawn(self) -> None:
+        """A fresh interpreter for the solution (after the first process died or hung)."""
+        import subprocess
+
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         argv = [sys.executable, "-S", "-B", "-c", self.worker, str(req_r), str(rep_w), self.box]
         argv += [os.pathsep.join(self.site), str(self.generation * 1_000_000_000)]
         try:
-            # The solution's parent is the intermediate the worker forks away from, so it cannot
-            # find this process through getppid(); stdin/stdout/stderr are /dev/null.
-            self.proc = subprocess.Popen(
+            # stdin/stdout/stderr are /dev/null; the pipes are all it inherits.
+            proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -76,14 +93,29 @@ class Peer:
         finally:
             os.close(req_r)
             os.close(rep_w)
+        self.child = proc.pid
         self.chan = Channel(rep_r, req_w)
+
+    def start(self) -> dict[str, Any]:
+        """Start a solution process, import the solution there; its public names as stand-ins.
+
+        The solution's parent is an intermediate that exits at once, so getppid() never leads
+        the solution to this process."""
+        self.stop()
+        self.generation += 1
+        if self.preforked is not None:
+            self.child, self.chan = self.preforked
+            self.preforked = None
+        else:
+            self._spawn()
+        assert self.chan is not None
         self.codec.objects.clear()
         self.codec.ids.clear()
         self.failure = None
         self._arm()
         try:
             hello = self.chan.receive()  # sent before the solution is imported: trustworthy
-            self.proc.wait()
+            os.waitpid(self.child, 0)
             if type(hello) is not list or len(hello) != 2 or hello[0] != "hello" or type(hello[1]) is not int:
                 raise WireError("bad hello")
             self.pid = hello[1]
@@ -106,20 +138,28 @@ class Peer:
         return exports
 
     def stop(self) -> None:
-        if self.proc is None:
+        if not self.child:
             return
-        for kill in (lambda: os.killpg(self.proc.pid if self.proc else 0, signal.SIGKILL), lambda: os.kill(self.pid, 9)):
+        try:
+            os.killpg(self.child, 9)  # the group the solution process was started in
+        except OSError:
+            pass
+        if self.pid > 1:
             try:
-                kill()
-            except (OSError, ValueError):
+                os.kill(self.pid, 9)  # in case it left that group
+            except OSError:
                 pass
+        try:
+            os.waitpid(self.child, os.WNOHANG)
+        except ChildProcessError:
+            pass
         if self.chan is not None:
             for fd in (self.chan.read_fd, self.chan.write_fd):
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self.proc = None
+        self.child = 0
         self.chan = None
         self.pid = 0
 
@@ -171,7 +211,7 @@ class Peer:
 
     def call(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         enc = self.codec.encode
-        self.writeback: Any = None
+        self.writeback = None
         result = self.request(["call", enc(target), enc(list(args)), enc(kwargs)])
         _write_back(self.codec, list(args), kwargs, self.writeback)
         return result
@@ -215,7 +255,7 @@ class Peer:
         if not (isinstance(cls, type) and issubclass(cls, Exception)) or issubclass(cls, _outcomes()):
             cls = _exception_class(qualname.rsplit(".", 1)[-1], base_name)
         try:
-            exc = cls.__new__(cls)
+            exc: BaseException = cls.__new__(cls)
             exc.args = args
         except Exception:
             exc = _exception_class(qualname.rsplit(".", 1)[-1], base_name)(*args)
@@ -229,7 +269,11 @@ def _shape(wire: Any) -> list[Any]:
     """The exported names and the object ids of those that are handles."""
     if type(wire) is not list or len(wire) != 2 or type(wire[1]) is not list:
         return []
-    return [[p[0], p[1][:2] if type(p[1]) is list and p[1][:1] == ["r"] else None] for p in wire[1] if type(p) is list and p]
+    return [
+        [p[0], p[1][:2] if type(p[1]) is list and p[1][:1] == ["r"] else None] for p in wire[1] if type(p) is list and p
+    ]
+
+
 # Where the solution's exceptions may name a class of ours (json.JSONDecodeError...): the standard
 # library, but never a test outcome (unittest.SkipTest would turn a failure into a skip).
 _STDLIB_EXCEPTION_SOURCES = frozenset(getattr(sys, "stdlib_module_names", ())) - {"unittest", "doctest"}
@@ -343,7 +387,8 @@ def _serve_request(codec: Codec, msg: list[Any]) -> Any:
         args = codec.decode(msg[3])
         if type(args) is not list:
             raise WireError("bad op")
-        return _OPS[msg[2]](target, *args)
+        op: Any = _OPS[msg[2]]
+        return op(target, *args)
     raise WireError("unknown request")
 
 
@@ -364,7 +409,8 @@ def _exception_class(name: str, base_name: str) -> type:
 
 
 def _oid(obj: Any) -> list[Any]:
-    return _peer().codec.encode(obj)
+    ref: list[Any] = _peer().codec.encode(obj)
+    return ref
 
 
 def _remote_op(name: str, obj: Any, *args: Any) -> Any:
@@ -433,15 +479,15 @@ class RemoteObject(metaclass=RemoteMeta):
     __bool__ = _unary("bool", bool)
     __str__ = _unary("str", str)
     __repr__ = _unary("repr", str)
-    __hash__ = _unary("hash", int)  # type: ignore[assignment]
+    __hash__ = _unary("hash", int)
     __iter__ = _unary("iter")
     __next__ = _unary("next")
     __getitem__ = _unary("getitem")
     __setitem__ = _unary("setitem")
     __delitem__ = _unary("delitem")
     __contains__ = _unary("contains", bool)
-    __eq__ = _binary("eq")  # type: ignore[assignment]
-    __ne__ = _binary("ne")  # type: ignore[assignment]
+    __eq__ = _binary("eq")
+    __ne__ = _binary("ne")
     __lt__ = _binary("lt")
     __le__ = _binary("le")
     __gt__ = _binary("gt")
@@ -472,7 +518,7 @@ def _make_proxy(oid: int, desc: Any) -> Any:
         cls = _peer().codec.decode(desc[1])
         if not (isinstance(cls, RemoteMeta)):
             cls = RemoteObject
-        return object.__new__(cls)
+        return object.__new__(cls)  # type: ignore[arg-type]
     raise WireError("bad description")
 
 

@@ -237,7 +237,11 @@ class Codec:
             return ["v", "Decimal", str(x)]
         if datetime is not None and t is datetime.timedelta:
             return ["v", "timedelta", [x.days, x.seconds, x.microseconds]]
-        if datetime is not None and (t is datetime.datetime or t is datetime.date) and getattr(x, "tzinfo", None) is None:
+        if (
+            datetime is not None
+            and (t is datetime.datetime or t is datetime.date)
+            and getattr(x, "tzinfo", None) is None
+        ):
             return ["v", t.__name__, x.isoformat()]
         if t is range:
             return ["v", "range", [x.start, x.stop, x.step]]
@@ -348,7 +352,6 @@ class Codec:
         except (ValueError, TypeError, ArithmeticError, OverflowError):
             raise WireError(f"bad {kind}") from None
         raise WireError(f"unknown value kind {kind[:20]!r}")
-
 
     def _decode_numpy(self, kind: str, p: list[Any], d: int) -> Any:
         # Only where numpy is already loaded (the tests imported it), or the peer may import it.

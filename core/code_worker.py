@@ -11,12 +11,12 @@ may replace any of it, and the supervisor assumes it does.
 
 from __future__ import annotations
 
+import _signal
 import builtins
 import importlib.util
 import io
 import operator
 import os
-import signal
 import sys
 import types
 from typing import TYPE_CHECKING
@@ -216,18 +216,37 @@ class _Stdin(io.TextIOBase):
         return list(_ask(["stdin", "readlines", hint]))
 
 
+def forked(req_fd: int, rep_fd: int, box: str, site: str, first_id: int) -> None:
+    """In a child the supervisor forked BEFORE it read any secret: drop everything it inherited."""
+    keep = sorted((req_fd, rep_fd))
+    os.closerange(3, keep[0])
+    os.closerange(keep[0] + 1, keep[1])
+    os.closerange(keep[1] + 1, 1 << 16)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    _detach_and_serve(req_fd, rep_fd, box, site, first_id)
+
+
 def main() -> None:
-    global WORKER
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    """A fresh interpreter (after the first solution process died): argv carries the pipes."""
     req_fd, rep_fd, box, site, first_id = sys.argv[1:6]
+    _detach_and_serve(int(req_fd), int(rep_fd), box, site, int(first_id))
+
+
+def _detach_and_serve(req_fd: int, rep_fd: int, box: str, site: str, first_id: int) -> None:
+    global WORKER
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
     sys.path[0] = box
-    sys.path.extend(d for d in site.split(os.pathsep) if d)
+    sys.path[1:] = [p for p in sys.path[1:] if not p.endswith("/still")]
+    sys.path.extend(d for d in site.split(os.pathsep) if d and d not in sys.path)
     sys.set_int_max_str_digits(0)
-    chan = Channel(int(req_fd), int(rep_fd))
-    WORKER = Worker(chan, box, int(first_id))
+    chan = Channel(req_fd, rep_fd)
+    WORKER = Worker(chan, box, first_id)
     sys.stdout = sys.stderr = WORKER.out
     sys.stdin = _Stdin()
     builtins.input = lambda prompt="": str(_ask(["input", str(prompt)]))

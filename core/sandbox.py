@@ -271,7 +271,9 @@ class Sandbox:
             namespaces = ["--user", "--map-root-user", *namespaces, "--mount-proc"]
         return ["env", "-i", *env_args, "unshare", *namespaces, "--", "/bin/sh", "-c", "\n".join(lines), "sandbox"]
 
-    def _unshare_root_script(self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None) -> list[str]:
+    def _unshare_root_script(
+        self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None
+    ) -> list[str]:
         """Real root: build a fresh root holding only the system and Python dirs (read-only), a
         fresh /dev, /proc and size-capped /tmp, pivot into it and drop the old tree, as bwrap
         does; the code then runs as a leased unprivileged uid with no capabilities."""
@@ -281,8 +283,11 @@ class Sandbox:
             return "'" + path.replace("'", "'\\''") + "'"
 
         def bind_ro(src: str, dst: str) -> list[str]:
-            return [f"mkdir -p {q(root + dst)}", f"mount --bind {q(src)} {q(root + dst)}",
-                    f"mount -o remount,bind,ro,nosuid,nodev {q(root + dst)}"]
+            return [
+                f"mkdir -p {q(root + dst)}",
+                f"mount --bind {q(src)} {q(root + dst)}",
+                f"mount -o remount,bind,ro,nosuid,nodev {q(root + dst)}",
+            ]
 
         lines = ["set -e", "umask 022", f"mount -t tmpfs -o size=4m,mode=755 tmpfs {q(root)}"]
         for d in _SYSTEM_DIRS:
@@ -401,7 +406,9 @@ class Sandbox:
             os.chmod(out_dir, 0o777)
         with contextlib.ExitStack() as stack:
             uid = stack.enter_context(lease_uid()) if self.drop_to_uid else None
-            return self._run(self.command(argv, box_dir, out_dir, limits, uid), limits, box_dir, out_dir, stdin, pass_fds)
+            return self._run(
+                self.command(argv, box_dir, out_dir, limits, uid), limits, box_dir, out_dir, stdin, pass_fds
+            )
 
     def _run(
         self,

@@ -90,6 +90,8 @@ def _harness_files() -> dict[str, bytes]:
             )
             files[os.path.relpath(cached, tmp)] = Path(cached).read_bytes()
     return files
+
+
 MAX_TIME_LIMITS = 2  # stdin/stdout: stop running cases after this many time limits
 
 # Python runs with -S (no site module: the .pth hooks of a venv, editable installs included, cost
@@ -477,9 +479,15 @@ def _run_harness(sb: Sandbox, box: str, spec: _Spec, config: CodeConfig) -> tupl
         "entry_point": spec.entry_point,
         "call_check": call_check,
         "per_test_s": config.timeout_s,
-        "site": list(site_dirs()),
     }
-    argv = [sys.executable, "-S", "-B", "-c", _boot("code_harness", sb.inside(box, "box"))]
+    argv = [
+        sys.executable,
+        "-S",
+        "-B",
+        "-c",
+        _boot("code_harness", sb.inside(box, "box")),
+        os.pathsep.join(site_dirs()),
+    ]
     before = _digest(box)
     res = sb.run(argv, limits=_limits(config, wall), box_dir=box, stdin=json.dumps(request).encode())
     if _digest(box) != before:

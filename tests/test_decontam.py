@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import run_still, data_file
+from conftest import data_file, run_still
 
 from still.core.decontam import (
     DecontamIndex,

@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import run_still, data_file
+from conftest import data_file, run_still
 
 from still.core.decontam import (
     RECORD_BLOCK,

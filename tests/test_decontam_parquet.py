@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_still, data_file
+from conftest import data_file, run_still
 
 
 def test_parquet_benchmark_file(tmp_path) -> None:

@@ -296,7 +296,8 @@ def test_kill_parent_and_init_leave_the_run_intact(sb):
     """The code is never pid 1: kill(getppid(), 9) and kill(1, 9) land on the namespace's init,
     which ignores them (under unshare the code once was pid 1, getppid() was 0 and kill(0, 9)
     killed the caller's process group, the host-side unshare included)."""
-    code = "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.kill(os.getppid(), 9)\nlibc.kill(1, 9)\nprint('alive', os.getpid() != 1)"
+    code = "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.kill(os.getppid(), 9)\nlibc.kill(1, 9)\n"
+    code += "print('alive', os.getpid() != 1)"
     res = sb.run([PY, "-c", code], limits=Limits())
     assert res.exit_code == 0 and res.stdout.split() == [b"alive", b"True"], res
 

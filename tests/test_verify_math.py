@@ -7,7 +7,7 @@ import time
 from fractions import Fraction
 
 import pytest
-from conftest import run_still, data_file
+from conftest import data_file, run_still
 
 from still.core.verify_math import (
     MathChecker,
