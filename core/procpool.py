@@ -10,7 +10,9 @@ so a replacement is ready in milliseconds instead of re-importing SymPy. A task'
 it is handed to a ready worker, never while a worker is still starting.
 
 Results come back in submission order (the caller keeps its own queue of :class:`Task` objects),
-so the output does not depend on the number of workers.
+so the output does not depend on the number of workers. Nor on when the caller looks: a worker
+reports how long each task took, and a task over the cap is a ``timeout`` even when its answer was
+read late (a caller busy elsewhere, e.g. waiting on a code run, cannot turn a timeout into ``ok``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _resolve(path: str) -> Callable[[Any], Any]:
 
 
 def _worker_main(conn: Connection, handler_path: str, memory_mb: int) -> None:
-    """Worker loop: answer ("ok", result) or ("error", message) for each payload until EOF."""
+    """Worker loop: answer ("ok", result, seconds) or ("error", message, seconds) per payload until EOF."""
     if memory_mb > 0:
         try:
             import resource
@@ -70,6 +72,7 @@ def _worker_main(conn: Connection, handler_path: str, memory_mb: int) -> None:
             payload = conn.recv()
         except (EOFError, OSError):
             return
+        started = time.monotonic()
         try:
             reply: tuple[str, Any] = ("ok", handler(payload))
         except MemoryError:
@@ -79,7 +82,7 @@ def _worker_main(conn: Connection, handler_path: str, memory_mb: int) -> None:
         except Exception as exc:  # noqa: BLE001 - reported as the task's error, the worker lives on
             reply = ("error", f"{type(exc).__name__}: {exc}"[:300])
         try:
-            conn.send(reply)
+            conn.send((*reply, time.monotonic() - started))
         except (OSError, ValueError):
             return
 
@@ -182,6 +185,11 @@ class KillablePool:
         task.seconds = time.monotonic() - worker.started
         worker.task = None
 
+    def next_deadline(self) -> float | None:
+        """The monotonic time at which the earliest running task runs out (None when none runs)."""
+        deadlines = [w.deadline for w in self.workers if w.task is not None]
+        return min(deadlines) if deadlines else None
+
     def busy(self) -> bool:
         return bool(self.queue) or any(w.task is not None for w in self.workers)
 
@@ -235,8 +243,10 @@ class KillablePool:
                 worker.ready = True
                 self.failed_starts = 0
             elif worker.task is not None:
-                status, value = msg
-                if status == "ok":
+                status, value, seconds = msg
+                if seconds > self.timeout_s:  # finished, but over the cap: read late, still a timeout
+                    self._finish(worker, "timeout", error=f"over {self.timeout_s:g} s")
+                elif status == "ok":
                     self._finish(worker, "ok", result=value)
                 else:
                     self._finish(worker, "error", error=str(value))
