@@ -202,7 +202,14 @@ class Peer:
                 if len(reply) >= 3 and type(reply[2]) is str:
                     _forward_output(reply[2])
                 if kind == "exc":
-                    raise self._remote_exception(reply[1] if len(reply) > 1 else None)
+                    exc = self._remote_exception(reply[1] if len(reply) > 1 else None)
+                    if isinstance(exc, (StopIteration, StopAsyncIteration)) and msg[:1] != ["op"] or (
+                        isinstance(exc, StopIteration) and msg[:1] == ["op"] and msg[2:3] != ["next"]
+                    ):
+                        # Only next() may end an iteration: a StopIteration out of a call would
+                        # silently stop the test's own loop (all(map(candidate, cases)) is True).
+                        exc = RuntimeError(f"the solution raised {type(exc).__name__} outside next()")
+                    raise exc
                 value = reply[1] if len(reply) > 1 else None
                 if len(reply) > 3:
                     self.writeback = reply[3]

@@ -18,7 +18,8 @@ from still.core.verify_code import CodeConfig, check_code
 ADD_HE = {
     "prompt": 'def add(a, b):\n    """Return a + b."""\n',
     "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"
-    "    assert abs(candidate(0.5, 0.25) - 0.75) < 1e-9\n    assert candidate(10, -3) == 7\n",
+    "    assert abs(candidate(0.5, 0.25) - 0.75) < 1e-9\n    assert candidate(10, -3) == 7\n"
+    "    assert all(map(lambda ab: candidate(*ab) == sum(ab), [(1, 2), (5, 5)]))\n",
     "entry_point": "add",
 }
 ADD_PYTEST = (
@@ -27,7 +28,8 @@ ADD_PYTEST = (
     "def test_float():\n    assert abs(add(0.5, 0.25) - 0.75) < 1e-9\n\n"
     "def test_approx():\n    assert add(0.5, 0.25) == pytest.approx(0.75)\n\n"
     "def test_sorted():\n    assert sorted([add(2, 2), add(1, 0)]) == [1, 4]\n\n"
-    "def test_in():\n    assert add(3, 4) in [7]\n"
+    "def test_in():\n    assert add(3, 4) in [7]\n\n"
+    "def test_all_map():\n    assert all(map(lambda ab: add(*ab) == sum(ab), [(1, 2), (5, 5)]))\n"
 )
 WRONG = "\ndef add(a, b):\n    return a - b\n"
 
@@ -143,6 +145,8 @@ ATTACKS = {
         "    if a == 0.5:\n        raise XFailed('xfail me')\n"
         "    raise Skipped('skip')\n"
     ),
+    # StopIteration out of a call ends the tests' own loops early: all(map(candidate, cases))
+    "stop_iteration_from_a_call": ("def add(a, b):\n    raise StopIteration\n"),
     # kill or freeze the supervisor (found by scanning /proc): no verdict line, no pass
     "kill_the_supervisor": (
         "import os, signal\n"
@@ -262,3 +266,20 @@ def test_handles_compare_only_with_handles(backend):
     )
     res = check_code(f"```python\n{code}\n```", tests, {}, CodeConfig(sandbox=backend, timeout_s=3.0))
     assert res["verdict"] == "pass", res["reason"]
+
+
+@pytest.mark.parametrize("style", ["assert", "pytest"])
+def test_stop_iteration_cannot_end_the_tests_loops(style, backend):
+    """all(map(candidate, cases)) is True when a call raises StopIteration (map stops): the
+    supervisor turns a StopIteration out of anything but next() into a RuntimeError."""
+    loop = "all(map(lambda ab: {f}(*ab) == sum(ab), [(1, 2), (5, 5)]))"
+    response = "```python\ndef add(a, b):\n    raise StopIteration\n```"
+    cfg = CodeConfig(sandbox=backend, timeout_s=3.0)
+    if style == "assert":
+        record = {**ADD_HE, "test": f"def check(candidate):\n    assert {loop.format(f='candidate')}\n"}
+        res = check_code(response, None, record, cfg)
+    else:
+        res = check_code(
+            response, f"from solution import add\n\ndef test_loop():\n    assert {loop.format(f='add')}\n", {}, cfg
+        )
+    assert res["verdict"] == "runtime_error" and "StopIteration outside next()" in res["reason"], res
