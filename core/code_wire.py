@@ -53,6 +53,11 @@ _PLAIN = (type(None), bool, int, float, str)
 _BUILTIN_NAMES: dict[int, str] = {
     id(v): k for k, v in vars(builtins).items() if not k.startswith("_") and (isinstance(v, type) or callable(v))
 }
+# Standard modules the supervisor never imports on the solution's say-so (side effects on import).
+_NO_IMPORT = frozenset(
+    "site this antigravity idlelib turtle turtledemo tkinter pydoc webbrowser readline rlcompleter code "
+    "pdb trace cProfile profile test lib2to3 ensurepip venv".split()
+)
 _NUMPY_KINDS = "biufcUS"  # bool, ints, floats, complex, str, bytes: never object arrays
 _FACTORIES = {"int": int, "list": list, "set": set, "str": str, "float": float, "dict": dict}
 
@@ -111,7 +116,8 @@ def resolve_global(module: str, qualname: str, *, import_new: bool) -> Any:
     mod = sys.modules.get(module)
     if mod is None:
         top = module.split(".")[0]
-        if not import_new and top not in getattr(sys, "stdlib_module_names", ()):
+        stdlib = top in getattr(sys, "stdlib_module_names", ()) and top not in _NO_IMPORT
+        if not import_new and (not stdlib or top.startswith("_")):
             raise WireError(f"module {module!r} is not available")
         try:
             mod = importlib.import_module(module)
