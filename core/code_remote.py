@@ -203,8 +203,10 @@ class Peer:
                     _forward_output(reply[2])
                 if kind == "exc":
                     exc = self._remote_exception(reply[1] if len(reply) > 1 else None)
-                    if isinstance(exc, (StopIteration, StopAsyncIteration)) and msg[:1] != ["op"] or (
-                        isinstance(exc, StopIteration) and msg[:1] == ["op"] and msg[2:3] != ["next"]
+                    if (
+                        isinstance(exc, (StopIteration, StopAsyncIteration))
+                        and msg[:1] != ["op"]
+                        or (isinstance(exc, StopIteration) and msg[:1] == ["op"] and msg[2:3] != ["next"])
                     ):
                         # Only next() may end an iteration: a StopIteration out of a call would
                         # silently stop the test's own loop (all(map(candidate, cases)) is True).
