@@ -4,7 +4,8 @@ Not imported by still: verify_code copies it, with code_wire.py, code_remote.py 
 code_worker.py, into the read-only box under ``still/``; the model's code is ``solution.py``
 next to that folder.
 
-argv: code_harness.py   (everything else arrives on stdin, as one JSON object)
+argv: python -c "...; import code_harness; code_harness.main()" SITE_DIRS
+(everything else arrives on stdin, as one JSON object)
   nonce        the per-run secret that marks the verdict line
   mode         "assert" (HumanEval: check(candidate)) or "pytest" (KodCode test file)
   tests        the reference test code (never written where the solution could read it)
