@@ -19,7 +19,7 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
-from code_wire import Channel, Codec, PeerGone, PeerTimeout, WireError, exception_info
+from code_wire import PROTOCOL_OPS, Channel, Codec, PeerGone, PeerTimeout, WireError, exception_info
 
 if TYPE_CHECKING:
     from typing import Any
@@ -344,25 +344,8 @@ _OPAQUE = (
     types.CodeType,
     types.CellType,
 )
-_OPS = {
-    "len": len,
-    "bool": bool,
-    "str": str,
-    "repr": repr,
-    "hash": hash,
-    "iter": iter,
-    "next": next,
-    "getitem": lambda o, k: o[k],
-    "setitem": lambda o, k, v: o.__setitem__(k, v),
-    "delitem": lambda o, k: o.__delitem__(k),
-    "contains": lambda o, k: k in o,
-    "eq": lambda o, x: o == x,
-    "ne": lambda o, x: o != x,
-    "lt": lambda o, x: o < x,
-    "le": lambda o, x: o <= x,
-    "gt": lambda o, x: o > x,
-    "ge": lambda o, x: o >= x,
-}
+# what the solution may do to objects the tests passed it (no arithmetic on the tests' objects)
+_OPS = {k: v for k, v in PROTOCOL_OPS.items() if k not in ("add", "sub", "mul")}
 
 
 def _serve_request(codec: Codec, msg: list[Any]) -> Any:

@@ -23,6 +23,7 @@ import builtins
 import collections
 import importlib
 import json
+import operator
 import os
 import select
 import sys
@@ -35,6 +36,31 @@ if TYPE_CHECKING:  # both processes pay for every import at each run: keep them 
 
 MAX_LINE = 64 << 20  # bytes per message
 MAX_DEPTH = 200
+
+
+# The protocol operations either side may ask of the other's objects (by name, never a dunder).
+PROTOCOL_OPS: dict[str, Callable[..., Any]] = {
+    "len": len,
+    "bool": bool,
+    "str": str,
+    "repr": repr,
+    "hash": hash,
+    "iter": iter,
+    "next": next,
+    "getitem": operator.getitem,
+    "setitem": operator.setitem,
+    "delitem": operator.delitem,
+    "contains": operator.contains,
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+}
 
 
 class WireError(Exception):

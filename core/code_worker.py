@@ -15,39 +15,17 @@ import _signal
 import builtins
 import importlib.util
 import io
-import operator
 import os
 import sys
 import types
 from typing import TYPE_CHECKING
 
-from code_wire import Channel, Codec, exception_info
+from code_wire import PROTOCOL_OPS, Channel, Codec, exception_info
 
 if TYPE_CHECKING:
     from typing import Any
 
-_OPS: dict[str, Any] = {
-    "len": len,
-    "bool": bool,
-    "str": str,
-    "repr": repr,
-    "hash": hash,
-    "iter": iter,
-    "next": next,
-    "getitem": operator.getitem,
-    "setitem": operator.setitem,
-    "delitem": operator.delitem,
-    "contains": operator.contains,
-    "eq": operator.eq,
-    "ne": operator.ne,
-    "lt": operator.lt,
-    "le": operator.le,
-    "gt": operator.gt,
-    "ge": operator.ge,
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
-}
+_OPS = PROTOCOL_OPS
 _OUT_CAP = 1 << 20
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SANDBOXES, assert_no_sandbox_survivors
+from conftest import SANDBOXES, assert_no_sandbox_survivors, processes_with
 
 from still.core import sandbox as sandbox_mod
 from still.core.errors import StillError, UsageError
@@ -40,17 +40,7 @@ def no_survivors():
 
 
 def _survivors(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    return processes_with("cmdline", marker.encode())  # the marker is one argv item
 
 
 def _assert_no_survivors(marker: str) -> None:
