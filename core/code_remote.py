@@ -467,26 +467,20 @@ class RemoteObject(metaclass=RemoteMeta):
     def __deepcopy__(self, memo: Any) -> Any:
         return self
 
+    # The object's own protocols run in the solution process (results type-checked);
+    # comparisons and arithmetic only against another handle (see the module docstring).
     __len__ = _unary("len", int)
     __bool__ = _unary("bool", bool)
     __str__ = _unary("str", str)
     __repr__ = _unary("repr", str)
     __hash__ = _unary("hash", int)
-    __iter__ = _unary("iter")
-    __next__ = _unary("next")
-    __getitem__ = _unary("getitem")
-    __setitem__ = _unary("setitem")
-    __delitem__ = _unary("delitem")
     __contains__ = _unary("contains", bool)
-    __eq__ = _binary("eq")
-    __ne__ = _binary("ne")
-    __lt__ = _binary("lt")
-    __le__ = _binary("le")
-    __gt__ = _binary("gt")
-    __ge__ = _binary("ge")
-    __add__ = _binary("add")
-    __sub__ = _binary("sub")
-    __mul__ = _binary("mul")
+
+
+for _name in ("iter", "next", "getitem", "setitem", "delitem"):
+    setattr(RemoteObject, f"__{_name}__", _unary(_name))
+for _name in ("eq", "ne", "lt", "le", "gt", "ge", "add", "sub", "mul"):
+    setattr(RemoteObject, f"__{_name}__", _binary(_name))
 
 
 class RemoteFunction(RemoteObject):
