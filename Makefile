@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STILL := $(VENV)/bin/still
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint typecheck pytest venv docs clean bench
+.PHONY: demo test lint typecheck pytest prereqs venv docs clean bench
 
 # The venv is (re)built when missing or when pyproject.toml changes. torch==2.13.0 comes first
 # where no torch is present, so nothing later can pull a multi-GB CUDA build from PyPI.
@@ -36,7 +36,13 @@ typecheck: venv
 	ln -sfn ../../../still/__main__.py build/typecheck/still/__main__.py
 	MYPYPATH=build/typecheck $(VENV)/bin/mypy -p still
 
-pytest: venv
+# The tests start a real redis-server and sandbox model code with bubblewrap: name what is missing.
+prereqs:
+	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	if [ -n "$$missing" ]; then echo "make test needs:$$missing (Debian/Ubuntu: apt-get install$$missing)" >&2; exit 1; fi
+
+pytest: venv prereqs
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest

@@ -12,7 +12,9 @@ ones measure CPU cost.
 
     python bench/verify_code.py [--runs 100] [--sandbox auto] [--jobs N]
 
-Goals (issue #5): >= 20 sandboxed runs/s/core, setup <= 15 ms.
+Goals (issue #5): >= 20 sandboxed runs/s/core, setup <= 15 ms. Issue #8 moved assert/pytest-style
+checks to a trusted supervisor plus a separate solution process: the HumanEval-style line measures
+that path (goal still >= 20 runs/s/core).
 """
 
 from __future__ import annotations
@@ -72,6 +74,18 @@ def main() -> None:
         res = check_code(f"```python\n{code}\n```", {"inputs": [""], "outputs": [expected]}, {}, CodeConfig())
         assert res["verdict"] == "pass", res
 
+    def verified_assert(code: str) -> None:
+        # HumanEval style: the trusted supervisor runs check(candidate), the solution answers
+        # from its own process (two interpreters per run instead of one).
+        n = int(code.split("range(")[1].split(")")[0])
+        record = {
+            "test": f"def check(candidate):\n    assert candidate({n}) == {sum(i * i for i in range(n)) % 1000003}\n",
+            "entry_point": "f",
+        }
+        solution = "def f(n):\n    return sum(i * i for i in range(n)) % 1000003\n"
+        res = check_code(f"```python\n{solution}```", None, record, CodeConfig(sandbox=args.sandbox))
+        assert res["verdict"] == "pass", res
+
     base = measure("unsandboxed subprocess (python -c)", plain, items)
     base_s = measure("unsandboxed subprocess (python -S -c)", plain_s, items)
     ours = measure(f"sandboxed ({sb.backend}, python -S -c)", boxed, items)
@@ -83,7 +97,9 @@ def main() -> None:
     print(f"sandboxed / unsandboxed: {ours / base:.2f}x runs/s (vs python -S: {ours / base_s:.2f}x)")
     print(f"concurrent, per core ({cores} cores): sandboxed {ours_par / cores:.1f} runs/s/core, ", end="")
     print(f"unsandboxed -S {base_par / cores:.1f} runs/s/core ({ours_par / base_par:.2f}x)")
+    he_par = measure(f"check_code, HumanEval style, {args.jobs} concurrent", verified_assert, items, args.jobs)
     print(f"check_code / unsandboxed: {e2e / base:.2f}x runs/s")
+    print(f"HumanEval-style check_code (supervisor + solution process): {he_par / cores:.1f} runs/s/core (goal >= 20)")
     print(f"sandbox setup overhead: {overhead:.1f} ms (goal <= 15 ms); ", end="")
     print(f"sequential sandboxed runs/s: {ours:.1f}, ", end="")
     print(f"concurrent {ours_par / cores:.1f} runs/s/core (goal >= 20); load average {os.getloadavg()[0]:.1f}")

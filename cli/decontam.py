@@ -206,7 +206,9 @@ def index_group() -> None:
 
     An index is a directory: manifest.json (benchmarks with file checksums, item counts, format and
     normalisation versions, a checksum of the arrays) and index.npz (64-bit token hashes and token-id
-    sequences; no benchmark text). `still decontam --index DIR` uses it, e.g. in cron runs.
+    sequences). It saves size and time, it does not keep the benchmarks secret: the hashes are
+    unsalted and in order, so a word list recovers most of the text. `still decontam --index DIR`
+    uses it, e.g. in cron runs.
     """
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from still.cli._common import StreamOptions, run_stream, stream_options
@@ -75,6 +77,11 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     "after the output is complete.",
 )
 @click.option(
+    "--wait",
+    is_flag=True,
+    help="When another run holds the --state directory, wait for it instead of failing (exit 1).",
+)
+@click.option(
     "--redis",
     "redis_url",
     metavar="URL",
@@ -104,6 +111,7 @@ def command(
     mark: bool,
     clusters_path: str | None,
     state_dir: str | None,
+    wait: bool,
     redis_url: str | None,
     redis_prefix: str,
     block_size: int,
@@ -146,9 +154,17 @@ def command(
         redis_prefix=redis_prefix,
         block_size=block_size,
         fields=stream.fields(),
+        wait=wait,
     )
     if explain:
         b, r = config.lsh_params()
         click.echo(mh.explain(threshold, num_perm, b, r), err=True)
         return
-    run_stream("dedup", stream, lambda records, stats: dedup(records, config, stats))
+    # --state is saved only after the output has been written and renamed (on_success).
+    pending: list[Callable[[], None]] = []
+
+    def commit(stats: object) -> None:
+        for save in pending:
+            save()
+
+    run_stream("dedup", stream, lambda records, stats: dedup(records, config, stats, pending), on_success=commit)

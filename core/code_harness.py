@@ -1,215 +1,159 @@
-"""The test harness that runs INSIDE the sandbox (stdlib only; pytest only when the tests use it).
+"""The trusted test supervisor that runs INSIDE the sandbox (stdlib only; pytest when the tests use it).
 
-Not imported by still: verify_code copies this file into the read-only box as ``harness.py``,
-next to ``solution.py`` (the model's code) and ``test_solution.py`` (the reference tests).
+Not imported by still: verify_code copies it, with code_wire.py, code_remote.py and
+code_worker.py, into the read-only box under ``still/``; the model's code is ``solution.py``
+next to that folder.
 
-argv: harness.py MODE NONCE_FD PER_TEST_S ENTRY_POINT CALL_CHECK SITE_DIRS
-  MODE assert: exec the tests in the solution's namespace (HumanEval); call check(ENTRY_POINT)
-               when the tests define check() without calling it.
-  MODE pytest: import test_solution (KodCode convention) and call every test function/method
-               itself: no pytest runner the solution could patch.
+argv: python -c "...; import code_harness; code_harness.main()" SITE_DIRS
+(everything else arrives on stdin, as one JSON object)
+  nonce        the per-run secret that marks the verdict line
+  mode         "assert" (HumanEval: check(candidate)) or "pytest" (KodCode test file)
+  tests        the reference test code (never written where the solution could read it)
+  prompt       assert mode: the task's prompt, executed HERE so its helpers are trusted
+  entry_point, call_check, per_test_s, site
 
-Only after every test has run does it read the per-run nonce from NONCE_FD (a pipe the host wrote)
-and print one line, ``NONCE <json>``. A solution that exits early, crashes the interpreter or
-kills its parent never lets that line appear, so it cannot pass. Builtins, unittest and pytest are
-snapshotted before the solution is imported and compared afterwards: a solution that patches them
-fails.
+The verdict is decided in this process, which the solution cannot reach: the solution runs in a
+separate process (code_worker.py) started after the nonce and the tests have been read and
+stdin closed, with nothing inherited but two pipes; this process is not dumpable (no ptrace, no
+/proc/PID/mem, fd or environ for the solution) and blocks every signal it can, so the solution
+can only kill or stop it, which loses the verdict line and fails the run. What crosses back is
+plain data or handles (code_wire.py, code_remote.py). The tests run here, against stand-ins.
 """
 
 from __future__ import annotations
 
-import ast
-import builtins
-import importlib.util
-import inspect
+import _signal
 import io
-import itertools
 import json
 import os
-import signal
 import sys
-import tempfile
-import traceback
+import time
 import types
-from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
-BOX = os.path.dirname(os.path.abspath(__file__))
-SOLUTION_FILE = os.path.join(BOX, "solution.py")
-TEST_FILE = os.path.join(BOX, "test_solution.py")
+# inspect, ast, tempfile... are imported where pytest mode needs them: every import here is paid
+# on each run of an assert-style check.
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
+import code_remote
+from code_remote import Peer, SolutionFailed, contains_handles
 
-class TestTimeout(BaseException):
-    """Raised by the per-test timer (an outer wall-clock limit catches C-level hangs)."""
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise TestTimeout(f"test took longer than {PER_TEST_S} s")
-
-
+HERE = os.path.dirname(os.path.abspath(__file__))
+BOX = os.path.dirname(HERE)
+TEST_FILE = os.path.join(BOX, "test_solution.py")  # a name for tracebacks: the file never exists
 PER_TEST_S = 6.0
-_GUARDED: dict[str, dict[str, Any]] = {}
+TEST_CODE = ""
 
 
-def _snapshot() -> dict[str, dict[str, Any]]:
-    snap = {"builtins": dict(vars(builtins))}
-    for name in ("unittest", "unittest.case", "pytest", "_pytest.python_api", "_pytest.outcomes"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            snap[name] = dict(vars(mod))
-            snap["sys.modules"] = {**snap.get("sys.modules", {}), name: mod}
+def _outcome(kind: str) -> tuple[type, ...]:
+    """pytest's and unittest's outcome classes, by identity (never by a name the solution picks)."""
+    found: list[type] = []
+    outcomes = sys.modules.get("_pytest.outcomes")
+    if outcomes is not None:
+        name = {"skip": "Skipped", "xfail": "XFailed", "fail": "Failed"}[kind]
+        found.append(getattr(outcomes, name))
     case = sys.modules.get("unittest.case")
-    if case is not None:
-        snap["TestCase"] = dict(vars(case.TestCase))
-    return snap
-
-
-def _tampered(snap: dict[str, dict[str, Any]]) -> str | None:
-    for key, before in snap.items():
-        if key == "sys.modules":
-            now: dict[str, Any] = {n: sys.modules.get(n) for n in before}
-        elif key == "TestCase":
-            now = dict(vars(sys.modules["unittest.case"].TestCase))
-        elif key == "builtins":
-            now = dict(vars(builtins))
-        else:
-            mod = sys.modules.get(key)
-            now = dict(vars(mod)) if mod is not None else {}
-        changed = [k for k, v in before.items() if now.get(k, _MISSING) is not v]
-        if changed:
-            return f"{key} changed while the solution ran ({', '.join(sorted(changed)[:5])})"
-    return None
-
-
-_MISSING = object()
+    if kind == "skip" and case is not None:
+        found.append(case.SkipTest)
+    return tuple(c for c in found if isinstance(c, type))
 
 
 def _classify(exc: BaseException) -> str:
-    name = type(exc).__name__
-    if isinstance(exc, AssertionError) or name in ("Failed", "DidNotRaise"):
+    if isinstance(exc, SolutionFailed):
+        return str(exc.verdict)
+    if isinstance(exc, AssertionError) or isinstance(exc, _outcome("fail")):
         return "wrong_answer"
     if isinstance(exc, MemoryError):
         return "memory_limit"
-    if isinstance(exc, TestTimeout):
-        return "time_limit"
     return "runtime_error"
 
 
 def _short(exc: BaseException) -> str:
-    lines = traceback.format_exception_only(type(exc), exc)
-    text = "".join(lines).strip()
+    if isinstance(exc, SolutionFailed):
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text[-500:]
 
 
 def _run(name: str, fn: Callable[[], Any]) -> dict[str, Any]:
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, PER_TEST_S)
+    """Run one test; a solution process that died or hung during it decides the verdict."""
+    peer = code_remote.PEER
+    if peer is not None:
+        peer.deadline = time.monotonic() + PER_TEST_S
+        if peer.generation > 0 and (peer.failure is not None or peer.chan is None):
+            try:
+                peer.start()  # a fresh solution process after a crash or a time limit
+            except BaseException as exc:
+                return {"name": name, "verdict": _classify(exc), "error": _short(exc)}
     try:
         fn()
         verdict: dict[str, Any] = {"name": name, "verdict": "pass"}
     except BaseException as exc:  # SystemExit included: a test that exits has not passed
-        kind = type(exc).__name__
-        if kind in ("Skipped", "SkipTest"):
+        if isinstance(exc, _outcome("skip")):
             verdict = {"name": name, "verdict": "skipped"}
-        elif kind == "XFailed":
+        elif isinstance(exc, _outcome("xfail")):
             verdict = {"name": name, "verdict": "pass"}
         else:
             verdict = {"name": name, "verdict": _classify(exc), "error": _short(exc)}
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    if peer is not None and peer.failure is not None:
+        # the test may have caught what the solution's death raised: it still did not pass
+        verdict = {"name": name, "verdict": peer.failure.verdict, "error": str(peer.failure)}
     return verdict
 
 
 # ----------------------------------------------------------------------------------- assert mode
-# Dunders through which a returned object could make a comparison in the tests succeed whatever
-# its value ("always equal" objects, a subtraction that is always 0, a truthiness that lies).
-_RIGGABLE = frozenset(
-    "__eq__ __ne__ __lt__ __le__ __gt__ __ge__ __bool__ __len__ __contains__ __hash__ __sub__ __rsub__ "
-    "__abs__ __float__ __int__ __index__ __round__ __iter__ __getitem__".split()
-)
-
-
 class RiggedResult(AssertionError):
-    """The candidate returned an object of its own class that overrides comparisons."""
+    """The candidate returned one of its own objects where HumanEval expects plain data."""
 
 
-def _rigged(value: Any, depth: int = 0) -> str | None:
-    for klass in type(value).__mro__:
-        if getattr(klass, "__module__", None) == "solution":
-            hooks = sorted(_RIGGABLE & set(vars(klass)))
-            if hooks:
-                return f"returned a {type(value).__name__} whose class overrides {', '.join(hooks[:3])}"
-    if depth < 3:
-        items: Any = ()
-        if isinstance(value, (list, tuple, set, frozenset)):
-            items = value
-        elif isinstance(value, dict):
-            items = itertools.chain(value.keys(), value.values())
-        for item in itertools.islice(items, 10000):
-            found = _rigged(item, depth + 1)
-            if found:
-                return found
-    return None
-
-
-def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The entry point, checked on every return: HumanEval answers are plain values."""
+def _guarded(remote: Any) -> Callable[..., Any]:
+    """The entry point as the tests call it: a call into the solution process, plain data back."""
 
     def candidate(*args: Any, **kwargs: Any) -> Any:
-        result = fn(*args, **kwargs)
-        problem = _rigged(result)
-        if problem:
-            raise RiggedResult(problem)
+        result = remote(*args, **kwargs)
+        found = contains_handles(result)
+        if found:
+            raise RiggedResult(f"returned a {found} object of its own, not plain data")
         return result
 
     return candidate
 
 
-def _load_module(name: str, path: str) -> Any:
-    """Import the file at ``path`` as module ``name`` (registered, so tests can import it)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_assert(entry_point: str | None, call_check: bool) -> list[dict[str, Any]]:
+def run_assert(prompt: str, entry_point: str | None, call_check: bool, peer: Peer) -> list[dict[str, Any]]:
     holder: dict[str, Any] = {}
 
     def load() -> None:
-        holder["ns"] = dict(vars(_load_module("solution", SOLUTION_FILE)))
+        holder["exports"] = peer.start()
 
-    snap = _snapshot()
     loaded = _run("import solution", load)
     if loaded["verdict"] != "pass":
         loaded["name"] = "check"
         return [loaded]
-    problem = _tampered(snap)
-    if problem:
-        return [{"name": "check", "verdict": "runtime_error", "error": problem}]
 
     def test() -> None:
-        ns = holder["ns"]
-        ns["__name__"] = "__still_tests__"
-        if entry_point and callable(ns.get(entry_point)):
-            ns[entry_point] = _guarded(ns[entry_point])
-        with open(TEST_FILE, encoding="utf-8") as f:
-            code = compile(f.read(), TEST_FILE, "exec")
-        exec(code, ns)
+        ns: dict[str, Any] = {"__name__": "__still_tests__"}
+        if prompt:
+            try:  # the prompt's helpers (poly, encode_cyclic...) are the dataset's: run them here
+                exec(compile(prompt, os.path.join(BOX, "prompt.py"), "exec"), ns)
+            except Exception:
+                pass
+        exports = holder["exports"]
+        if entry_point and entry_point in exports:
+            ns[entry_point] = _guarded(exports[entry_point])
+        elif entry_point:
+            ns.pop(entry_point, None)
+        exec(compile(TEST_CODE, TEST_FILE, "exec"), ns)
         if call_check:
-            if entry_point not in ns:
+            if not entry_point or entry_point not in ns:
                 raise NameError(f"the solution does not define {entry_point!r}")
             ns["check"](ns[entry_point])
 
-    result = _run("check", test)
-    problem = _tampered(snap)
-    if problem:
-        result = {"name": "check", "verdict": "runtime_error", "error": problem}
-    return [result]
+    return [_run("check", test)]
 
 
+# ----------------------------------------------------------------------------------- pytest mode
 # ----------------------------------------------------------------------------------- pytest mode
 class _Capture:
     """A minimal capsys/capfd: swaps sys.stdout/sys.stderr for buffers."""
@@ -258,6 +202,9 @@ class _Resolver:
         self.teardown: list[Callable[[], Any]] = []
 
     def value(self, name: str) -> Any:
+        import inspect
+        import tempfile
+
         if name in self.cache:
             return self.cache[name]
         if name in self.fixtures:
@@ -288,6 +235,8 @@ class _Resolver:
         return value
 
     def call(self, fn: Callable[..., Any], given: dict[str, Any]) -> Any:
+        import inspect
+
         kwargs = {}
         for pname, param in inspect.signature(fn).parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -336,6 +285,8 @@ def _param_sets(marks: list[Any]) -> list[dict[str, Any]]:
         combos.append(sets)
     if not combos:
         return [{}]
+    import itertools
+
     return [dict(kv for d in prod for kv in d.items()) for prod in itertools.product(*combos)]
 
 
@@ -351,6 +302,8 @@ def _skipped(marks: list[Any]) -> bool:
 
 def _collect(module: types.ModuleType) -> Iterator[tuple[str, Callable[[_Resolver, dict[str, Any]], Any], list[Any]]]:
     """(name, runner, marks) for every test defined in the test file itself, in file order."""
+    import inspect
+
     for name, obj in list(vars(module).items()):
         if inspect.isfunction(obj) and name.startswith("test") and obj.__code__.co_filename == TEST_FILE:
             yield name, _function_runner(obj), _marks(obj)
@@ -375,6 +328,8 @@ def _function_runner(fn: Callable[..., Any]) -> Callable[[_Resolver, dict[str, A
 
 def _settle(result: Any) -> Any:
     """Run an async test to completion; refuse yield tests (pytest removed them)."""
+    import inspect
+
     if inspect.iscoroutine(result):
         import asyncio
 
@@ -421,9 +376,10 @@ def _method_runner(cls: type, meth_name: str, is_case: bool) -> Callable[[_Resol
 
 def _declared_tests() -> list[str]:
     """Test names from the file's syntax, for reporting when the module cannot even be imported."""
+    import ast
+
     try:
-        with open(TEST_FILE, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
+        tree = ast.parse(TEST_CODE)
     except (SyntaxError, ValueError):
         return ["test_solution"]
     names = []
@@ -437,28 +393,31 @@ def _declared_tests() -> list[str]:
     return names or ["test_solution"]
 
 
-def run_pytest() -> list[dict[str, Any]]:
-    with open(TEST_FILE, encoding="utf-8", errors="replace") as f:
-        uses_pytest = "pytest" in f.read()
-    if uses_pytest:  # imported before the solution, so a solution that patches it is caught
+def run_pytest(peer: Peer) -> list[dict[str, Any]]:
+    if "pytest" in TEST_CODE:
         try:
             import pytest  # noqa: F401
         except ImportError:
             pass
     import unittest  # noqa: F401
 
-    snap = _snapshot()
     holder: dict[str, Any] = {}
 
     def load() -> None:
-        holder["module"] = _load_module("test_solution", TEST_FILE)
+        exports = peer.start()
+        solution = types.ModuleType("solution")
+        solution.__dict__.update(exports)
+        solution.__all__ = list(exports)  # type: ignore[attr-defined]
+        sys.modules["solution"] = solution
+        module = types.ModuleType("test_solution")
+        module.__file__ = TEST_FILE
+        sys.modules["test_solution"] = module
+        exec(compile(TEST_CODE, TEST_FILE, "exec"), module.__dict__)
+        holder["module"] = module
 
     loaded = _run("import", load)
-    problem = _tampered(snap)
-    if loaded["verdict"] != "pass" or problem:
-        error = problem or loaded.get("error", "")
-        verdict = "runtime_error" if problem else loaded["verdict"]
-        return [{"name": n, "verdict": verdict, "error": error} for n in _declared_tests()]
+    if loaded["verdict"] != "pass":
+        return [{"name": n, "verdict": loaded["verdict"], "error": loaded.get("error", "")} for n in _declared_tests()]
     module = holder["module"]
     fixtures: dict[str, tuple[Callable[..., Any], bool]] = {}
     for name, obj in vars(module).items():
@@ -484,34 +443,73 @@ def run_pytest() -> list[dict[str, Any]]:
                     resolver.close()
 
             result = _run(label, one)
-            problem = _tampered(snap)
-            if problem:
-                result = {"name": label, "verdict": "runtime_error", "error": problem}
             if result["verdict"] != "skipped":
                 results.append(result)
     return results
 
 
+class _Discard(io.TextIOBase):
+    """sys.stdout/sys.stderr of the supervisor outside capsys: the real fd 1 carries the verdict only."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+def _harden() -> None:
+    """No ptrace, /proc/PID/mem, fd or environ for the solution; no signal but KILL/STOP lands."""
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals() - {_signal.SIGKILL, _signal.SIGSTOP})
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE, 0
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+    except (OSError, AttributeError) as exc:
+        os.write(2, f"still harness: cannot make the supervisor undumpable: {exc}\n".encode())
+        os._exit(70)
+
+
 def main() -> None:
-    global PER_TEST_S
-    mode, nonce_fd, per_test = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    entry_point = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
-    call_check = len(sys.argv) > 5 and sys.argv[5] == "1"
-    PER_TEST_S = per_test
-    sys.path.insert(0, BOX)
-    if len(sys.argv) > 6:  # run with -S: site-packages come last, as site would add them
-        sys.path.extend(d for d in sys.argv[6].split(os.pathsep) if d)
-    results = run_assert(entry_point, call_check) if mode == "assert" else run_pytest()
-    # Every test has run: only now is the nonce read and printed.
-    nonce = os.read(nonce_fd, 256).decode("ascii", "replace").strip()
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            if stream is not None:
-                stream.flush()
-        except BaseException:
-            pass
+    global PER_TEST_S, TEST_CODE
+    _harden()
+    site = [d for d in sys.argv[1].split(os.pathsep) if d] if len(sys.argv) > 1 else []
+    sys.path.extend(site)
+    boot_worker = f"import sys; sys.path[0] = {HERE!r}; import code_worker; code_worker.main()"
+    peer = code_remote.PEER = Peer(BOX, site, boot_worker)
+    peer.prefork()  # before any secret is read
+    chunks = []
+    while True:
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    spec = json.loads(b"".join(chunks))
+    nonce = str(spec.pop("nonce"))
+    verdict_fd = os.dup(1)
+    sink = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sink, 1)
+    os.close(sink)
+    sys.stdout = sys.stderr = _Discard()
+    sys.set_int_max_str_digits(0)
+    PER_TEST_S = float(spec["per_test_s"])
+    TEST_CODE = str(spec["tests"])
+    try:
+        if spec["mode"] == "assert":
+            results = run_assert(
+                str(spec.get("prompt") or ""), spec.get("entry_point"), bool(spec.get("call_check")), peer
+            )
+        else:
+            results = run_pytest(peer)
+    finally:
+        peer.stop()
     line = "\n" + nonce + " " + json.dumps({"results": results}) + "\n"
-    os.write(1, line.encode("utf-8", "replace"))
+    os.write(verdict_fd, line.encode("utf-8", "replace"))
     os._exit(0)
 
 

@@ -7,8 +7,9 @@ How it works (README "still decontam" has the user-facing version):
   commands (``\\left``, ``\\displaystyle``, ``\\text`` ...) are dropped; ``\\dfrac``/``\\tfrac`` read as
   ``\\frac`` (and a few more aliases); numbers lose leading zeros (AIME's ``023`` is ``23``); other
   scripts go through NFKC and common maths symbols become their LaTeX names (``×`` is ``times``).
-* **Index.** Each benchmark item becomes a sequence of token ids; tokens are stored only as 64-bit
-  xxh3 hashes, so an index file holds no benchmark text.
+* **Index.** Each benchmark item becomes a sequence of token ids; tokens are stored as unsalted
+  64-bit xxh3 hashes, in order. That is for size and speed (no re-tokenising the benchmarks per
+  run), not confidentiality: hashing a word list recovers most of the text.
 * **Candidates.** Every record is cut into word 5-grams with numbers masked; an item sharing enough
   of its (non-boilerplate) 5-grams becomes a candidate. Short items are probed by their exact tokens
   when their rarest token occurs.
@@ -787,7 +788,8 @@ class DecontamIndex:
     """Benchmark items as token-id sequences, plus the tables matching runs on.
 
     Persisted as a directory: ``manifest.json`` (benchmarks, checksums, parameters, versions) and
-    ``index.npz`` (token hashes, id sequences, item ids as JSON). No benchmark text is stored.
+    ``index.npz`` (token hashes, id sequences, item ids as JSON). No text in clear, but not secret:
+    the hashes are unsalted and ordered, so a word list recovers most of the benchmark text.
     """
 
     def __init__(
@@ -902,7 +904,7 @@ class DecontamIndex:
             "format_version": INDEX_VERSION,
             "still_version": __version__,
             "normalise_version": NORMALISE_VERSION,
-            "token_hash": "xxh3_64 of the canonical token (no benchmark text stored)",
+            "token_hash": "xxh3_64 of the canonical token (unsalted: not confidential)",
             "benchmarks": self.benchmarks,
             "items": self.n_items,
             "vocabulary": len(self.vocab_hashes),

@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -71,6 +71,7 @@ class DedupConfig:
     redis_prefix: str = "still:dedup"
     block_size: int = 2048
     fields: Fields = field(default_factory=Fields)
+    wait: bool = False  # --state held by another run: wait for it (else fail at once)
 
     def __post_init__(self) -> None:
         if self.key not in KEYS:
@@ -201,7 +202,9 @@ class MemoryIndex:
         self.state_dir = config.state_dir
         self._tmp: str | None = None
         offsets = None
+        self._lock: int | None = None
         if self.state_dir:
+            self._lock = _lock_state(self.state_dir, config.wait)  # before reading: see what the last run left
             offsets = self._load_state(self.state_dir)
             store_path = os.path.join(self.state_dir, "shingles.bin")
         else:
@@ -324,6 +327,9 @@ class MemoryIndex:
 
     def close(self, success: bool) -> None:
         self.store.close()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -690,12 +696,23 @@ class Deduper:
                 "responses per query, or --key query+response to drop only repeated pairs"
             )
 
-    def finish(self, success: bool) -> None:
-        if success and isinstance(self.index, MemoryIndex) and self.index.state_dir:
-            self.index.save()
+    def finish(self, success: bool, commit_later: list[Callable[[], None]] | None = None) -> None:
+        """Close the index; a --state index is saved on success, or, given ``commit_later``, by
+        the callback put there (the caller runs it once its output is in place)."""
         if isinstance(self.index, MemoryIndex):
             self.stats.extra["index_bytes"] = self.index.nbytes
-        self.index.close(success)
+        index = self.index
+        if success and isinstance(index, MemoryIndex) and index.state_dir:
+            if commit_later is not None:
+
+                def commit() -> None:
+                    index.save()
+                    index.close(True)
+
+                commit_later.append(commit)
+                return
+            index.save()
+        index.close(success)
 
     def write_clusters(self) -> None:
         if self.clusters is None or not self.config.clusters_path:
@@ -726,8 +743,17 @@ def _priority(config: DedupConfig, rec: Record, key_text: str) -> tuple[float, i
     return (-float(value), tie)
 
 
-def dedup(records: Iterable[Record], config: DedupConfig, stats: RunStats) -> Iterator[Record]:
-    """Yield the records to keep (all of them, annotated, with ``mark``), in input order."""
+def dedup(
+    records: Iterable[Record],
+    config: DedupConfig,
+    stats: RunStats,
+    commit_later: list[Callable[[], None]] | None = None,
+) -> Iterator[Record]:
+    """Yield the records to keep (all of them, annotated, with ``mark``), in input order.
+
+    With ``commit_later`` a --state index is not saved when the records run out: a callback that
+    saves it is appended there, for the caller to run after the output has been written and
+    renamed (else a failed output would leave state saying the lost records were seen)."""
     bands, rows = config.lsh_params()
     stats.extra["lsh"] = {"num_perm": config.num_perm, "bands": bands, "rows": rows, "threshold": config.threshold}
     deduper = Deduper(config, stats)
@@ -739,9 +765,28 @@ def dedup(records: Iterable[Record], config: DedupConfig, stats: RunStats) -> It
             yield from _dedup_by_priority(records, deduper, stats)
         success = True
     finally:
-        deduper.finish(success)
+        deduper.finish(success, commit_later)
     deduper.warn_multi_sample()
     deduper.write_clusters()
+
+
+def _lock_state(state_dir: str, wait: bool) -> int:
+    """An exclusive flock on ``state_dir/lock`` (held until the index closes or the process ends)."""
+    import fcntl
+
+    os.makedirs(state_dir, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, "lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not wait:
+            os.close(fd)
+            raise StillError(
+                f"{state_dir}: another still dedup run is using this --state directory; "
+                "pass --wait to wait for it, or use another directory"
+            ) from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 def _key_text(deduper: Deduper, rec: Record, stats: RunStats) -> str | None:

@@ -10,7 +10,12 @@ so a replacement is ready in milliseconds instead of re-importing SymPy. A task'
 it is handed to a ready worker, never while a worker is still starting.
 
 Results come back in submission order (the caller keeps its own queue of :class:`Task` objects),
-so the output does not depend on the number of workers.
+so the output does not depend on the number of workers. Nor on load or on when the caller looks:
+the cap is CPU time, as the kernel counts it for the worker. A worker reports each task's CPU
+seconds, and a task over the cap is a ``timeout`` even when its answer is read late (a caller busy
+elsewhere, e.g. waiting on a code run, cannot turn a timeout into ``ok``); at the wall-clock
+deadline a worker that has not used its CPU budget (starved on a loaded machine) gets the rest,
+up to a wall-clock backstop of ``BACKSTOP`` times the cap (tasks that block without computing).
 """
 
 from __future__ import annotations
@@ -30,6 +35,20 @@ from typing import Any
 from still.core.errors import StillError
 
 _READY = "ready"
+BACKSTOP = 4.0  # wall-clock limit per task, in multiples of the CPU cap (at least cap + 2 s)
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) the process has used, from /proc; None where unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @dataclass
@@ -54,7 +73,7 @@ def _resolve(path: str) -> Callable[[Any], Any]:
 
 
 def _worker_main(conn: Connection, handler_path: str, memory_mb: int) -> None:
-    """Worker loop: answer ("ok", result) or ("error", message) for each payload until EOF."""
+    """Worker loop: answer ("ok", result, seconds) or ("error", message, seconds) per payload until EOF."""
     if memory_mb > 0:
         try:
             import resource
@@ -70,6 +89,7 @@ def _worker_main(conn: Connection, handler_path: str, memory_mb: int) -> None:
             payload = conn.recv()
         except (EOFError, OSError):
             return
+        started = time.process_time()
         try:
             reply: tuple[str, Any] = ("ok", handler(payload))
         except MemoryError:
@@ -79,7 +99,7 @@ def _worker_main(conn: Connection, handler_path: str, memory_mb: int) -> None:
         except Exception as exc:  # noqa: BLE001 - reported as the task's error, the worker lives on
             reply = ("error", f"{type(exc).__name__}: {exc}"[:300])
         try:
-            conn.send(reply)
+            conn.send((*reply, time.process_time() - started))
         except (OSError, ValueError):
             return
 
@@ -103,6 +123,8 @@ class _Worker:
         self.task: Task | None = None
         self.started = 0.0
         self.deadline = 0.0
+        self.backstop = 0.0
+        self.cpu_start: float | None = None
 
     def kill(self) -> None:
         try:
@@ -166,6 +188,8 @@ class KillablePool:
                 worker.task = task
                 worker.started = time.monotonic()
                 worker.deadline = worker.started + self.timeout_s
+                worker.backstop = worker.started + max(BACKSTOP * self.timeout_s, self.timeout_s + 2.0)
+                worker.cpu_start = _cpu_seconds(worker.proc.pid)
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
@@ -181,6 +205,11 @@ class KillablePool:
         task.error = error
         task.seconds = time.monotonic() - worker.started
         worker.task = None
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time at which the earliest running task runs out (None when none runs)."""
+        deadlines = [w.deadline for w in self.workers if w.task is not None]
+        return min(deadlines) if deadlines else None
 
     def busy(self) -> bool:
         return bool(self.queue) or any(w.task is not None for w in self.workers)
@@ -201,10 +230,17 @@ class KillablePool:
         for worker in list(self.workers):
             if worker.task is not None and now >= worker.deadline:
                 # Check for a last-moment answer before killing: a finished task is not a timeout.
-                if not worker.conn.poll(0):
-                    self._finish(worker, "timeout", error=f"over {self.timeout_s:g} s")
-                    self._replace(worker)
-                    progressed = True
+                if worker.conn.poll(0):
+                    continue
+                used = _cpu_seconds(worker.proc.pid)
+                if used is not None and worker.cpu_start is not None and now < worker.backstop:
+                    left = self.timeout_s - (used - worker.cpu_start)
+                    if left > 0.02:  # starved, not slow: the rest of its CPU budget
+                        worker.deadline = min(now + left, worker.backstop)
+                        continue
+                self._finish(worker, "timeout", error=f"over {self.timeout_s:g} s")
+                self._replace(worker)
+                progressed = True
         self._dispatch()
         conns = {w.conn: w for w in self.workers if (w.task is not None or not w.ready)}
         if not conns:
@@ -235,8 +271,10 @@ class KillablePool:
                 worker.ready = True
                 self.failed_starts = 0
             elif worker.task is not None:
-                status, value = msg
-                if status == "ok":
+                status, value, cpu = msg
+                if cpu > self.timeout_s:  # finished, but over the cap: read late, still a timeout
+                    self._finish(worker, "timeout", error=f"over {self.timeout_s:g} s")
+                elif status == "ok":
                     self._finish(worker, "ok", result=value)
                 else:
                     self._finish(worker, "error", error=str(value))

@@ -30,18 +30,21 @@ the namespace, daemons included.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
-import itertools
 import math
 import os
+import secrets
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from still.core.errors import StillError, UsageError
@@ -52,15 +55,51 @@ SANDBOX_CHOICES = ("auto", "bwrap", "unshare", "none")
 # use up each other's process budget, and the kernel never exempts them as it exempts root.
 SANDBOX_UID_BASE = 3_000_000
 SANDBOX_UID_SPAN = 1 << 20
-_uid_counter = itertools.count()
+# One lock file per uid in use: a run holds an exclusive flock on its uid's file for as long as it
+# runs, so no two concurrent runs on this host (any process) ever share a uid.
+UID_LOCK_DIR = "/run/still-sandbox-uids"
 
 
-def sandbox_uid() -> int:
-    """A uid for the next run: distinct across recent runs of this process and across processes."""
-    slot = (os.getpid() * 4096 + next(_uid_counter) % 4096) % SANDBOX_UID_SPAN
-    return SANDBOX_UID_BASE + slot
+def _uid_lock_dir() -> str:
+    for d in (UID_LOCK_DIR, os.path.join(tempfile.gettempdir(), f"still-sandbox-uids-{os.geteuid()}")):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            continue
+        st = os.lstat(d)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+            return d
+    raise StillError("cannot create a private directory for sandbox uid locks (/run or the temp dir)")
 
 
+@contextlib.contextmanager
+def lease_uid() -> Iterator[int]:
+    """An unprivileged uid no other running sandbox holds, for the duration of the block.
+
+    Slots are tried from the lowest, so the lock files stay as few as the most runs at once.
+    """
+    lock_dir = _uid_lock_dir()
+    for slot in range(SANDBOX_UID_SPAN):
+        uid = SANDBOX_UID_BASE + slot
+        fd = os.open(os.path.join(lock_dir, str(uid)), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield uid
+        finally:
+            os.close(fd)
+        return
+    raise StillError("every sandbox uid is in use")
+
+
+# Every sandboxed process of this still process carries STILL_SANDBOX=<this tag> in its environment,
+# so whatever the uid scheme, a leftover can be found by scanning /proc (the tests do).
+RUN_TAG = f"{os.getpid()}-{secrets.token_hex(6)}"
 BOX = "/tmp/box"  # read-only staged files, inside the sandbox
 OUT = "/tmp/out"  # optional read-write output dir, inside the sandbox
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -160,6 +199,7 @@ class Sandbox:
         return {
             "PATH": SANDBOX_PATH,
             "HOME": home,
+            "STILL_SANDBOX": RUN_TAG,
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "PYTHONHASHSEED": "0",
@@ -170,7 +210,7 @@ class Sandbox:
             "MKL_NUM_THREADS": "1",
         }
 
-    def _bwrap_argv(self, box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
+    def _bwrap_argv(self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None) -> list[str]:
         argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
         if not self.drop_to_uid:
             # Unprivileged caller: a user namespace is how bwrap gets to build the mounts; no more
@@ -209,24 +249,87 @@ class Sandbox:
             argv += ["--bind", out_dir, OUT]
         argv += ["--remount-ro", "/", "--chdir", "/tmp"]
         if self.drop_to_uid:
-            uid = sandbox_uid()
-            argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--"]
-            argv += [
-                "setpriv",
-                f"--reuid={uid}",
-                f"--regid={uid}",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-                "--no-new-privs",
-            ]
+            assert uid is not None
+            argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--", *_setpriv(uid)]
         else:
             argv += ["--"]
         return argv
 
-    def _unshare_argv(self, box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
-        # A shell script run as root of a fresh user namespace builds the view, then drops every
-        # capability before exec'ing the code.
+    def _unshare_argv(self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None) -> list[str]:
+        lines = self._unshare_root_script(box_dir, out_dir, limits, uid) if self.drop_to_uid else []
+        lines = lines or self._unshare_userns_script(box_dir, out_dir, limits)
+        # The shell stays pid 1 of the new pid namespace and runs the code in a session of its own:
+        # the code is never pid 1 (whose getppid() is 0, so kill(getppid(), 9) would signal the
+        # caller's whole process group, the host-side unshare included), and pid 1 ignores kills
+        # from inside its namespace.
+        drop = _setpriv(uid) if self.drop_to_uid and uid is not None else _setpriv(None)
+        # (a background job's stdin would be /dev/null: hand it the real one through fd 3)
+        lines += ["exec 3<&0", f'setsid {" ".join(drop)} -- "$@" 0<&3 3<&- &', "exec 3<&-", "wait $!", "exit $?"]
+        env_args = [f"{k}={v}" for k, v in self._env("/tmp").items()]
+        namespaces = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--ipc", "--uts"]
+        if not self.drop_to_uid:
+            namespaces = ["--user", "--map-root-user", *namespaces, "--mount-proc"]
+        return ["env", "-i", *env_args, "unshare", *namespaces, "--", "/bin/sh", "-c", "\n".join(lines), "sandbox"]
+
+    def _unshare_root_script(
+        self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None
+    ) -> list[str]:
+        """Real root: build a fresh root holding only the system and Python dirs (read-only), a
+        fresh /dev, /proc and size-capped /tmp, pivot into it and drop the old tree, as bwrap
+        does; the code then runs as a leased unprivileged uid with no capabilities."""
+        root = next(d for d in ("/mnt", "/media", "/srv", "/opt", "/run") if os.path.isdir(d))
+
+        def q(path: str) -> str:
+            return "'" + path.replace("'", "'\\''") + "'"
+
+        def bind_ro(src: str, dst: str) -> list[str]:
+            return [
+                f"mkdir -p {q(root + dst)}",
+                f"mount --bind {q(src)} {q(root + dst)}",
+                f"mount -o remount,bind,ro,nosuid,nodev {q(root + dst)}",
+            ]
+
+        lines = ["set -e", "umask 022", f"mount -t tmpfs -o size=4m,mode=755 tmpfs {q(root)}"]
+        for d in _SYSTEM_DIRS:
+            if os.path.islink(d):
+                lines.append(f"ln -s {q(os.readlink(d))} {q(root + d)}")
+            elif os.path.isdir(d):
+                lines += bind_ro(d, d)
+        for d in self.python_dirs:
+            if not any(d == s or d.startswith(s + "/") for s in _SYSTEM_DIRS):
+                lines += bind_ro(d, d)
+        lines += [
+            f"mkdir -p {q(root + '/proc')} {q(root + '/dev')} {q(root + '/tmp')} {q(root + '/.old')}",
+            f"mount -t proc -o nosuid,nodev,noexec proc {q(root + '/proc')}",
+            f"mount -t tmpfs -o size=1m,mode=755,nosuid,noexec tmpfs {q(root + '/dev')}",
+        ]
+        for dev in ("null", "zero", "full", "random", "urandom", "tty"):
+            lines += [f"touch {q(root + '/dev/' + dev)}", f"mount --bind /dev/{dev} {q(root + '/dev/' + dev)}"]
+        lines += [f"ln -s /proc/self/fd {q(root + '/dev/fd')}"]
+        for i, name in enumerate(("stdin", "stdout", "stderr")):
+            lines.append(f"ln -s /proc/self/fd/{i} {q(root + '/dev/' + name)}")
+        lines += [
+            f"mkdir -p {q(root + '/dev/shm')}",
+            f"mount -t tmpfs -o size={limits.tmp_mb}m,mode=1777,nosuid,nodev tmpfs {q(root + '/tmp')}",
+        ]
+        if box_dir is not None:
+            lines += bind_ro(box_dir, BOX)
+        if out_dir is not None:
+            lines += [f"mkdir -p {q(root + OUT)}", f"mount --bind {q(out_dir)} {q(root + OUT)}"]
+        lines += [
+            f"mount -o remount,ro,nosuid,nodev {q(root)}",
+            f"cd {q(root)}",
+            f"{q(shutil.which('pivot_root') or 'pivot_root')} . .old",
+            "cd /",
+            "umount -l /.old",
+            "cd /tmp",
+            "set +e",
+        ]
+        return lines
+
+    def _unshare_userns_script(self, box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
+        # Unprivileged caller: a shell script run as root of a fresh user namespace builds the
+        # view (the host tree read-only, hidden dirs covered), then drops every capability.
         home = os.path.expanduser("~")
         hidden = [d for d in dict.fromkeys((*_HIDDEN_DIRS, home)) if d != "/" and os.path.isdir(d)]
         # a Python under a hidden dir or under /tmp (both get covered by a tmpfs) must stay visible
@@ -255,37 +358,21 @@ class Sandbox:
             'mount -o remount,bind,ro "$m" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$m" 2>/dev/null '
             '|| mount -o remount,bind,ro,nosuid,nodev,noexec "$m" 2>/dev/null || true; done',
             "cd /tmp",
-            'exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs "$@"',
+            "set +e",
         ]
-        env_args = [f"{k}={v}" for k, v in self._env("/tmp").items()]
-        return [
-            "env",
-            "-i",
-            *env_args,
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount",
-            "--mount-proc",
-            "--ipc",
-            "--uts",
-            "--",
-            "/bin/sh",
-            "-c",
-            "\n".join(lines),
-            "sandbox",
-        ]
+        return lines
 
-    def command(self, argv: Sequence[str], box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
-        """The full command line that runs argv in this sandbox."""
+    def command(
+        self, argv: Sequence[str], box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None = None
+    ) -> list[str]:
+        """The full command line that runs argv in this sandbox (``uid``: from :func:`lease_uid`,
+        needed when the sandbox drops to an unprivileged uid)."""
+        if self.drop_to_uid and uid is None:
+            raise ValueError("this sandbox runs code as a leased uid: pass uid=")
         if self.backend == "bwrap":
-            prefix = self._bwrap_argv(box_dir, out_dir, limits)
+            prefix = self._bwrap_argv(box_dir, out_dir, limits, uid)
         elif self.backend == "unshare":
-            prefix = self._unshare_argv(box_dir, out_dir, limits)
+            prefix = self._unshare_argv(box_dir, out_dir, limits, uid)
         else:
             prefix = []
         return [*prefix, *self._limit_argv(limits), *argv]
@@ -317,7 +404,21 @@ class Sandbox:
             os.chmod(box_dir, 0o755)
         if out_dir is not None:
             os.chmod(out_dir, 0o777)
-        cmd = self.command(argv, box_dir, out_dir, limits)
+        with contextlib.ExitStack() as stack:
+            uid = stack.enter_context(lease_uid()) if self.drop_to_uid else None
+            return self._run(
+                self.command(argv, box_dir, out_dir, limits, uid), limits, box_dir, out_dir, stdin, pass_fds
+            )
+
+    def _run(
+        self,
+        cmd: list[str],
+        limits: Limits,
+        box_dir: str | None,
+        out_dir: str | None,
+        stdin: bytes | str | None,
+        pass_fds: Iterable[int],
+    ) -> RunResult:
         stdin_file = None
         stdin_data: bytes | None = None
         if isinstance(stdin, str):
@@ -353,6 +454,12 @@ class Sandbox:
         else:
             sig = None
         return RunResult(rc, sig, out, err, timed_out, exceeded, wall)
+
+
+def _setpriv(uid: int | None) -> list[str]:
+    """Drop every capability (and, given a uid, become it) before exec'ing the code."""
+    ids = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
+    return ["setpriv", *ids, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -454,7 +561,10 @@ def _warn_unsandboxed() -> None:
 
 def _probe(sb: Sandbox) -> str | None:
     """Run a trivial command in the sandbox; None when it works, else what went wrong."""
-    for tool in {"bwrap": ["bwrap", "prlimit"], "unshare": ["unshare", "setpriv", "prlimit"]}.get(sb.backend, []):
+    tools = {"bwrap": ["bwrap", "prlimit"], "unshare": ["unshare", "setpriv", "setsid", "prlimit"]}.get(sb.backend, [])
+    if sb.backend == "unshare" and sb.drop_to_uid:
+        tools.append("pivot_root")
+    for tool in tools:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if sb.drop_to_uid and shutil.which("setpriv") is None:
@@ -495,7 +605,7 @@ def get_sandbox(kind: str = "auto") -> Sandbox:
     root = os.geteuid() == 0
     tried: list[str] = []
     for backend in ("bwrap", "unshare") if kind == "auto" else (kind,):
-        sb = Sandbox(backend, drop_to_uid=root and backend == "bwrap")
+        sb = Sandbox(backend, drop_to_uid=root)
         problem = _probe(sb)
         if problem is None:
             return sb
@@ -520,5 +630,6 @@ def setup_overhead_ms(sb: Sandbox, runs: int = 20) -> float:
     direct = median([one(["/bin/true"]) for _ in range(runs)])
     with tempfile.TemporaryDirectory(prefix="still-bench-") as box:
         os.chmod(box, 0o755)
-        boxed = median([one(sb.command(["/bin/true"], box, None, limits)) for _ in range(runs)])
+        with lease_uid() as uid:
+            boxed = median([one(sb.command(["/bin/true"], box, None, limits, uid)) for _ in range(runs)])
     return max(0.0, boxed - direct) * 1000.0

@@ -16,9 +16,11 @@ Test formats (``tests`` argument, else the record's ``tests``/``test``/``test_co
   called by our own harness (fixtures: the file's own, ``tmp_path``, ``capsys``, ``monkeypatch``;
   ``parametrize``, ``skip``/``skipif``). score = passed tests / tests.
 
-Reward hacking: the tests and harness live in a read-only directory the solution cannot change
-(and their hashes are checked after the run); only tests defined in the reference file count;
-a pass needs the per-run nonce the harness prints after all tests (see code_harness.py).
+Reward hacking (assert and pytest styles; docs/verify-code.md): the verdict is decided by a
+trusted supervisor process in the sandbox that holds the nonce and the reference tests (sent on
+stdin, never written to a file); the solution runs in a separate process it starts, and what
+crosses back is plain data or handles to the solution's objects (code_wire.py, code_remote.py).
+Only tests defined in the reference file count.
 """
 
 from __future__ import annotations
@@ -57,7 +59,40 @@ PYTHON_TAGS = {"python", "py", "python3", "py3", "python2"}
 CPP_TAGS = {"cpp", "c++", "cc", "cxx", "hpp"}
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
 _OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*)\Z", re.S | re.M)
-_HARNESS_SOURCE = Path(__file__).with_name("code_harness.py")
+# The trusted supervisor and what it needs, staged read-only in the box under still/.
+_HARNESS_FILES = ("code_harness.py", "code_remote.py", "code_wire.py", "code_worker.py")
+
+
+def _boot(module: str, box_inside: str) -> str:
+    """``python -c`` code that imports a staged module (from its bytecode) and runs its main().
+
+    sys.path[0] would be the cwd (/tmp, writable by the solution): it is replaced first.
+    """
+    return f"import sys; sys.path[0] = {box_inside + '/still'!r}; import {module}; {module}.main()"
+
+
+@functools.cache
+def _harness_files() -> dict[str, bytes]:
+    """The staged files: sources and bytecode (unchecked-hash .pyc, valid whatever the copies'
+    mtimes), so the four modules are not compiled again on every run."""
+    import importlib.util
+    import py_compile
+
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="still-pyc-") as tmp:
+        for name in _HARNESS_FILES:
+            source = Path(__file__).with_name(name)
+            files[name] = source.read_bytes()
+            staged = os.path.join(tmp, name)
+            Path(staged).write_bytes(files[name])
+            cached = importlib.util.cache_from_source(staged)
+            py_compile.compile(
+                staged, cfile=cached, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+            )
+            files[os.path.relpath(cached, tmp)] = Path(cached).read_bytes()
+    return files
+
+
 MAX_TIME_LIMITS = 2  # stdin/stdout: stop running cases after this many time limits
 
 # Python runs with -S (no site module: the .pth hooks of a venv, editable installs included, cost
@@ -382,9 +417,11 @@ def _write(path: str, text: str | bytes) -> None:
 
 def _digest(box: str) -> dict[str, str]:
     out = {}
-    for name in sorted(os.listdir(box)):
-        with open(os.path.join(box, name), "rb") as f:
-            out[name] = hashlib.sha256(f.read()).hexdigest()
+    for root, _, files in os.walk(box):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, box)] = hashlib.sha256(f.read()).hexdigest()
     return out
 
 
@@ -422,35 +459,40 @@ def _run_stdio(sb: Sandbox, argv: list[str], box: str, spec: _Spec, config: Code
 
 
 def _run_harness(sb: Sandbox, box: str, spec: _Spec, config: CodeConfig) -> tuple[str, float, str]:
-    python = sys.executable
-    harness_in = f"{sb.inside(box, 'box')}/harness.py"
+    """Run the trusted supervisor (code_harness.py) on the tests; the solution runs in its own process.
+
+    The nonce and the reference tests go in on stdin, which the supervisor reads to the end before
+    the solution process exists: neither is ever in a file, fd or argv the solution can reach.
+    """
     n_tests = _count_tests(spec.test_code) if spec.kind == "pytest" else 1
-    # One timer per test inside the harness; the outer wall clock covers them all plus start-up.
+    # One limit per test inside the harness; the outer wall clock covers them all plus start-up.
     wall = min(max(config.timeout_s, 60.0), config.timeout_s * n_tests) + 2.0
     nonce = secrets.token_hex(16)
-    read_fd, write_fd = os.pipe()
-    try:
-        os.write(write_fd, nonce.encode())
-        os.close(write_fd)
-        call_check = spec.kind == "assert" and not _calls_check(spec.test_code) and bool(spec.entry_point)
-        argv = [
-            python,
-            "-S",
-            "-B",
-            harness_in,
-            spec.kind,
-            str(read_fd),
-            repr(config.timeout_s),
-            spec.entry_point or "",
-            "1" if call_check else "0",
-            os.pathsep.join(site_dirs()),
-        ]
-        before = _digest(box)
-        res = sb.run(argv, limits=_limits(config, wall), box_dir=box, pass_fds=(read_fd,))
-    finally:
-        os.close(read_fd)
+    call_check = spec.kind == "assert" and not _calls_check(spec.test_code) and bool(spec.entry_point)
+    prompt = spec.prompt
+    if prompt and _ends_open(prompt):
+        prompt = prompt.rstrip("\n") + "\n    pass\n"
+    request = {
+        "nonce": nonce,
+        "mode": spec.kind,
+        "tests": spec.test_code if spec.kind == "assert" else kodcode_test_file(spec.test_code),
+        "prompt": prompt,
+        "entry_point": spec.entry_point,
+        "call_check": call_check,
+        "per_test_s": config.timeout_s,
+    }
+    argv = [
+        sys.executable,
+        "-S",
+        "-B",
+        "-c",
+        _boot("code_harness", sb.inside(box, "box")),
+        os.pathsep.join(site_dirs()),
+    ]
+    before = _digest(box)
+    res = sb.run(argv, limits=_limits(config, wall), box_dir=box, stdin=json.dumps(request).encode())
     if _digest(box) != before:
-        return "error", 0.0, "the test files changed during the run (sandbox breach?): not trusted"
+        return "error", 0.0, "the staged files changed during the run (sandbox breach?): not trusted"
     summary = None
     marker = nonce + " "
     for line in reversed(res.stdout.decode("utf-8", "replace").splitlines()):
@@ -464,9 +506,8 @@ def _run_harness(sb: Sandbox, box: str, spec: _Spec, config: CodeConfig) -> tupl
         verdict = _failure_verdict(res)
         if verdict == "runtime_error":
             why = (
-                f"the run ended before the test harness finished (exit code {res.exit_code}"
-                f"{'' if res.signal is None else f', signal {res.signal}'}): the solution exited, "
-                "crashed or was killed before all tests ran"
+                f"the test supervisor ended without a verdict (exit code {res.exit_code}"
+                f"{'' if res.signal is None else f', signal {res.signal}'}): it was killed or crashed"
             )
             tail = _stderr_tail(res)
             why += f"; {tail}" if tail else ""
@@ -537,9 +578,9 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
                 argv = [sys.executable, "-S", "-B", f"{inside}/launch.py"]
                 verdict, score, reason = _run_stdio(sb, argv, box, spec, config)
             else:
-                test_file = spec.test_code if spec.kind == "assert" else kodcode_test_file(spec.test_code)
-                _write(os.path.join(box, "test_solution.py"), test_file)
-                _write(os.path.join(box, "harness.py"), _HARNESS_SOURCE.read_bytes())
+                os.makedirs(os.path.join(box, "still", "__pycache__"))
+                for name, data in _harness_files().items():
+                    _write(os.path.join(box, "still", name), data)
                 verdict, score, reason = _run_harness(sb, box, spec, config)
         else:
             out = os.path.join(work, "out")

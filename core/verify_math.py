@@ -634,6 +634,10 @@ class MathChecker:
         if self._pool is not None:
             self._pool.pump(block)
 
+    def next_deadline(self) -> float | None:
+        """When the earliest running comparison runs out of time (monotonic), if one runs."""
+        return self._pool.next_deadline() if self._pool is not None else None
+
     def check(self, gold: str, response: str, finish_reason: Any = None) -> dict[str, Any]:
         """One record, synchronously (tests, benchmarks, library use)."""
         started = self.start(gold, response, finish_reason)

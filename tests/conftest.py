@@ -73,3 +73,39 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+# ----------------------------------------------------------------- sandboxes (red-team suites)
+SANDBOXES = ["bwrap", "unshare"]
+
+
+def processes_with(part: str, needle: bytes) -> list[int]:
+    """Pids whose /proc/PID/PART (cmdline, environ) holds needle as one of its NUL-separated items."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/{part}", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def sandbox_survivors() -> list[int]:
+    """Processes this test run's sandboxes left alive, whatever uid they run under: every one
+    carries STILL_SANDBOX=<this process's tag> in its environment (root reads any environ)."""
+    from still.core.sandbox import RUN_TAG
+
+    return processes_with("environ", f"STILL_SANDBOX={RUN_TAG}".encode())
+
+
+def assert_no_sandbox_survivors(wait_s: float = 3.0) -> None:
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while sandbox_survivors() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_survivors() == [], "processes from the sandbox are still alive"

@@ -27,7 +27,11 @@ def test_makefile_experiment_builds_and_is_incremental(tmp_path: Path) -> None:
     assert train and len(train) <= len(verified)
     assert all(r["verify"]["verdict"] in ("correct", "pass") for r in train)
     report = json.loads((exp / "contamination.json").read_text())
-    assert report  # the planted benchmark items were found
+    truth = json.loads((data / "truth.json").read_text())
+    # every planted benchmark item (make_sample.py plants the first ones) was found, nothing else
+    hit = {h["item"] for bench in report["benchmarks"] for h in bench["hit_items"]}
+    assert hit == {f"bench-{j}" for j in range(truth["contaminated"])}
+    assert report["records"]["contaminated"] == truth["contaminated"] > 0
     truth = json.loads((data / "truth.json").read_text())
     clean = (exp / "clean.jsonl").read_text().splitlines()
     unique = (exp / "unique.jsonl").read_text().splitlines()

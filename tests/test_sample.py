@@ -482,10 +482,11 @@ def _variety_rows() -> list[dict]:
             r["model"] = rng.choice([None, 1.5, True, ["r", 1]])  # priorities format any value
         elif roll < 0.26:
             del r["sample_idx"]
-        elif roll < 0.20:
+        elif roll < 0.30:
             del r["response"]
             r["messages"] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"m{i}"}]
     rows += [dict(rows[3]), dict(rows[3]), dict(rows[10])]  # exact duplicate lines
+    assert sum("messages" in r for r in rows) >= 3, "the chat-messages case must occur"
     return rows
 
 

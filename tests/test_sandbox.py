@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SANDBOXES, assert_no_sandbox_survivors, processes_with
 
 from still.core import sandbox as sandbox_mod
 from still.core.errors import StillError, UsageError
@@ -24,25 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
-@pytest.fixture(scope="module")
-def sb() -> sandbox_mod.Sandbox:
-    box = get_sandbox("auto")
-    assert box.backend in ("bwrap", "unshare")
-    return box
+@pytest.fixture(scope="module", params=SANDBOXES)
+def sb(request) -> sandbox_mod.Sandbox:
+    """Every isolation check runs under both sandboxes (unshare is the fallback without bwrap)."""
+    if request.param == "unshare" and shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare missing")
+    return get_sandbox(request.param)
+
+
+@pytest.fixture(autouse=True)
+def no_survivors():
+    yield
+    assert_no_sandbox_survivors()
 
 
 def _survivors(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    return processes_with("cmdline", marker.encode())  # the marker is one argv item
 
 
 def _assert_no_survivors(marker: str) -> None:
@@ -146,9 +144,14 @@ def test_home_files_and_environment_secrets_are_not_visible(sb, monkeypatch):
 def test_code_runs_unprivileged_and_read_only(sb):
     code = "import os\nprint(os.getuid())\ntry:\n    open('/usr/pwned', 'w')\n"
     code += "except OSError as e:\n    print('ro', e.errno)\n"
+    code += "try:\n    open('/etc/shadow').read()\n    print('SHADOW')\nexcept OSError:\n    pass\n"
+    code += f"print('HOSTTREE' if os.path.exists({str(ROOT / 'tests')!r}) else 'hidden')\n"
     res = sb.run([PY, "-c", code], limits=Limits())
+    assert b"SHADOW" not in res.stdout
+    if os.geteuid() == 0 or sb.backend == "bwrap":  # only system and Python dirs are there
+        assert b"hidden" in res.stdout and b"HOSTTREE" not in res.stdout
     lines = res.stdout.decode().split()
-    if os.geteuid() == 0 and sb.backend == "bwrap":
+    if os.geteuid() == 0:  # both sandboxes run root's code as a leased unprivileged uid
         uid = int(lines[0])
         assert sandbox_mod.SANDBOX_UID_BASE <= uid < sandbox_mod.SANDBOX_UID_BASE + sandbox_mod.SANDBOX_UID_SPAN
     assert "ro" in lines
@@ -228,7 +231,7 @@ def test_writes_inside_tmp_work_and_disappear(sb):
     assert not Path(f"/tmp/{marker}").exists()
 
 
-def test_unshare_backend_isolates_too(tmp_path):
+def test_unshare_backend_isolates_the_host_tree_too(tmp_path):
     if shutil.which("unshare") is None:
         pytest.skip("util-linux unshare missing")
     ush = get_sandbox("unshare")
@@ -277,3 +280,23 @@ def test_none_backend_warns_loudly(capsys, monkeypatch):
     res = get_sandbox("none").run([PY, "-c", "print('hi')"], limits=Limits())
     assert res.stdout.strip() == b"hi"
     assert "WITHOUT isolation" in capsys.readouterr().err
+
+
+def test_kill_parent_and_init_leave_the_run_intact(sb):
+    """The code is never pid 1: kill(getppid(), 9) and kill(1, 9) land on the namespace's init,
+    which ignores them (under unshare the code once was pid 1, getppid() was 0 and kill(0, 9)
+    killed the caller's process group, the host-side unshare included)."""
+    code = "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.kill(os.getppid(), 9)\nlibc.kill(1, 9)\n"
+    code += "print('alive', os.getpid() != 1)"
+    res = sb.run([PY, "-c", code], limits=Limits())
+    assert res.exit_code == 0 and res.stdout.split() == [b"alive", b"True"], res
+
+
+def test_root_runs_get_distinct_uids_while_they_overlap():
+    """Leased uids: concurrent runs never share one (RLIMIT_NPROC is per uid)."""
+    with sandbox_mod.lease_uid() as a, sandbox_mod.lease_uid() as b:
+        assert a != b
+        with sandbox_mod.lease_uid() as c:
+            assert c not in (a, b)
+    with sandbox_mod.lease_uid() as again:
+        assert again == min(a, b, c)  # released slots are reused: the lock files stay few

@@ -3,17 +3,16 @@ the positive controls (HumanEval canonical solutions, KodCode's labelled trials)
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import secrets
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import SANDBOXES, assert_no_sandbox_survivors
 
-from still.core import sandbox as sandbox_mod
 from still.core.verify_code import (
     CodeConfig,
     assemble_humaneval,
@@ -42,29 +41,24 @@ ADD_PYTEST = (
 )
 
 
-def _sandbox_processes() -> list[int]:
-    """Processes running under the per-run sandbox uids (only assigned when tests run as root)."""
-    low, high = sandbox_mod.SANDBOX_UID_BASE, sandbox_mod.SANDBOX_UID_BASE + sandbox_mod.SANDBOX_UID_SPAN
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            if pid.isdigit() and low <= os.stat(f"/proc/{pid}").st_uid < high:
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.fixture(autouse=True)
 def no_survivors():
     """Every check leaves no process behind (fork bombs, daemons, timeouts included)."""
     yield
-    if os.geteuid() != 0:
-        return
-    deadline = time.monotonic() + 2.0
-    while _sandbox_processes() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _sandbox_processes() == []
+    assert_no_sandbox_survivors()
+
+
+_BACKEND: list[str] = []
+
+
+@pytest.fixture(params=SANDBOXES)
+def backend(request):
+    """The red-team checks run under both sandboxes (verdict() picks it up)."""
+    if request.param == "unshare" and shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare missing")
+    _BACKEND.append(request.param)
+    yield request.param
+    _BACKEND.clear()
 
 
 def py(code: str) -> str:
@@ -72,7 +66,12 @@ def py(code: str) -> str:
 
 
 def verdict(code: str, tests, record=None, config=CFG) -> dict:
-    return check_code(py(code), tests, record or {}, config)
+    if _BACKEND and config.sandbox == "auto":
+        config = dataclasses.replace(config, sandbox=_BACKEND[0])
+    res = check_code(py(code), tests, record or {}, config)
+    if _BACKEND and res["method"].count("/") == 2:
+        assert res["method"].endswith("/" + _BACKEND[0])
+    return res
 
 
 # ---------------------------------------------------------------------------------- extraction
@@ -167,45 +166,45 @@ def test_time_limit_stops_after_two_cases():
 ONE_CASE = {"inputs": ["1 2\n"], "outputs": ["3\n"]}
 
 
-def test_red_team_fork_bomb():
+def test_red_team_fork_bomb(backend):
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     res = verdict(code, ONE_CASE, config=CodeConfig(timeout_s=2.0))
     assert res["verdict"] == "time_limit"
 
 
-def test_red_team_ten_gigabytes():
+def test_red_team_ten_gigabytes(backend):
     res = verdict("x = bytearray(10 * 1024**3)\nprint(3)", ADD_IO)
     assert res["verdict"] == "memory_limit"
 
 
-def test_red_team_huge_file_is_output_limit():
+def test_red_team_huge_file_is_output_limit(backend):
     res = verdict("open('/tmp/big', 'wb').write(b'x' * (20 << 20))\nprint(3)", ONE_CASE)
     assert res["verdict"] == "output_limit"
 
 
-def test_red_team_infinite_print():
+def test_red_team_infinite_print(backend):
     res = verdict("while True:\n    print('spam' * 100)", ADD_IO)
     assert res["verdict"] == "output_limit"
 
 
-def test_red_team_sys_exit_before_the_asserts():
+def test_red_team_sys_exit_before_the_asserts(backend):
     res = verdict("import sys\nsys.exit(0)\ndef add(a, b):\n    return 0", None, ADD_HE)
     assert res["verdict"] != "pass" and res["score"] == 0.0
 
 
-def test_red_team_exit_inside_the_candidate():
+def test_red_team_exit_inside_the_candidate(backend):
     res = verdict("def add(a, b):\n    import sys\n    sys.exit(0)", None, ADD_HE)
     assert res["verdict"] == "runtime_error"
 
 
-def test_red_team_os_exit():
+def test_red_team_os_exit(backend):
     res = verdict("import os\nos._exit(0)", ADD_PYTEST)
-    assert res["verdict"] == "runtime_error" and "before the test harness finished" in res["reason"]
+    assert res["verdict"] == "runtime_error" and "solution process ended" in res["reason"]
     res = verdict("def add(a, b):\n    import os\n    os._exit(0)", None, ADD_HE)
     assert res["verdict"] == "runtime_error"
 
 
-def test_red_team_ctypes_exit_and_kill_parent():
+def test_red_team_ctypes_exit_and_kill_parent(backend):
     res = verdict("import ctypes\nctypes.CDLL(None)._exit(0)", ADD_PYTEST)
     assert res["verdict"] == "runtime_error"
     code = "import ctypes, os, signal\nlibc = ctypes.CDLL(None)\nlibc.kill(os.getppid(), 9)\nlibc.kill(1, 9)\n"
@@ -213,32 +212,34 @@ def test_red_team_ctypes_exit_and_kill_parent():
     assert res["verdict"] == "wrong_answer"
 
 
-def test_red_team_patched_builtins():
+def test_red_team_patched_builtins(backend):
     code = "import builtins\nbuiltins.abs = lambda x: 0\ndef add(a, b):\n    return 3"
     res = verdict(code, None, ADD_HE)
-    assert res["verdict"] == "runtime_error" and "builtins changed" in res["reason"]
+    # the checks run in another process: the patch reaches only the solution's own builtins
+    assert res["verdict"] == "wrong_answer" and "AssertionError" in res["reason"]
 
 
-def test_red_team_patched_pytest():
+def test_red_team_patched_pytest(backend):
     code = (
         "import contextlib, pytest\n"
         "pytest.raises = lambda *a, **k: contextlib.nullcontext()\n"
         "def add(a, b):\n    return 3\n"
     )
     res = verdict(code, ADD_PYTEST)
-    assert res["verdict"] != "pass" and "pytest changed" in res["reason"]
+    # pytest.raises is the tests' own (a patch in the solution process does not reach it)
+    assert res["verdict"] == "wrong_answer" and res["reason"].startswith("1/4 tests passed")
 
 
-def test_red_team_patched_unittest():
+def test_red_team_patched_unittest(backend):
     tests = "import unittest\nfrom solution import add\n\nclass TestAdd(unittest.TestCase):\n"
     tests += "    def test_add(self):\n        self.assertEqual(add(1, 2), 3)\n"
     code = "import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\ndef add(a, b):\n    return 0"
     res = verdict(code, tests)
-    assert res["verdict"] != "pass" and "TestCase changed" in res["reason"]
+    assert res["verdict"] == "wrong_answer" and "0 != 3" in res["reason"]
     assert verdict("def add(a, b):\n    return a + b", tests)["verdict"] == "pass"
 
 
-def test_red_team_model_written_tests_do_not_count():
+def test_red_team_model_written_tests_do_not_count(backend):
     code = "def add(a, b):\n    return 0\n\ndef test_mine():\n    assert True\n\n"
     code += "class TestMine:\n    def test_x(self):\n        pass"
     res = verdict(code, ADD_PYTEST)
@@ -246,7 +247,7 @@ def test_red_team_model_written_tests_do_not_count():
     assert res["verdict"] == "wrong_answer" and res["reason"].startswith("1/4 tests passed")
 
 
-def test_red_team_cannot_rewrite_the_reference_tests():
+def test_red_team_cannot_rewrite_the_reference_tests(backend):
     code = (
         "for p in ('/tmp/box/test_solution.py', '/tmp/box/harness.py'):\n"
         "    try:\n        open(p, 'w').write('def test_ok():\\n    pass\\n')\n"
@@ -256,12 +257,12 @@ def test_red_team_cannot_rewrite_the_reference_tests():
     assert verdict(code, ADD_PYTEST)["verdict"] == "wrong_answer"
 
 
-def test_red_team_fake_success_line_without_the_nonce():
+def test_red_team_fake_success_line_without_the_nonce(backend):
     code = 'print(\'\\n\' + \'f\' * 32 + \' {"results": [{"name": "t", "verdict": "pass"}]}\')\nimport os\nos._exit(0)'
     assert verdict(code, ADD_PYTEST)["verdict"] == "runtime_error"
 
 
-def test_red_team_reads_home_and_environment(monkeypatch):
+def test_red_team_reads_home_and_environment(backend, monkeypatch):
     secret = "still-fake-secret-" + secrets.token_hex(6)
     monkeypatch.setenv("STILL_FAKE_TOKEN", secret)
     home_file = Path.home() / f".still-code-secret-{secrets.token_hex(4)}"
@@ -375,10 +376,10 @@ def test_other_backends_run_the_same_checks(backend):
     assert check_code(py("print(sum(map(int, input().split())))"), ADD_IO, {}, cfg)["verdict"] == "pass"
 
 
-def test_red_team_always_equal_objects_fail_humaneval():
+def test_red_team_always_equal_objects_fail_humaneval(backend):
     always = "class Anything:\n    def __eq__(self, other):\n        return True\n\n"
     res = verdict(always + "def add(a, b):\n    return Anything()", None, ADD_HE)
-    assert res["verdict"] == "wrong_answer" and "overrides __eq__" in res["reason"]
+    assert res["verdict"] == "wrong_answer" and "Anything object of its own, not plain data" in res["reason"]
     zero = "class Zero(float):\n    def __sub__(self, other):\n        return 0.0\n\n"
     res = verdict(zero + "def add(a, b):\n    return [Zero(0)][0] if a < 1 else a + b", None, ADD_HE)
     assert res["verdict"] == "wrong_answer"
