@@ -28,6 +28,7 @@ THINK_CLOSE = "</think>"
 FALLBACKS = ("last-number", "last-math", "last-line")
 
 REGION_CAP = 16_000  # characters of the answer region read (its end, where answers are)
+MV_REGION_CAP = 4_000  # of those, what math-verify's extraction reads (its regexes are quadratic on some text)
 ANSWER_CAP = 1_000  # characters after an anchor that can belong to the answer
 _GAP_CAP = 80  # characters between two boxes of one answer group
 
@@ -125,7 +126,8 @@ def last_boxed(text: str) -> str | None:
 
 
 _BOX_GAP_RE = re.compile(
-    r"(?:\s|\$|,|;|\\quad|\\qquad|\\[,;: ]|\\text\{\s*(?:and|or|,)?\s*\}|\\(?:text|mathrm)\s*\{\s*\}|and|or|&)*"
+    r"(?:\s|\$|,|;|\\quad|\\qquad|\\[,;: ]|\\text\{\s*(?:and|or|,)?\s*\}|\\(?:text|mathrm)\s*\{\s*\}|and|or|&"
+    r"|[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=)*"  # "x=\boxed{3}, y=\boxed{4}"
 )
 
 
@@ -229,6 +231,19 @@ def clean_answer(answer: str) -> str:
     return s.rstrip(".").strip()
 
 
+def _leading_math(s: str) -> str:
+    """``$(2, 3)$, found by substitution`` -> ``$(2, 3)$``: one math span followed only by prose."""
+    if not s.startswith("$") or s.startswith("$$"):
+        return s
+    close = s.find("$", 1)
+    if close < 0 or "$" in s[close + 1 :]:
+        return s
+    rest = s[close + 1 :].lstrip()
+    if rest[:1] in (",", ";", ":") or rest[:1].isalpha():
+        return s[: close + 1]
+    return s
+
+
 def _after_copula(s: str) -> str:
     """``The largest $n$ is 34`` -> ``34``: the value a prose sentence states (outside math)."""
     if not _PROSE_RE.match(s):
@@ -247,7 +262,7 @@ def final_answer(text: str) -> str | None:
         last = match
     if last is None:
         return None
-    cand = clean_answer(_after_copula(clean_answer(sentence(text[last.end() :]))))
+    cand = clean_answer(_leading_math(_after_copula(clean_answer(sentence(text[last.end() :])))))
     return cand or None
 
 
@@ -258,7 +273,7 @@ def answer_line(text: str) -> str | None:
         if _LOWER_A_RE.match(m.group(0).lstrip(" \t>*#_-")):
             continue
         rest = text[m.end() : m.end() + ANSWER_CAP].lstrip(" \t*")
-        cand = clean_answer(sentence(rest))
+        cand = clean_answer(_leading_math(clean_answer(sentence(rest))))
         if cand:
             return cand
     return None
@@ -273,6 +288,7 @@ _MATH_RE = re.compile(
     r"\$\$([^$]+)\$\$|\$([^$]+)\$|\\\(((?:[^\\]|\\(?!\))){1,500}?)\\\)|\\\[((?:[^\\]|\\(?!\])){1,500}?)\\\]"
 )
 _WHOLE_CAP = 120
+_MATH_CAP = 2_000
 
 
 def _fallback(name: str, text: str) -> str | None:
@@ -280,7 +296,7 @@ def _fallback(name: str, text: str) -> str | None:
         nums = _NUMBER_RE.findall(text)
         return nums[-1].rstrip(",") if nums else None
     if name == "last-math":
-        maths = _MATH_RE.findall(text)
+        maths = _MATH_RE.findall(text[-_MATH_CAP:])
         if not maths:
             return None
         return next((g for g in maths[-1] if g), "").strip() or None

@@ -33,6 +33,7 @@ from typing import Any
 
 from still.core.answer_extract import (
     FALLBACKS,
+    MV_REGION_CAP,
     THINK_CLOSE,
     THINK_OPEN,
     answer_line,
@@ -464,7 +465,8 @@ class MathChecker:
                 return make_verdict(
                     "no_answer", None, "extract", "no boxed answer, final-answer phrase or Answer: line (--strict)"
                 )
-            return self._submit((gold_mv, "", region), None, "math-verify", self._region_key(gold_key, region))
+            tail = region[-MV_REGION_CAP:]
+            return self._submit((gold_mv, "", tail), None, "math-verify", self._region_key(gold_key, tail))
         pred_key = answer_key(extracted)
         pred_mv = light_normalise(extracted)
         if self.config.ordered_lists:
