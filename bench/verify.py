@@ -11,6 +11,12 @@ Both sides run pinned to one core, one pair at a time, on the same pairs:
 - still: ``MathChecker.check`` with 1 worker process (the core path of ``still verify``).
 
 Prints pairs/s, the ratio, p50/p99/max latency and agreement with the intended labels.
+
+A second set, free-form (unboxed) answers: our cases per class (tests/data/verify/freeform_cases.jsonl:
+the response is the answer, "final answer" sentences, several boxes, number formats, sets and
+relations, matrices and rounded decimals) plus, per reference answer, the answer as the whole
+response, in a prose sentence ("Therefore the value is $..$."), and a perturbed wrong one in prose.
+Agreement is printed per class for both tools.
 Not a test: timings depend on the machine. The code sandbox benchmark is bench/verify_code.py.
 """
 
@@ -27,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "benchmarks"
+FREEFORM = ROOT / "tests" / "data" / "verify" / "freeform_cases.jsonl"
 
 
 def benchmark_answers(limit: int) -> list[str]:
@@ -75,6 +82,34 @@ def make_pairs(limit: int) -> list[tuple[str, str, bool]]:
         if wrong is not None:
             pairs.append((answer, boxed(wrong), False))
     return pairs
+
+
+def make_freeform_pairs(limit: int) -> tuple[list[tuple[str, str, bool]], list[str]]:
+    """Unboxed pairs and their class names (see the module docstring)."""
+    pairs: list[tuple[str, str, bool]] = []
+    classes: list[str] = []
+    for line in FREEFORM.open():
+        case = json.loads(line)
+        pairs.append((case["gold"], case["response"], bool(case["expected"])))
+        classes.append(case["class"])
+    for answer in benchmark_answers(limit):
+        pairs.append((answer, f"${answer}$", True))
+        classes.append("bench:whole-response")
+        pairs.append((answer, f"</think>Putting it together, the value is ${answer}$.", True))
+        classes.append("bench:prose")
+        wrong = perturbed(answer)
+        if wrong is not None:
+            pairs.append((answer, f"</think>Putting it together, the value is ${wrong}$.", False))
+            classes.append("bench:prose")
+    return pairs, classes
+
+
+def by_class(classes: list[str], verdicts: list[bool], labels: list[bool]) -> dict[str, tuple[int, int]]:
+    table: dict[str, tuple[int, int]] = {}
+    for name, verdict, label in zip(classes, verdicts, labels, strict=True):
+        agree, total = table.get(name, (0, 0))
+        table[name] = (agree + (verdict == label), total + 1)
+    return table
 
 
 def run_math_verify(pairs: list[tuple[str, str, bool]]) -> tuple[list[float], list[bool]]:
@@ -136,6 +171,22 @@ def main() -> int:
     print(f"still sent {worker_calls}/{len(pairs)} pairs to the math-verify worker; the rest took the fast paths")
     print(f"throughput ratio still / math-verify: {st['pairs_per_s'] / mv['pairs_per_s']:.1f}x")
     print(f"p99 ratio math-verify / still: {mv['p99_ms'] / st['p99_ms']:.1f}x")
+
+    free, classes = make_freeform_pairs(args.limit)
+    free_labels = [lab for _, _, lab in free]
+    print(f"\nfree-form (unboxed) set: {len(free)} pairs ({free_labels.count(False)} wrong answers)")
+    mv_lat, mv_verdicts = run_math_verify(free)
+    st_lat, st_verdicts, worker_calls = run_still(free)
+    mv = describe("math-verify", mv_lat, mv_verdicts, free_labels)
+    st = describe("still", st_lat, st_verdicts, free_labels)
+    print(f"still sent {worker_calls}/{len(free)} pairs to the math-verify worker")
+    print(f"throughput ratio still / math-verify: {st['pairs_per_s'] / mv['pairs_per_s']:.1f}x")
+    mv_table = by_class(classes, mv_verdicts, free_labels)
+    st_table = by_class(classes, st_verdicts, free_labels)
+    print(f"{'class':28s} {'math-verify':>12s} {'still':>12s}")
+    for name in sorted(st_table):
+        (m_ok, n), (s_ok, _) = mv_table[name], st_table[name]
+        print(f"{name:28s} {m_ok:>6d}/{n:<5d} {s_ok:>6d}/{n:<5d}")
     return 0
 
 
