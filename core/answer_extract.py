@@ -159,8 +159,13 @@ def boxed_group(text: str) -> list[str]:
 
 
 _FINAL_RE = re.compile(r"final\s+answer\s*(?:is\b|[:：])\s*[:：]?", re.IGNORECASE)
+# "Answer:" in the languages graders meet most (lighteval's multilingual anchors), and "A:".
+_ANSWER_WORDS = (
+    r"(?:final\s+)?answer|A|réponse(?:\s+finale)?|respuesta(?:\s+final)?|resposta(?:\s+final)?|antwort|risposta"
+    r"|ответ|答案|最终答案|解答|정답|उत्तर|الإجابة|الجواب|jawaban"
+)
 _ANSWER_LINE_RE = re.compile(
-    r"^[ \t>*#_-]*(?:\*\*)?(?:(?:final\s+)?answer|A)(?:\*\*)?[ \t]*[:：]", re.MULTILINE | re.IGNORECASE
+    r"^[ \t>*#_-]*(?:\*\*)?(?:" + _ANSWER_WORDS + r")(?:\*\*)?[ \t]*[:：]", re.MULTILINE | re.IGNORECASE
 )
 _LOWER_A_RE = re.compile(r"(?:\*\*)?a(?:\*\*)?\s*[:：]")
 _HOPE = "i hope it is correct"
@@ -206,6 +211,8 @@ def sentence(text: str) -> str:
         elif not dollars and not bracket and depth == 0 and ch in ".!?;":
             if i + 1 >= n or text[i + 1].isspace():
                 return text[:i]
+        elif ch in "。！？" and not dollars and not bracket:
+            return text[:i]
         i += 1
     return text
 
@@ -302,6 +309,20 @@ def _fallback(name: str, text: str) -> str | None:
         return next((g for g in maths[-1] if g), "").strip() or None
     nonempty = [ln for ln in text.splitlines() if ln.strip()]
     return (clean_answer(nonempty[-1]) or None) if nonempty else None
+
+
+_WORD_RE = re.compile(r"(?<![\\a-zA-Z])(?:[^\W\d_]{3,}|[^\x00-\x7f\W\d_]{2,})")
+_NOT_WORDS = frozenset({"and", "or", "pi", "sqrt", "frac", "infty", "cdot", "times", "mod", "pmod"})
+_LEADING_NUMBER_RE = re.compile(r"[-+]?\$?\s*[\d.,]*\d")
+
+
+def is_prose(answer: str) -> bool:
+    """Whether an anchored answer is a sentence rather than a formula (``12 apples``, ``Janeth pays 220``):
+    such answers are read by math-verify's extraction (from the anchor on), not parsed whole."""
+    words = [w for w in _WORD_RE.findall(answer) if w.lower() not in _NOT_WORDS]
+    if len(words) >= 2:
+        return True
+    return len(words) == 1 and bool(_LEADING_NUMBER_RE.match(answer)) and "\\" not in answer
 
 
 def whole_answer(text: str) -> str | None:

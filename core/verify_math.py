@@ -41,6 +41,7 @@ from still.core.answer_extract import (
     boxed_group,
     extract_answer,
     final_answer,
+    is_prose,
     last_boxed,
     whole_answer,
 )
@@ -126,6 +127,22 @@ def _is_relation(expr: Any) -> bool:
     raw_args: Any = getattr(expr, "_unsorted_args", None) or getattr(expr, "args", ())
     args = tuple(raw_args)
     return type(expr).__name__ == "And" and bool(args) and all(isinstance(a, Relational) for a in args)
+
+
+_SYMBOL_RE = re.compile(r"\s*\\?[A-Za-z]+(?:_\{?\w+\}?)?\s*")
+
+
+def _assigns_last(text: str) -> bool:
+    """A chain ``... = x = 0`` whose last step assigns a value: the value is the answer."""
+    parts = _EQ_RE.split(text)
+    return len(parts) >= 3 and bool(_SYMBOL_RE.fullmatch(parts[-2]))
+
+
+def _has_float(parsed: list[Any]) -> bool:
+    from sympy import Float
+
+    expr = _first_expr(parsed)
+    return expr is not None and bool(expr.atoms(Float))
 
 
 def _relations_set(expr: Any) -> bool:
@@ -221,7 +238,7 @@ def _guard(gold: str, pred: str, g_parsed: list[Any], p_parsed: list[Any]) -> tu
     p_expr = _first_expr(p_parsed)
     for text, expr in ((gold, g_expr), (pred, p_expr)):
         if _EQ_RE.search(text) and expr is not None and not _is_relation(expr):
-            if "," not in text and "\\in" not in text and not _relations_set(expr):
+            if "," not in text and "\\in" not in text and not _relations_set(expr) and not _assigns_last(text):
                 return "guard:equation", "an equation was read only in part"
     if has_pm(gold) != has_pm(pred):
         from sympy import FiniteSet, Tuple
@@ -322,7 +339,9 @@ def compare_in_worker(payload: tuple[str, ...]) -> WorkerResult:
     """Worker handler: (equal, method, reason, extracted) for a reference and an answer.
 
     ``(gold, pred)`` compares two extracted answers; ``(gold, "", region)`` first extracts the
-    answer from the response region the way math-verify does (``equal`` is None when it finds none).
+    answer from the response region the way math-verify does (``equal`` is None when it finds none);
+    ``(gold, pred, sentence)`` reads an anchored answer that is prose the same way, and parses
+    ``pred`` whole when math-verify finds nothing in it.
     """
     _quiet_logs()
     from math_verify import verify
@@ -330,17 +349,21 @@ def compare_in_worker(payload: tuple[str, ...]) -> WorkerResult:
     gold, pred = payload[0], payload[1]
     extracted: str | None = None
     g_parsed = _mv_parse(gold)
-    if len(payload) > 2:
-        p_parsed = _mv_extract(payload[2])
-        if not p_parsed:
-            return None, "math-verify", "no answer that math-verify can read", None
+    p_parsed = _mv_extract(payload[2]) if len(payload) > 2 else []
+    if len(payload) > 2 and not p_parsed and not pred:
+        return None, "math-verify", "no answer that math-verify can read", None
+    if p_parsed:
         last = p_parsed[-1]
         extracted = pred = last if isinstance(last, str) else str(p_parsed[0])
-        if pred.rstrip().endswith("."):  # "2/3." at a sentence end reads as 2/3.0, a float
-            extracted = pred = pred.rstrip().rstrip(".").rstrip()
-            p_parsed = _mv_parse(pred) or p_parsed
+        if pred.rstrip().endswith(".") and _has_float(p_parsed):  # "2/3." at a sentence end reads as 2/3.0
+            bare = pred.rstrip().rstrip(".").rstrip()
+            reparsed = _mv_parse(bare)
+            if reparsed and not _has_float(reparsed):
+                extracted = pred = bare
+                p_parsed = reparsed
     else:
         p_parsed = _mv_parse(pred)
+        extracted = pred if len(payload) > 2 else None
     if not g_parsed:
         return False, "math-verify", "reference answer could not be parsed", extracted
     if not p_parsed:
@@ -475,6 +498,10 @@ class MathChecker:
         equal, method, reason = fast_compare(gold_key, pred_key, has_percent(gold), has_percent(extracted))
         if equal is not None:
             return make_verdict("correct" if equal else "wrong", extracted, f"{how}/{method}", reason)
+        if how in ("final-answer", "answer-line") and is_prose(extracted):
+            # "12 apples", "Janeth pays 220 $": math-verify reads it from the anchor on.
+            payload = (gold_mv, pred_mv, "Answer: " + extracted)
+            return self._submit(payload, None, how, (gold_key, "\x01" + pred_key))
         return self._submit((gold_mv, pred_mv), extracted, how, (gold_key, pred_key))
 
     @staticmethod
