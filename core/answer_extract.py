@@ -70,53 +70,53 @@ def answer_region(response: str, finish_reason: Any = None) -> tuple[str | None,
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 
-def brace_pairs(text: str) -> dict[int, int]:
-    """Position of each ``{`` mapped to its matching ``}`` (escaped ``\\{`` ``\\}`` skipped), one pass."""
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+
+
+def brace_pairs(text: str, start: int = 0) -> dict[int, int]:
+    """Position of each ``{`` from ``start`` on mapped to its matching ``}`` (escaped ``\\{``
+    ``\\}`` skipped): one regex pass that steps over plain text in C."""
     pairs: dict[int, int] = {}
     stack: list[int] = []
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
+    for m in _BRACE_TOKEN_RE.finditer(text, start):
+        ch = m.group()
         if ch == "{":
-            stack.append(i)
+            stack.append(m.start())
         elif ch == "}" and stack:
-            pairs[stack.pop()] = i
-        i += 1
+            pairs[stack.pop()] = m.start()
     return pairs
 
 
 def boxes(text: str) -> list[tuple[int, int, str]]:
-    """Every complete ``\\boxed{...}``/``\\fbox{...}`` (also ``\\boxed 5``): (start, end, content)."""
+    """Every complete outermost ``\\boxed{...}``/``\\fbox{...}`` (also ``\\boxed 5``): (start, end, content).
+
+    A box inside another box is part of it, not a second answer (and is never copied out).
+    """
     found: list[tuple[int, int, str]] = []
     pairs: dict[int, int] | None = None
+    outer_end = -1
     n = len(text)
     for m in _BOX_RE.finditer(text):
+        if m.start() < outer_end:
+            continue
         j = m.end()
         while j < n and text[j] in " \t":
             j += 1
         if j < n and text[j] == "{":
             if pairs is None:
-                pairs = brace_pairs(text)
+                pairs = brace_pairs(text, m.start())
             close = pairs.get(j)
             if close is not None:
                 found.append((m.start(), close + 1, text[j + 1 : close]))
+                outer_end = close + 1
         elif j > m.end():  # "\boxed 5": one token
             k = j
             while k < n and k - j < 100 and not text[k].isspace() and text[k] != "$":
                 k += 1
             if k > j:
                 found.append((m.start(), k, text[j:k]))
-    # A box inside another box is part of it, not a second answer.
-    outer: list[tuple[int, int, str]] = []
-    for box in found:
-        if outer and box[0] < outer[-1][1]:
-            continue
-        outer.append(box)
-    return outer
+                outer_end = k
+    return found
 
 
 def last_boxed(text: str) -> str | None:
