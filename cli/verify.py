@@ -110,7 +110,7 @@ def command(
 
     Math: the answer after the last </think> (last \\boxed{} or group of boxes, 'final answer is'
     sentence, 'Answer:' line; then, unless --strict, a response that is only a number and
-    math-verify's own extraction), compared by normalised string, exact integers/fractions/
+    math-verify's own extraction), compared by normalised string, exact integers, fractions and
     decimals ('023' == '23'), then math-verify in worker processes killed at --timeout, with
     guards against its known false positives. Multiple choice: only anchored letters ('Answer: C',
     \\boxed{C}, '(C)' alone on the last line), never a letter picked out of prose.

@@ -35,7 +35,7 @@ _BARE_PI_RE = re.compile(r"(?<![\\a-zA-Z])pi(?![a-zA-Z])")
 _SIZING_RE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])")
 _THIN_SPACE_RE = re.compile(r"\\[!,;: ]")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
-_TEXT_RE = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_TEXT_RE = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _WS_RE = re.compile(r"\s+")
 _SINGLE_LETTER_PAREN_RE = re.compile(r"^\(([A-Za-z])\)$")
 # "28\%", "28 %", "28 percent", "28 pct": the percent sign or word after a number.
