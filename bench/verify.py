@@ -154,16 +154,10 @@ def describe(name: str, latencies: list[float], verdicts: list[bool], labels: li
     return row
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=600, help="reference answers to use (600 = all)")
-    ap.add_argument("--cpu", type=int, default=0, help="core to pin both tools to (-1: no pinning)")
-    args = ap.parse_args()
-    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {args.cpu})  # workers forked later inherit the pinning
-    pairs = make_pairs(args.limit)
+def compare_set(title: str, pairs: list[tuple[str, str, bool]]) -> tuple[list[bool], list[bool], list[bool]]:
+    """Run both tools on one set of pairs, print their rows; (labels, math-verify, still) verdicts."""
     labels = [lab for _, _, lab in pairs]
-    print(f"{len(pairs)} pairs from {min(args.limit, 600)} reference answers ({labels.count(False)} wrong answers)")
+    print(f"\n{title}: {len(pairs)} pairs ({labels.count(False)} wrong answers)")
     mv_lat, mv_verdicts = run_math_verify(pairs)
     st_lat, st_verdicts, worker_calls = run_still(pairs)
     mv = describe("math-verify", mv_lat, mv_verdicts, labels)
@@ -171,19 +165,22 @@ def main() -> int:
     print(f"still sent {worker_calls}/{len(pairs)} pairs to the math-verify worker; the rest took the fast paths")
     print(f"throughput ratio still / math-verify: {st['pairs_per_s'] / mv['pairs_per_s']:.1f}x")
     print(f"p99 ratio math-verify / still: {mv['p99_ms'] / st['p99_ms']:.1f}x")
+    return labels, mv_verdicts, st_verdicts
 
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=600, help="reference answers to use (600 = all)")
+    ap.add_argument("--cpu", type=int, default=0, help="core to pin both tools to (-1: no pinning)")
+    args = ap.parse_args()
+    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})  # workers forked later inherit the pinning
+    compare_set(f"boxed and anchored set from {min(args.limit, 600)} reference answers", make_pairs(args.limit))
     free, classes = make_freeform_pairs(args.limit)
-    free_labels = [lab for _, _, lab in free]
-    print(f"\nfree-form (unboxed) set: {len(free)} pairs ({free_labels.count(False)} wrong answers)")
-    mv_lat, mv_verdicts = run_math_verify(free)
-    st_lat, st_verdicts, worker_calls = run_still(free)
-    mv = describe("math-verify", mv_lat, mv_verdicts, free_labels)
-    st = describe("still", st_lat, st_verdicts, free_labels)
-    print(f"still sent {worker_calls}/{len(free)} pairs to the math-verify worker")
-    print(f"throughput ratio still / math-verify: {st['pairs_per_s'] / mv['pairs_per_s']:.1f}x")
-    mv_table = by_class(classes, mv_verdicts, free_labels)
-    st_table = by_class(classes, st_verdicts, free_labels)
-    print(f"{'class':28s} {'math-verify':>12s} {'still':>12s}")
+    labels, mv_verdicts, st_verdicts = compare_set("free-form (unboxed) set", free)
+    mv_table = by_class(classes, mv_verdicts, labels)
+    st_table = by_class(classes, st_verdicts, labels)
+    print(f"{'agreement by class':28s} {'math-verify':>12s} {'still':>12s}")
     for name in sorted(st_table):
         (m_ok, n), (s_ok, _) = mv_table[name], st_table[name]
         print(f"{name:28s} {m_ok:>6d}/{n:<5d} {s_ok:>6d}/{n:<5d}")
