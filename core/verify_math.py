@@ -496,6 +496,8 @@ class MathChecker:
             gold_mv, gold_key = as_tuple(gold_mv, gold_key)
             pred_mv, pred_key = as_tuple(pred_mv, pred_key)
         equal, method, reason = fast_compare(gold_key, pred_key, has_percent(gold), has_percent(extracted))
+        if how == "boxed-list" and method != "string":
+            equal = None  # "\boxed{1}, \boxed{234}" is a list, never the number 1,234
         if equal is not None:
             return make_verdict("correct" if equal else "wrong", extracted, f"{how}/{method}", reason)
         if how in ("final-answer", "answer-line") and is_prose(extracted):
