@@ -6,7 +6,7 @@ machine). Paying it here, before any worker is forked, keeps that cost out of ev
 
 from __future__ import annotations
 
-from still.core.verify_math import compare_in_worker
+from still.core.math_worker import compare_in_worker
 
 for _gold, _pred in (
     ("\\frac{1}{2}", "0.5"),
