@@ -207,3 +207,15 @@ def test_hostile_text_through_the_checker_ends_within_the_cap():
             result = checker.check("1", text)
             assert result["verdict"] in {"wrong", "no_answer", "correct", "timeout"}, result
             assert result["extracted"] is None or len(result["extracted"]) <= MV_REGION_CAP + REGION_CAP
+
+
+def test_freeform_output_is_identical_for_any_worker_count():
+    cases = CASES[::2]  # every class, half the cases: two CLI runs stay short
+    rows = [{"id": i, "answer": case["gold"], "response": case["response"]} for i, case in enumerate(cases)]
+    rows.insert(5, {"id": "hostile", "answer": "1", "response": HOSTILE["math openers"]})
+    data = "".join(json.dumps(r) + "\n" for r in rows)
+    one = run_still("verify -q --workers 1 --timeout 5", stdin=data)
+    three = run_still("verify -q --workers 3 --timeout 5", stdin=data)
+    assert one.stdout == three.stdout
+    verdicts = [json.loads(line)["verify"]["verdict"] for line in one.lines()]
+    assert verdicts.count("correct") == sum(case["expected"] for case in cases)
