@@ -246,6 +246,8 @@ def _leading_math(s: str) -> str:
     if close < 0 or "$" in s[close + 1 :]:
         return s
     rest = s[close + 1 :].lstrip()
+    if rest.lower().startswith(("percent", "pct")):
+        return s
     if rest[:1] in (",", ";", ":") or rest[:1].isalpha():
         return s[: close + 1]
     return s
@@ -269,7 +271,8 @@ def final_answer(text: str) -> str | None:
         last = match
     if last is None:
         return None
-    cand = clean_answer(_leading_math(_after_copula(clean_answer(sentence(text[last.end() :])))))
+    tail = text[last.end() : last.end() + ANSWER_CAP].lstrip().lstrip("*").lstrip()  # "**Final Answer:**\n$$5$$"
+    cand = clean_answer(_leading_math(_after_copula(clean_answer(sentence(tail)))))
     return cand or None
 
 
@@ -279,7 +282,7 @@ def answer_line(text: str) -> str | None:
         # "A:" only counts in upper case (a lower-case "a:" is prose), "Answer:" in any case.
         if _LOWER_A_RE.match(m.group(0).lstrip(" \t>*#_-")):
             continue
-        rest = text[m.end() : m.end() + ANSWER_CAP].lstrip(" \t*")
+        rest = text[m.end() : m.end() + ANSWER_CAP].lstrip().lstrip("*").lstrip()
         cand = clean_answer(_leading_math(clean_answer(sentence(rest))))
         if cand:
             return cand

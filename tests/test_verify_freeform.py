@@ -118,6 +118,8 @@ def test_final_answer_sentences():
     assert final_answer("final answer: $(2, 3)$, by substitution.") == "(2, 3)"
     assert final_answer("The final answer is $x \\in [1, 2.5]$. Done") == "x \\in [1, 2.5]"
     assert final_answer("no anchor here") is None
+    assert final_answer("**Final Answer:**\n$$\\frac{1}{2}$$") == "\\frac{1}{2}"
+    assert final_answer("The final answer is $28$ percent.") == "$28$ percent"
     assert answer_line("work\nAnswer: 42. The reason is above.") == "42"
     assert sentence("$a. b$ c. d") == "$a. b$ c"
     assert sentence("1.5 and more\nnext line") == "1.5 and more"
