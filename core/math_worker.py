@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Any
 
-from still.core.answer_normalise import has_pm
+from still.core.answer_normalise import answer_key, fast_compare, has_percent, has_pm
 
 _WORKER_CACHE: dict[str, Any] = {}
 
@@ -106,6 +106,13 @@ def _float_digits(value: Any) -> tuple[int, int] | None:
     return len(frac), max(1, len(digits))
 
 
+def _written(value: Any) -> Any:
+    """A decimal as written, exactly (0.0000672, not its binary float)."""
+    from sympy import Rational
+
+    return Rational(repr(float(value)))
+
+
 def _rounding_veto(exact: Any, decimal: Any, written: Any) -> tuple[str, str] | None:
     """The "correctly rounded" rule for one exact value against one decimal, or None when it holds.
 
@@ -193,6 +200,8 @@ def _guard(gold: str, pred: str, g_parsed: list[Any], p_parsed: list[Any]) -> tu
                 return veto
             continue
         if g_float:
+            if isinstance(g_num, Float) and isinstance(p_num, Float) and _written(g_num) != _written(p_num):
+                return "guard:decimals", "two different decimals (math-verify rounds both to 6 places)"
             continue
         try:
             gv = g_num.evalf(40)
@@ -293,6 +302,10 @@ def compare_in_worker(payload: tuple[str, ...]) -> WorkerResult:
             if reparsed and not _has_float(reparsed):
                 extracted = pred = bare
                 p_parsed = reparsed
+        # What math-verify extracted gets the parent's exact fast paths too (0.0000672 is not 0.0000673).
+        equal, method, reason = fast_compare(answer_key(gold), answer_key(pred), has_percent(gold), has_percent(pred))
+        if equal is not None:
+            return equal, method, reason, extracted
     else:
         p_parsed = _mv_parse(pred)
         extracted = pred if len(payload) > 2 else None

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import pytest
 from conftest import data_file, run_still
+from test_verify_math import ADVERSARIAL
 
 from still.core.answer_extract import (
     MV_REGION_CAP,
@@ -95,6 +96,23 @@ def test_nothing_readable_is_no_answer_and_the_method_says_math_verify():
         assert result["verdict"] == "no_answer" and result["method"] == "math-verify/math-verify"
         result = checker.check("2/3", "so the probability that Alice wins is 2/3. <|im_start|>user\nthanks, 5")
         assert (result["verdict"], result["extracted"]) == ("correct", "2/3")
+
+
+def test_known_false_positives_stay_wrong_in_every_answer_format():
+    """The adversarial pairs, written the ways the default extraction reads: never ``correct``."""
+    formats = (
+        "So we get ${}$.",
+        "{}",
+        "Final Answer: The final answer is ${}$. I hope it is correct.",
+        "Answer: {}",
+        "\\boxed{{{}}} and \\boxed{{{}}}",
+    )
+    with MathChecker(MathConfig()) as checker:
+        for gold, pred in ADVERSARIAL:
+            for shape in formats:
+                response = shape.format(pred, pred)
+                result = checker.check(gold, response)
+                assert result["verdict"] != "correct", (gold, response, result)
 
 
 def test_cli_strict_flag():
