@@ -11,6 +11,12 @@ Both sides run pinned to one core, one pair at a time, on the same pairs:
 - still: ``MathChecker.check`` with 1 worker process (the core path of ``still verify``).
 
 Prints pairs/s, the ratio, p50/p99/max latency and agreement with the intended labels.
+
+A second set, free-form (unboxed) answers: our cases per class (tests/data/verify/freeform_cases.jsonl:
+the response is the answer, "final answer" sentences, several boxes, number formats, sets and
+relations, matrices and rounded decimals) plus, per reference answer, the answer as the whole
+response, in a prose sentence ("Therefore the value is $..$."), and a perturbed wrong one in prose.
+Agreement is printed per class for both tools.
 Not a test: timings depend on the machine. The code sandbox benchmark is bench/verify_code.py.
 """
 
@@ -27,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "benchmarks"
+FREEFORM = ROOT / "tests" / "data" / "verify" / "freeform_cases.jsonl"
 
 
 def benchmark_answers(limit: int) -> list[str]:
@@ -77,6 +84,34 @@ def make_pairs(limit: int) -> list[tuple[str, str, bool]]:
     return pairs
 
 
+def make_freeform_pairs(limit: int) -> tuple[list[tuple[str, str, bool]], list[str]]:
+    """Unboxed pairs and their class names (see the module docstring)."""
+    pairs: list[tuple[str, str, bool]] = []
+    classes: list[str] = []
+    for line in FREEFORM.open():
+        case = json.loads(line)
+        pairs.append((case["gold"], case["response"], bool(case["expected"])))
+        classes.append(case["class"])
+    for answer in benchmark_answers(limit):
+        pairs.append((answer, f"${answer}$", True))
+        classes.append("bench:whole-response")
+        pairs.append((answer, f"</think>Putting it together, the value is ${answer}$.", True))
+        classes.append("bench:prose")
+        wrong = perturbed(answer)
+        if wrong is not None:
+            pairs.append((answer, f"</think>Putting it together, the value is ${wrong}$.", False))
+            classes.append("bench:prose")
+    return pairs, classes
+
+
+def by_class(classes: list[str], verdicts: list[bool], labels: list[bool]) -> dict[str, tuple[int, int]]:
+    table: dict[str, tuple[int, int]] = {}
+    for name, verdict, label in zip(classes, verdicts, labels, strict=True):
+        agree, total = table.get(name, (0, 0))
+        table[name] = (agree + (verdict == label), total + 1)
+    return table
+
+
 def run_math_verify(pairs: list[tuple[str, str, bool]]) -> tuple[list[float], list[bool]]:
     from math_verify import parse, verify
 
@@ -119,16 +154,10 @@ def describe(name: str, latencies: list[float], verdicts: list[bool], labels: li
     return row
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=600, help="reference answers to use (600 = all)")
-    ap.add_argument("--cpu", type=int, default=0, help="core to pin both tools to (-1: no pinning)")
-    args = ap.parse_args()
-    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {args.cpu})  # workers forked later inherit the pinning
-    pairs = make_pairs(args.limit)
+def compare_set(title: str, pairs: list[tuple[str, str, bool]]) -> tuple[list[bool], list[bool], list[bool]]:
+    """Run both tools on one set of pairs, print their rows; (labels, math-verify, still) verdicts."""
     labels = [lab for _, _, lab in pairs]
-    print(f"{len(pairs)} pairs from {min(args.limit, 600)} reference answers ({labels.count(False)} wrong answers)")
+    print(f"\n{title}: {len(pairs)} pairs ({labels.count(False)} wrong answers)")
     mv_lat, mv_verdicts = run_math_verify(pairs)
     st_lat, st_verdicts, worker_calls = run_still(pairs)
     mv = describe("math-verify", mv_lat, mv_verdicts, labels)
@@ -136,6 +165,25 @@ def main() -> int:
     print(f"still sent {worker_calls}/{len(pairs)} pairs to the math-verify worker; the rest took the fast paths")
     print(f"throughput ratio still / math-verify: {st['pairs_per_s'] / mv['pairs_per_s']:.1f}x")
     print(f"p99 ratio math-verify / still: {mv['p99_ms'] / st['p99_ms']:.1f}x")
+    return labels, mv_verdicts, st_verdicts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=600, help="reference answers to use (600 = all)")
+    ap.add_argument("--cpu", type=int, default=0, help="core to pin both tools to (-1: no pinning)")
+    args = ap.parse_args()
+    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})  # workers forked later inherit the pinning
+    compare_set(f"boxed and anchored set from {min(args.limit, 600)} reference answers", make_pairs(args.limit))
+    free, classes = make_freeform_pairs(args.limit)
+    labels, mv_verdicts, st_verdicts = compare_set("free-form (unboxed) set", free)
+    mv_table = by_class(classes, mv_verdicts, labels)
+    st_table = by_class(classes, st_verdicts, labels)
+    print(f"{'agreement by class':28s} {'math-verify':>12s} {'still':>12s}")
+    for name in sorted(st_table):
+        (m_ok, n), (s_ok, _) = mv_table[name], st_table[name]
+        print(f"{name:28s} {m_ok:>6d}/{n:<5d} {s_ok:>6d}/{n:<5d}")
     return 0
 
 

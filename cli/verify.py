@@ -54,6 +54,13 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     help="Where to look when there is no \\boxed{}, 'final answer is' or 'Answer:' line (repeatable, in order).",
 )
 @click.option(
+    "--strict",
+    is_flag=True,
+    help="Anchored answers only (\\boxed{}, 'final answer is', 'Answer:' and --fallback rules): an unanchored "
+    "answer is no_answer. Pick it to filter training data, where an unboxed answer is a format failure; "
+    "the default (also reading what math-verify's extraction finds) is for evaluating students and base models.",
+)
+@click.option(
     "--ordered-lists",
     is_flag=True,
     help="Compare a bare list 'a, b, c' in order (MATH's string grader) instead of as a set.",
@@ -91,6 +98,7 @@ def command(
     timeout_s: float,
     workers: int,
     fallbacks: tuple[str, ...],
+    strict: bool,
     ordered_lists: bool,
     sandbox: str,
     code_timeout: float,
@@ -104,17 +112,19 @@ def command(
     error; for code: pass, wrong_answer, time_limit, memory_limit, output_limit, runtime_error,
     compile_error. score is 1/0 for answers and the fraction of tests passed for code.
 
-    Math: the answer after the last </think> (last \\boxed{}, 'final answer is', 'Answer:' line),
-    compared by normalised string, exact integers/fractions/decimals ('023' == '23'), then
-    math-verify in worker processes killed at --timeout, with guards against its known false
-    positives. Multiple choice: only anchored letters ('Answer: C', \\boxed{C}, '(C)' alone on the
-    last line), never a letter picked out of prose.
+    Math: the answer after the last </think> (last \\boxed{} or group of boxes, 'final answer is'
+    sentence, 'Answer:' line; then, unless --strict, a response that is only a number and
+    math-verify's own extraction), compared by normalised string, exact integers, fractions and
+    decimals ('023' == '23'), then math-verify in worker processes killed at --timeout, with
+    guards against its known false positives. Multiple choice: only anchored letters ('Answer: C',
+    \\boxed{C}, '(C)' alone on the last line), never a letter picked out of prose.
 
     \b
     Examples:
       still verify < responses.jsonl > verified.jsonl
       still verify --workers 4 --fallback last-number gsm8k.jsonl | jq -c .verify
       still verify -q --exit-status < one.jsonl && echo all correct
+      still verify --strict traces.jsonl | jq -c 'select(.verify.verdict == "correct")' > sft.jsonl
     """
     from still.core.verify import VerifyConfig, all_passed, verify_records
     from still.core.verify_math import MathConfig
@@ -126,7 +136,9 @@ def command(
         choices_field=choices_field,
         tests_field=tests_field,
         finish_reason_field=finish_reason_field,
-        math=MathConfig(timeout_s=timeout_s, workers=workers, fallbacks=fallbacks, ordered_lists=ordered_lists),
+        math=MathConfig(
+            timeout_s=timeout_s, workers=workers, fallbacks=fallbacks, ordered_lists=ordered_lists, strict=strict
+        ),
         sandbox=sandbox,
         code_timeout_s=code_timeout,
         code_memory_mb=memory_mb,

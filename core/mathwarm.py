@@ -6,7 +6,7 @@ machine). Paying it here, before any worker is forked, keeps that cost out of ev
 
 from __future__ import annotations
 
-from still.core.verify_math import compare_in_worker
+from still.core.math_worker import compare_in_worker
 
 for _gold, _pred in (
     ("\\frac{1}{2}", "0.5"),
@@ -41,3 +41,12 @@ for _gold, _pred in (
     ("\\log_2 5", "\\ln 5 / \\ln 2"),
 ):
     compare_in_worker((_gold, _pred))
+
+# math-verify's own extraction (its regexes compile on first use: seconds).
+for _gold, _region in (
+    ("1000.99", "so it is 1,000.99m²"),
+    ("\\frac{1}{2}", "Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct."),
+    ("[0,1)", "The domain is $[0,1)$, and the answer is $x \\in [0, 1)$."),
+    ("28\\%", "the loss is 28 percent"),
+):
+    compare_in_worker((_gold, "", _region))

@@ -330,7 +330,7 @@ MIXED = [
     {"id": "f", "answer": "A", "choices": ["x", "y", "z"], "response": "</think>It is a"},
     {"id": "g", "answer": "x^2+1", "response": "</think>\\boxed{1+x^2}"},
     {"id": "h", "answer": 27.0, "response": "\\boxed{27}"},
-    {"id": "i", "answer": "\\sqrt{2}", "response": "</think>\\boxed{1.414}"},
+    {"id": "i", "answer": "\\sqrt{2}", "response": "</think>\\boxed{1.415}"},  # 1.414 is sqrt 2 rounded
     {"id": "j", "answer": "(1,2]", "response": "</think>\\boxed{(1, 2]}", "finish_reason": "stop"},
 ]
 
