@@ -41,7 +41,11 @@ if TYPE_CHECKING:
 @click.option("--level-field", default="difficulty", show_default=True, metavar="PATH", help="Difficulty level field.")
 @click.option("--category-field", default="domain", show_default=True, metavar="PATH", help="Category field.")
 @click.option("--pass-rate", "pass_rate", metavar="LO..HI", help="Keep queries whose pass rate is in [LO, HI].")
-@click.option("--model", metavar="M", help="Read grade.M.pass_rate / grade.M.cv [default: the only model in grade].")
+@click.option(
+    "--model",
+    metavar="M",
+    help="Read grade.M.pass_rate / grade.M.cv [default: the only model in the first graded line].",
+)
 @click.option("--pass-rate-field", metavar="PATH", help="Flat pass-rate field instead of grade.M (e.g. pass_rate_r1).")
 @click.option("--cv-field", metavar="PATH", help="Flat CV field instead of grade.M.cv.")
 @click.option(
