@@ -554,7 +554,8 @@ def test_the_model_comes_from_the_first_graded_line_and_other_models_are_reporte
         {"id": "b", "response": "r", "grade": {"qwen": {"pass_rate": 0.5}}},
     ]
     res = run_still("sample --pass-rate 0..1", stdin=dump(rows), code=3)
-    assert "<stdin>:2: no grade.r1.pass_rate (graded for qwen; the model r1 came from the first graded line" in res.stderr
+    hint = "(graded for qwen; the model r1 came from the first graded line: choose one with --model)"
+    assert f"<stdin>:2: no grade.r1.pass_rate {hint}" in res.stderr
     res = run_still("sample --pass-rate 0..1 --model qwen --on-error skip", stdin=dump(rows))
     assert [json.loads(x)["id"] for x in res.lines()] == ["b"]
     assert "(graded for" not in res.stderr
