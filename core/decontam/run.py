@@ -14,7 +14,7 @@ from still.core.decontam.normalise import NORMALISE_VERSION
 from still.core.decontam.tables import SEED_N, IndexParams
 from still.core.errors import BadInput
 from still.core.fields import Fields
-from still.core.jsonl import Record
+from still.core.records import Record
 from still.core.stats import RunStats
 
 FIELD_CHOICES = ("query", "response", "both")
