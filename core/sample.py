@@ -612,7 +612,10 @@ class Sampler:
         parser, checks and keys, so the same decisions, drop reasons and output."""
         cfg = self.config
         stats = self.stats
-        drop = stats.drop
+        # drop reasons are collected in a list (an append is cheaper than a Counter update) and
+        # counted in batches
+        reasons: list[str] = []
+        drop = reasons.append
         fields = cfg.fields
         get_id = path_getter(fields.id_path)
         # a plain top-level id: dict.get inline (a missing id is no str and takes record_id)
@@ -622,32 +625,38 @@ class Sampler:
         stratum_of, rprio = self.stratum_of, self.rprio
         seed_prefix = self.seed_prefix
         strata = self.strata
-        for rec in records:
-            data = rec.data
-            rid = data.get(id_key) if id_key is not None else get_id(data)
-            try:
-                if type(rid) is not str:
-                    rid = fields.record_id(rec)
-                if need_qs:
-                    pass_rate, cv = grade_values(rec)
-            except BadInput as exc:
-                self._unusable(rec, exc)
-                continue
-            if need_qs and not admits_query(rec, pass_rate, cv, drop):
-                continue
-            if strata is None:
-                self.count_out(rec)
-                yield rec
-                continue
-            stratum = stratum_of(rec)
-            if stratum is None:
-                drop("not in quota")
-                continue
-            qprio = _H(seed_prefix + rid.encode())
-            if stratum.query_behind(qprio):
-                drop(stratum.evict_reason)
-                continue
-            stratum.offer(-((qprio << 64) | rprio(rec, rid)), qprio, rec.to_bytes(), data, stats)
+        try:
+            for rec in records:
+                if len(reasons) >= 65536:
+                    stats.dropped.update(reasons)
+                    reasons.clear()
+                data = rec.data
+                rid = data.get(id_key) if id_key is not None else get_id(data)
+                try:
+                    if type(rid) is not str:
+                        rid = fields.record_id(rec)
+                    if need_qs:
+                        pass_rate, cv = grade_values(rec)
+                except BadInput as exc:
+                    self._unusable(rec, exc)
+                    continue
+                if need_qs and not admits_query(rec, pass_rate, cv, drop):
+                    continue
+                if strata is None:
+                    self.count_out(rec)
+                    yield rec
+                    continue
+                stratum = stratum_of(rec)
+                if stratum is None:
+                    drop("not in quota")
+                    continue
+                qprio = _H(seed_prefix + rid.encode())
+                if stratum.query_behind(qprio):
+                    drop(stratum.evict_reason)
+                    continue
+                stratum.offer(-((qprio << 64) | rprio(rec, rid)), qprio, rec.to_bytes(), data, stats)
+        finally:
+            stats.dropped.update(reasons)
 
     def _flush_group(self, group: list[Record], rid: str) -> Iterator[_Prepared]:
         qs = self.group_stats(group)
