@@ -15,9 +15,6 @@ from click.shell_completion import CompletionItem
 from still.cli._common import StreamOptions, run_stream, stream_options
 
 DEFAULT_COMMAND = "run"
-_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-# mypy resolves still.cli._common as Any through the package-dir mapping; keep `run` typed.
-_stream_options = cast(_Decorator, stream_options)
 
 
 class DefaultGroup(click.Group):
@@ -127,7 +124,7 @@ _GROUP = cast(click.Group, command)
 )
 @click.option("--ngram-min", type=int, default=8, show_default=True, help="Smallest n for the `ngram` method.")
 @click.option("--ngram-max", type=int, default=13, show_default=True, help="Largest n for the `ngram` method.")
-@_stream_options
+@stream_options
 def run(
     stream: StreamOptions,
     against: tuple[str, ...],
