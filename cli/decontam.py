@@ -180,7 +180,7 @@ def run(
     matcher.prepare_screen()
     report = DecontamReport(index)
     config = DecontamConfig(
-        fields=stream.fields(), check=check, mark=mark, params=params, skip_bad=stream.on_error != "fail"
+        matcher, fields=stream.fields(), check=check, mark=mark, skip_bad=stream.on_error != "fail", report=report
     )
 
     def on_success(stats: Any) -> None:
@@ -192,9 +192,7 @@ def run(
         if not stream.quiet:
             click.echo(report.summary(), err=True)
 
-    run_stream(
-        "decontam", stream, lambda records, stats: run_decontam(records, matcher, config, stats, report), on_success
-    )
+    run_stream("decontam", stream, lambda records, stats: run_decontam(records, config, stats), on_success)
 
 
 @_GROUP.group("index")

@@ -232,6 +232,7 @@ def command(
 
 def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) -> None:
     import contextlib
+    import dataclasses
     import os
     import tempfile
 
@@ -265,7 +266,8 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
             first_reader = _as_stdin(read_records(inputs, scratch, quiet_policy, max_bytes), spooled)
             first_pass = shard_filter(first_reader, shard, fields, scratch)
         # only curriculum stages look at the selected records' fields; the writer needs their bytes
-        selected = run_sample(records, config, stats, first_pass, parse_selected=stages is not None)
+        config = dataclasses.replace(config, parse_selected=stages is not None)
+        selected = run_sample(records, config, stats, first_pass)
         if stages is None:
             with AtomicOutput(stream.output) as sink:
                 write_records(selected, sink, stats)

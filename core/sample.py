@@ -192,6 +192,9 @@ class SampleConfig:
     cv_threshold: dict[str, float] = field(default_factory=dict)
     easy_keep_prob: float = 0.5
     passing_only: bool = False  # keep only responses whose score passes their category's threshold
+    # False: records released from a counted selection at the end carry an empty ``data`` (their
+    # bytes are exact), for a consumer that only writes them
+    parse_selected: bool = True
 
     def validate(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -404,9 +407,6 @@ class Sampler:
             self.strata = {}
             for key, target in targets.items():
                 self.strata[key] = _Stratum("/".join(key) or "all", target, self.cap, reason, self.out_labels)
-        # False: records released from the held selection carry no parsed fields (a writer needs
-        # only their bytes), which saves parsing each selected line a second time
-        self.parse_selected = True
         self.thresholds = dict(config.pass_thresholds)
         if config.preset == "deepdistill-stage2" and "*" not in config.cv_threshold:
             # Stage II: one uniform pass threshold of 0.99
@@ -863,7 +863,7 @@ class Sampler:
                 )
                 for n, (raw, labels) in enumerate(chosen, 1):
                     self.count_labels(labels)
-                    yield Record(orjson.loads(raw) if self.parse_selected else {}, raw, "<selected>", n)
+                    yield Record(orjson.loads(raw) if self.config.parse_selected else {}, raw, "<selected>", n)
             summary["strata"] = strata_out
             summary["shortfall"] = sum(s["shortfall"] for s in strata_out)
         summary["distribution"] = {
@@ -1032,14 +1032,11 @@ def run_sample(
     stats: RunStats,
     first_pass: Iterable[Record] | None = None,
     fast: bool = True,
-    parse_selected: bool = True,
 ) -> Iterator[Record]:
     """Select records per ``config``; ``first_pass`` (a second reading of the same input) is
     needed when a quantile band is set. ``fast=False`` takes the general path everywhere (tests
-    compare the two). ``parse_selected=False``: records released from a counted selection at the
-    end carry an empty ``data`` (their bytes are exact), for a consumer that only writes them."""
+    compare the two)."""
     sampler = Sampler(config, stats)
-    sampler.parse_selected = parse_selected
     if config.band is not None:
         if first_pass is None:
             raise UsageError("a quantile band needs a second reading of the input (pass 1)")

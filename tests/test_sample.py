@@ -517,8 +517,8 @@ def test_fast_path_matches_general_path(options: dict) -> None:
             stats.on_bad = lambda source, line, message, raw, stats=stats: stats.error(message.split(":")[0])
             records = [Record(json.loads(line), line, "t", n) for n, line in enumerate(dump(rows).splitlines(True), 1)]
             stats.read = len(records)
-            config = SampleConfig(seed=order_seed, **options)
-            selected = run_sample(iter(records), config, stats, fast=fast, parse_selected=not fast)
+            config = SampleConfig(seed=order_seed, parse_selected=not fast, **options)
+            selected = run_sample(iter(records), config, stats, fast=fast)
             out = [rec.to_bytes() for rec in selected]
             stats.written = len(out)
             stats.check_balance()

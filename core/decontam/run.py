@@ -21,15 +21,6 @@ FIELD_CHOICES = ("query", "response", "both")
 
 
 @dataclass
-class DecontamConfig:
-    fields: Fields = field(default_factory=Fields)
-    check: str = "query"  # query | response | both
-    mark: bool = False
-    params: IndexParams = field(default_factory=IndexParams)
-    skip_bad: bool = False  # --on-error skip/quarantine: count records without the field as errors
-
-
-@dataclass
 class DecontamReport:
     """Per-benchmark counts and the benchmark items that were hit."""
 
@@ -94,6 +85,23 @@ class DecontamReport:
         )
 
 
+@dataclass
+class DecontamConfig:
+    """One run: the compiled index it matches with (built or loaded before any input is read, so a
+    bad index stops the command before the stream starts) and how records are checked."""
+
+    matcher: Matcher
+    fields: Fields = field(default_factory=Fields)
+    check: str = "query"  # query | response | both
+    mark: bool = False
+    skip_bad: bool = False  # --on-error skip/quarantine: count records without the field as errors
+    report: DecontamReport | None = None  # filled during the run; the caller writes it after success
+
+    @property
+    def params(self) -> IndexParams:
+        return self.matcher.params
+
+
 def _texts(rec: Record, config: DecontamConfig) -> list[tuple[str, str]]:
     fields = config.fields
     if config.check == "query":
@@ -114,15 +122,15 @@ def _texts(rec: Record, config: DecontamConfig) -> list[tuple[str, str]]:
 RECORD_BLOCK = 2048  # records matched at once: fewer, fuller screen chunks (2048 x 1 KB: 2 MB held)
 
 
-def run_decontam(
-    records: Iterable[Record], matcher: Matcher, config: DecontamConfig, stats: RunStats, report: DecontamReport
-) -> Iterator[Record]:
+def run_decontam(records: Iterable[Record], config: DecontamConfig, stats: RunStats) -> Iterator[Record]:
     """Drop (or with ``mark`` annotate) records that contain benchmark items.
 
     Records are matched in blocks of ``RECORD_BLOCK`` (:meth:`Matcher.match_many`); the output
     and the accounting are the same as matching them one at a time.
     """
+    matcher = config.matcher
     index = matcher.index
+    report = config.report if config.report is not None else DecontamReport(index)
     mark = config.mark
     block: list[Record] = []
     pairs: list[tuple[str, str]] = []  # the block's (text, field name) pairs, record by record
