@@ -27,14 +27,9 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check cli core still tests bench examples
 
-# mypy sees the folders under their installed names (still.cli, still.core) through a symlink farm.
+# still/cli and still/core link to cli/ and core/: mypy checks them under their installed names.
 typecheck: venv
-	mkdir -p build/typecheck/still
-	ln -sfn ../../../cli build/typecheck/still/cli
-	ln -sfn ../../../core build/typecheck/still/core
-	ln -sfn ../../../still/__init__.py build/typecheck/still/__init__.py
-	ln -sfn ../../../still/__main__.py build/typecheck/still/__main__.py
-	MYPYPATH=build/typecheck $(VENV)/bin/mypy -p still
+	$(VENV)/bin/mypy -p still
 
 # The tests start a real redis-server and sandbox model code with bubblewrap: name what is missing.
 prereqs:
@@ -47,7 +42,8 @@ pytest: venv prereqs
 
 test: lint typecheck pytest
 
-# Regenerate completions/ and docs/cli.md from the click tree (a test fails when they drift).
+# Regenerate completions/ and the CLI reference in README.md from the click tree (a test fails
+# when they drift).
 docs: venv
 	$(PY) -m still.cli._generate
 

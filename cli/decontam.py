@@ -15,9 +15,6 @@ from click.shell_completion import CompletionItem
 from still.cli._common import StreamOptions, run_stream, stream_options
 
 DEFAULT_COMMAND = "run"
-_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-# mypy resolves still.cli._common as Any through the package-dir mapping; keep `run` typed.
-_stream_options = cast(_Decorator, stream_options)
 
 
 class DefaultGroup(click.Group):
@@ -127,7 +124,7 @@ _GROUP = cast(click.Group, command)
 )
 @click.option("--ngram-min", type=int, default=8, show_default=True, help="Smallest n for the `ngram` method.")
 @click.option("--ngram-max", type=int, default=13, show_default=True, help="Largest n for the `ngram` method.")
-@_stream_options
+@stream_options
 def run(
     stream: StreamOptions,
     against: tuple[str, ...],
@@ -183,7 +180,7 @@ def run(
     matcher.prepare_screen()
     report = DecontamReport(index)
     config = DecontamConfig(
-        fields=stream.fields(), check=check, mark=mark, params=params, skip_bad=stream.on_error != "fail"
+        matcher, fields=stream.fields(), check=check, mark=mark, skip_bad=stream.on_error != "fail", report=report
     )
 
     def on_success(stats: Any) -> None:
@@ -195,9 +192,7 @@ def run(
         if not stream.quiet:
             click.echo(report.summary(), err=True)
 
-    run_stream(
-        "decontam", stream, lambda records, stats: run_decontam(records, matcher, config, stats, report), on_success
-    )
+    run_stream("decontam", stream, lambda records, stats: run_decontam(records, config, stats), on_success)
 
 
 @_GROUP.group("index")

@@ -41,7 +41,11 @@ if TYPE_CHECKING:
 @click.option("--level-field", default="difficulty", show_default=True, metavar="PATH", help="Difficulty level field.")
 @click.option("--category-field", default="domain", show_default=True, metavar="PATH", help="Category field.")
 @click.option("--pass-rate", "pass_rate", metavar="LO..HI", help="Keep queries whose pass rate is in [LO, HI].")
-@click.option("--model", metavar="M", help="Read grade.M.pass_rate / grade.M.cv [default: the only model in grade].")
+@click.option(
+    "--model",
+    metavar="M",
+    help="Read grade.M.pass_rate / grade.M.cv [default: the only model in the first graded line].",
+)
 @click.option("--pass-rate-field", metavar="PATH", help="Flat pass-rate field instead of grade.M (e.g. pass_rate_r1).")
 @click.option("--cv-field", metavar="PATH", help="Flat CV field instead of grade.M.cv.")
 @click.option(
@@ -234,6 +238,7 @@ def command(
 
 def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) -> None:
     import contextlib
+    import dataclasses
     import os
     import tempfile
 
@@ -271,7 +276,8 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
             first_reader = _as_stdin(read_records(inputs, scratch, quiet_policy, max_bytes), spooled)
             first_pass = shard_filter(first_reader, shard, fields, scratch)
         # only curriculum stages look at the selected records' fields; the writer needs their bytes
-        selected = run_sample(records, config, stats, first_pass, parse_selected=stages is not None)
+        config = dataclasses.replace(config, parse_selected=stages is not None)
+        selected = run_sample(records, config, stats, first_pass)
         if stages is None:
             with AtomicOutput(stream.output, stream.gzip_level) as sink:
                 write_records(selected, sink, stats)

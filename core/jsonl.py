@@ -24,6 +24,7 @@ from typing import IO, Any, BinaryIO
 import orjson
 
 from still.core.errors import BadInput, UsageError
+from still.core.records import Record as Record  # re-exported: where commands have always imported it
 from still.core.stats import RunStats
 
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -31,32 +32,6 @@ DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 # larger, which keeps compression from being the slowest stage (bench/gzip_output.py measures it).
 DEFAULT_GZIP_LEVEL = 1
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class Record:
-    """One input line: its parsed object, its raw bytes (until changed) and where it came from."""
-
-    __slots__ = ("data", "raw", "source", "line")
-
-    def __init__(self, data: dict[str, Any], raw: bytes | None, source: str, line: int) -> None:
-        self.data = data
-        self.raw = raw
-        self.source = source
-        self.line = line
-
-    def changed(self) -> dict[str, Any]:
-        """Return the object for editing; the record is re-serialised when written."""
-        self.raw = None
-        return self.data
-
-    def to_bytes(self) -> bytes:
-        if self.raw is not None:
-            return self.raw
-        return orjson.dumps(self.data) + b"\n"
-
-    @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,14 @@ on their order or chunking. ``--per-query K`` caps how many responses of one que
 Query-level statistics (pass rate, CV, max score) come either from ``grade`` fields on each line
 (order-free, no grouping) or from aggregating ``verify.score`` over *adjacent* lines with the same
 id (what ``generate | verify`` emit): memory is one group, and such input may be shuffled within
-and across groups but not interleaved. Quantile bands (``--length-top``) need the value
-distribution first: pass 1 builds an exact histogram (memory O(distinct values)), pass 2 selects;
-ties at a band edge are broken by ``rprio`` with a heap no larger than the band.
+and across groups but not interleaved. Two things are decided on the first line and hold for the
+whole input: ``--query-stats auto`` picks grade fields when the first line has a ``grade`` object
+(else adjacent groups), and without ``--model`` the model is the only one in the first graded
+line's ``grade``; a later line graded for another model is reported (``--on-error``), not misread.
+
+Quantile bands (``--length-top``) need the value distribution first: pass 1 builds an exact
+histogram (memory O(distinct values)), pass 2 selects; ties at a band edge are broken by
+``rprio`` with a heap no larger than the band.
 
 Output order: records decided on sight (pure filters) are written at once in input order; records
 held for a counted selection are written at the end, stratum by stratum in the order given, each in
@@ -187,6 +192,9 @@ class SampleConfig:
     cv_threshold: dict[str, float] = field(default_factory=dict)
     easy_keep_prob: float = 0.5
     passing_only: bool = False  # keep only responses whose score passes their category's threshold
+    # False: records released from a counted selection at the end carry an empty ``data`` (their
+    # bytes are exact), for a consumer that only writes them
+    parse_selected: bool = True
 
     def validate(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -321,6 +329,14 @@ class _Stratum:
         worst = self.worst()
         return worst is not None and neg_prefix < worst[0][: len(neg_prefix)]
 
+    def query_behind(self, qprio: int) -> bool:
+        """:meth:`rejects_prefix` for plain keys: the stratum is full and its worst kept query
+        ranks before this one, so no response of this query can enter."""
+        if self.alive < self.target or not self.heap:
+            return False
+        worst = self.heap[0]
+        return bool(worst[3]) and qprio > (-worst[0]) >> 64
+
     def offer(self, neg: Any, qkey: Any, raw: bytes, data: dict[str, Any], stats: RunStats) -> None:
         if self.target == 0:
             stats.drop(self.evict_reason)
@@ -406,7 +422,9 @@ class Sampler:
         config.validate()
         self.config = config
         self.stats = stats
+        self.seed_text = str(config.seed)
         self.seed_prefix = f"{config.seed}\x1f".encode()
+        self._plain_response = config.fields.response_path is None
         self.cap = config.effective_per_query
         targets = config.targets()
         self.strata: dict[tuple[str, ...], _Stratum] | None = None
@@ -415,9 +433,6 @@ class Sampler:
             self.strata = {}
             for key, target in targets.items():
                 self.strata[key] = _Stratum("/".join(key) or "all", target, self.cap, reason, self.out_labels)
-        # False: records released from the held selection carry no parsed fields (a writer needs
-        # only their bytes), which saves parsing each selected line a second time
-        self.parse_selected = True
         self.thresholds = dict(config.pass_thresholds)
         if config.preset == "deepdistill-stage2" and "*" not in config.cv_threshold:
             # Stage II: one uniform pass threshold of 0.99
@@ -438,6 +453,10 @@ class Sampler:
         # 2: required, 1: used when present, 0: not needed
         self._need_pr = 2 if (config.pass_rate_band is not None or config.preset is not None) else 0
         self._need_cv = bool(config.cv_min) or config.preset in ("deepdistill-stage1", "deepdistill-stage2")
+        self._by_value: dict[str, _Stratum] | None = None
+        self._only = self.strata.get(()) if self.strata is not None and len(self.strata) == 1 else None
+        if self.strata is not None and self._get_quota is not None and not config.level_weights:
+            self._by_value = {key[0]: stratum for key, stratum in self.strata.items()}
         self.out_counts: Counter[str] = Counter()
         self.level_counts: Counter[str] = Counter()
 
@@ -447,14 +466,16 @@ class Sampler:
 
     def rprio(self, rec: Record, rid: str) -> int:
         data = rec.data
-        response = data.get("response") if self.config.fields.response_path is None else None
+        response = data.get("response") if self._plain_response else None
         if type(response) is not str:
             try:
                 response = self.config.fields.response(rec)
             except BadInput:
                 response = ""
-        parts = (rid, str(data.get("model", "")), str(data.get("sample_idx", "")), response)
-        return _H(self.seed_prefix + "\x1f".join(parts).encode("utf-8", "surrogatepass"))
+        # H(seed, id, model, sample_idx, response) joined by \x1f; an f-string formats like str()
+        # and joins in one copy
+        text = f"{self.seed_text}\x1f{rid}\x1f{data.get('model', '')}\x1f{data.get('sample_idx', '')}\x1f{response}"
+        return _H(text.encode("utf-8", "surrogatepass"))
 
     # ---- per-record fields ---------------------------------------------------------------------
     def category(self, rec: Record) -> str:
@@ -496,7 +517,12 @@ class Sampler:
         return self._paths
 
     def grade_stats(self, rec: Record) -> QueryStats:
-        pr_path, cv_path = self._grade_paths(rec)
+        pass_rate, cv = self.grade_values(rec)
+        return QueryStats(pass_rate, cv, None if pass_rate is None else pass_rate > 0)
+
+    def grade_values(self, rec: Record) -> tuple[float | None, float | None]:
+        """The (pass rate, CV) a line's grade fields give: the one parser of query stats on lines."""
+        pr_path, cv_path = self._paths or self._grade_paths(rec)
         data = rec.data
         pass_rate: float | None = None
         cv: float | None = None
@@ -505,15 +531,28 @@ class Sampler:
             if type(value) is float or type(value) is int:
                 pass_rate = float(value)
             elif self._need_pr == 2 or not (is_missing(value) or value is None):
-                raise BadInput(rec.source, rec.line, _not_number(pr_path, value))
+                raise BadInput(rec.source, rec.line, self._model_hint(data, _not_number(pr_path, value)))
         if self._need_cv:
             value = self._get_cv(data)
             if type(value) is float or type(value) is int:
                 cv = float(value)
             elif value is not None:
                 # null is a valid CV: undefined when the mean score is 0
-                raise BadInput(rec.source, rec.line, _not_number(cv_path, value))
-        return QueryStats(pass_rate, cv, None if pass_rate is None else pass_rate > 0)
+                raise BadInput(rec.source, rec.line, self._model_hint(data, _not_number(cv_path, value)))
+        return pass_rate, cv
+
+    def _model_hint(self, data: dict[str, Any], message: str) -> str:
+        """``message``, saying so when the line is graded for other models than the one taken
+        from the first graded line."""
+        grade = data.get("grade")
+        if self.config.model is None and self.model is not None and isinstance(grade, dict) and grade:
+            if self.model not in grade:
+                others = ", ".join(map(str, grade))
+                return (
+                    f"{message} (graded for {others}; the model {self.model} came from the first graded line: "
+                    "choose one with --model)"
+                )
+        return message
 
     def group_stats(self, group: list[Record]) -> QueryStats:
         scores = [self.score(r) for r in group]
@@ -594,133 +633,56 @@ class Sampler:
         return cfg.pass_rate_field is not None or cfg.cv_field is not None or isinstance(first.data.get("grade"), dict)
 
     def select_all(self, records: Iterable[Record]) -> Iterator[Record]:
-        """:meth:`with_query_stats` (grade fields or none), :meth:`offer` and :meth:`select` fused
-        into one loop without per-record objects, for :meth:`fast_path_applies` selections.
-        Same decisions, drop reasons and output; drops are counted locally and added at the end."""
+        """:meth:`with_query_stats` (grade fields or none), :meth:`offer` and :meth:`select` in one
+        loop without per-record objects, for :meth:`fast_path_applies` selections: the same
+        parser, checks and keys, so the same decisions, drop reasons and output."""
         cfg = self.config
         stats = self.stats
+        # drop reasons are collected in a list (an append is cheaper than a Counter update) and
+        # counted in batches
+        reasons: list[str] = []
+        drop = reasons.append
         fields = cfg.fields
         get_id = path_getter(fields.id_path)
         # a plain top-level id: dict.get inline (a missing id is no str and takes record_id)
         id_key = fields.id_path if "." not in fields.id_path else None
         need_qs = cfg.needs_query_stats
-        band = cfg.pass_rate_band
-        lo, hi = band if band is not None else (0.0, _INF)
-        cv_min = cfg.cv_min
-        need_pr = self._need_pr
-        need_cv = self._need_cv
+        grade_values, admits_query = self.grade_values, self.admits_query
+        stratum_of, rprio = self.stratum_of, self.rprio
         seed_prefix = self.seed_prefix
-        seed_text = str(cfg.seed)  # seed_prefix as text: rprio's bytes in one join (no extra copy)
-        plain_response = fields.response_path is None
         strata = self.strata
-        # a quota on one field: its string values lead straight to their stratum
-        by_value: dict[str, _Stratum] | None = None
-        get_quota = self._get_quota or _no_value
-        if strata is not None and self._get_quota is not None and not cfg.level_weights:
-            by_value = {key[0]: stratum for key, stratum in strata.items()}
-        quota_key = cfg.quota_field if by_value is not None and "." not in (cfg.quota_field or ".") else None
-        paths: tuple[str, str] | None = None
-        get_pr = get_cv = self._get_pr
-        cap = self.cap
-        out_of_band = not_in_quota = behind_worst = over_cap = 0
         try:
             for rec in records:
+                if len(reasons) >= 65536:
+                    stats.dropped.update(reasons)
+                    reasons.clear()
                 data = rec.data
                 rid = data.get(id_key) if id_key is not None else get_id(data)
-                if need_qs:
-                    try:
-                        if type(rid) is not str:
-                            rid = fields.record_id(rec)
-                        if paths is None:
-                            paths = self._grade_paths(rec)
-                            get_pr, get_cv = self._get_pr, self._get_cv
-                        pass_rate: float | None = None
-                        cv: float | None = None
-                        if need_pr:
-                            value = get_pr(data)
-                            if type(value) is float or type(value) is int:
-                                pass_rate = float(value)
-                            elif need_pr == 2 or not (is_missing(value) or value is None):
-                                raise BadInput(rec.source, rec.line, _not_number(paths[0], value))
-                        if need_cv:
-                            value = get_cv(data)
-                            if type(value) is float or type(value) is int:
-                                cv = float(value)
-                            elif value is not None:
-                                raise BadInput(rec.source, rec.line, _not_number(paths[1], value))
-                    except BadInput as exc:
-                        self._unusable(rec, exc)
-                        continue
-                    if band is not None and (pass_rate is None or not lo <= pass_rate <= hi):
-                        out_of_band += 1
-                        continue
-                    if cv_min:
-                        need = cv_min.get(self.category(rec), cv_min.get("*"))
-                        if need is not None and (cv is None or cv < need):
-                            stats.drop("below cv")
-                            continue
-                elif type(rid) is not str:
-                    try:
+                try:
+                    if type(rid) is not str:
                         rid = fields.record_id(rec)
-                    except BadInput as exc:
-                        self._unusable(rec, exc)
-                        continue
+                    if need_qs:
+                        pass_rate, cv = grade_values(rec)
+                except BadInput as exc:
+                    self._unusable(rec, exc)
+                    continue
+                if need_qs and not admits_query(rec, pass_rate, cv, drop):
+                    continue
                 if strata is None:
                     self.count_out(rec)
                     yield rec
                     continue
-                stratum: _Stratum | None = None
-                if by_value is not None:
-                    v = data.get(quota_key) if quota_key is not None else get_quota(data)
-                    if type(v) is str:
-                        stratum = by_value.get(v)
-                    elif (key := self.stratum_key(rec)) is not None:
-                        stratum = strata.get(key)
-                elif (key := self.stratum_key(rec)) is not None:
-                    stratum = strata.get(key)
+                stratum = stratum_of(rec)
                 if stratum is None:
-                    not_in_quota += 1
+                    drop("not in quota")
                     continue
                 qprio = _H(seed_prefix + rid.encode())
-                heap = stratum.heap
-                # a full stratum whose worst kept query ranks before this one: no response can enter
-                if stratum.alive >= stratum.target and heap and heap[0][3] and qprio > (-heap[0][0]) >> 64:
-                    behind_worst += 1
+                if stratum.query_behind(qprio):
+                    drop(stratum.evict_reason)
                     continue
-                response = data.get("response") if plain_response else None
-                if type(response) is not str:
-                    try:
-                        response = fields.response(rec)
-                    except BadInput:
-                        response = ""
-                # an f-string formats like str() and joins in one copy: the same bytes as rprio()
-                text = f"{seed_text}\x1f{rid}\x1f{data.get('model', '')}\x1f{data.get('sample_idx', '')}\x1f{response}"
-                rprio = _H(text.encode("utf-8", "surrogatepass"))
-                neg = -((qprio << 64) | rprio)
-                raw = rec.to_bytes()
-                # offer's two rejections inline, in its order (most responses end here)
-                if stratum.alive >= stratum.target:
-                    worst = heap[0] if heap and heap[0][3] else stratum.worst()
-                    if worst is not None and (neg < worst[0] or (neg == worst[0] and raw <= worst[1])):
-                        behind_worst += 1
-                        continue
-                if cap is not None:
-                    group = stratum.per_query.get(qprio)
-                    if group is not None and len(group) >= cap:
-                        g0 = group[0]
-                        if neg < g0[0] or (neg == g0[0] and raw <= g0[1]):
-                            over_cap += 1
-                            continue
-                stratum.offer(neg, qprio, raw, data, stats)
+                stratum.offer(-((qprio << 64) | rprio(rec, rid)), qprio, rec.to_bytes(), data, stats)
         finally:
-            if over_cap:
-                stats.drop("per-query limit", over_cap)
-            if out_of_band:
-                stats.drop("pass rate out of band", out_of_band)
-            if not_in_quota:
-                stats.drop("not in quota", not_in_quota)
-            if behind_worst:
-                stats.drop("quota full" if cfg.quota else "not selected", behind_worst)
+            stats.dropped.update(reasons)
 
     def _flush_group(self, group: list[Record], rid: str) -> Iterator[_Prepared]:
         qs = self.group_stats(group)
@@ -728,23 +690,28 @@ class Sampler:
         for rec in group:
             yield _Prepared(rec, rid, qprio, qs)
 
+    def admits_query(self, rec: Record, pass_rate: float | None, cv: float | None, drop: Callable[[str], None]) -> bool:
+        """The query-level bands: pass rate within its band, CV at least its minimum."""
+        cfg = self.config
+        band = cfg.pass_rate_band
+        if band is not None and (pass_rate is None or not band[0] <= pass_rate <= band[1]):
+            drop("pass rate out of band")
+            return False
+        if cfg.cv_min:
+            need = cfg.cv_min.get(self.category(rec), cfg.cv_min.get("*"))
+            if need is not None and (cv is None or cv < need):
+                drop("below cv")
+                return False
+        return True
+
     def keep(self, p: _Prepared, drop: Callable[[str], None]) -> bool:
         """Record-level rules (pass-rate band, CV minimum, presets); drops with a reason."""
         cfg = self.config
         qs = p.qs
         if qs is None:
             return True
-        if cfg.pass_rate_band is not None:
-            lo, hi = cfg.pass_rate_band
-            if qs.pass_rate is None or not lo <= qs.pass_rate <= hi:
-                drop("pass rate out of band")
-                return False
-        if cfg.cv_min:
-            cat = self.category(p.rec)
-            need = cfg.cv_min.get(cat, cfg.cv_min.get("*"))
-            if need is not None and (qs.cv is None or qs.cv < need):
-                drop("below cv")
-                return False
+        if not self.admits_query(p.rec, qs.pass_rate, qs.cv, drop):
+            return False
         if cfg.preset in ("deepdistill-stage1", "deepdistill-stage2"):
             if not qs.any_pass:
                 drop("no passing response")
@@ -809,12 +776,16 @@ class Sampler:
         self.reject(rec, exc.message)
 
     # ---- selection -----------------------------------------------------------------------------
-    def stratum_key(self, rec: Record) -> tuple[str, ...] | None:
+    def stratum_of(self, rec: Record) -> _Stratum | None:
+        """The stratum a record competes in (None: in no stratum)."""
+        if self._only is not None:
+            return self._only
+        assert self.strata is not None
         cfg = self.config
-        if self._get_quota is not None and not cfg.level_weights:
-            v = self._get_quota(rec.data)
-            if type(v) is str:
-                return (v,)
+        if self._by_value is not None:
+            v = self._get_quota(rec.data)  # type: ignore[misc]
+            if type(v) is str:  # a quota on one field: its string values lead straight to their stratum
+                return self._by_value.get(v)
         key: tuple[str, ...] = ()
         if cfg.quota_field:
             v = self._get_quota(rec.data)  # type: ignore[misc]
@@ -826,7 +797,7 @@ class Sampler:
             if is_missing(v) or v is None:
                 return None
             key += (value_key(v),)
-        return key
+        return self.strata.get(key)
 
     def key_prefix(self, p: _Prepared) -> tuple[Any, ...]:
         """The query-level part of the negated key: every response of a query shares it."""
@@ -859,8 +830,7 @@ class Sampler:
         if self.strata is None:
             self.count_out(p.rec)
             return p.rec
-        key = self.stratum_key(p.rec)
-        stratum = self.strata.get(key) if key is not None else None
+        stratum = self.stratum_of(p.rec)
         if stratum is None:
             self.stats.drop("not in quota")
             return None
@@ -871,12 +841,9 @@ class Sampler:
                 return None
             neg: Any = (*prefix, -self.rprio(p.rec, p.rid))
         else:
-            # fast path of rejects_prefix: a full stratum whose worst kept query ranks before this one
-            if stratum.alive >= stratum.target and stratum.heap:
-                worst = stratum.heap[0]
-                if worst[3] and p.qprio > (-worst[0]) >> 64:
-                    self.stats.drop(stratum.evict_reason)
-                    return None
+            if stratum.query_behind(p.qprio):
+                self.stats.drop(stratum.evict_reason)
+                return None
             neg = -((p.qprio << 64) | self.rprio(p.rec, p.rid))
         stratum.offer(neg, p.qprio, p.rec.to_bytes(), p.rec.data, self.stats)
         return None
@@ -922,7 +889,7 @@ class Sampler:
                 )
                 for n, (raw, labels) in enumerate(chosen, 1):
                     self.count_labels(labels)
-                    yield Record(orjson.loads(raw) if self.parse_selected else {}, raw, "<selected>", n)
+                    yield Record(orjson.loads(raw) if self.config.parse_selected else {}, raw, "<selected>", n)
             summary["strata"] = strata_out
             summary["shortfall"] = sum(s["shortfall"] for s in strata_out)
         summary["distribution"] = {
@@ -1009,10 +976,6 @@ def _ignore(reason: str) -> None:
     return None
 
 
-def _no_value(data: dict[str, Any]) -> Any:
-    return None
-
-
 class _BandCut:
     """Exact quantile band on a value: keep ranks [start, end) of (value, rprio) ascending."""
 
@@ -1095,14 +1058,11 @@ def run_sample(
     stats: RunStats,
     first_pass: Iterable[Record] | None = None,
     fast: bool = True,
-    parse_selected: bool = True,
 ) -> Iterator[Record]:
     """Select records per ``config``; ``first_pass`` (a second reading of the same input) is
     needed when a quantile band is set. ``fast=False`` takes the general path everywhere (tests
-    compare the two). ``parse_selected=False``: records released from a counted selection at the
-    end carry an empty ``data`` (their bytes are exact), for a consumer that only writes them."""
+    compare the two)."""
     sampler = Sampler(config, stats)
-    sampler.parse_selected = parse_selected
     if config.band is not None:
         if first_pass is None:
             raise UsageError("a quantile band needs a second reading of the input (pass 1)")

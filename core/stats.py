@@ -6,12 +6,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from still.core.errors import BadInput, StillError
-
-if TYPE_CHECKING:
-    from still.core.jsonl import Record
+from still.core.records import Record
 
 
 @dataclass

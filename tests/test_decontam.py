@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import data_file, run_still
+from conftest import ROOT, data_file, run_still
 
 from still.core.decontam import (
     DecontamIndex,
@@ -19,7 +20,9 @@ from still.core.decontam import (
     load_benchmarks,
     ngram_size,
 )
-from still.core.decontam_suite import planted_suite
+
+sys.path.insert(0, str(ROOT / "bench"))
+from decontam_suite import planted_suite  # noqa: E402
 
 BENCH_FILES = ("aime24", "amc23", "math500", "gsm8k_test")
 

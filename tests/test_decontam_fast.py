@@ -1,30 +1,30 @@
 """`still decontam`'s fast paths give exactly what the per-record reference path gives.
 
-The block screen (`Matcher.match_many` / `Matcher.screen`) only decides which texts can skip the
-per-record path, and `prepared` finds non-ASCII runs with bytes.find; both are compared here with
-their reference on the planted suite and on random text built to hit the edge cases.
+The block screen (`Matcher.match_many` / `Matcher.screen`) decides which texts can skip the
+per-record path and finds their seed candidates with numpy, and `prepared` finds non-ASCII runs
+with bytes.find; both are compared here with a plain-Python reference (below) on the planted
+suite and on random text built to hit the edge cases.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+import sys
+from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import data_file, run_still
+from conftest import ROOT, data_file, run_still
 
-from still.core.decontam import (
-    RECORD_BLOCK,
-    SEED_DICT_AFTER,
-    DecontamIndex,
-    IndexParams,
-    Matcher,
-    _KeyTable,
-    load_benchmarks,
-    prepared,
-    prepared_reference,
-)
-from still.core.decontam_suite import clean_problem, planted_suite
+from still.core.decontam import RECORD_BLOCK, DecontamIndex, IndexParams, Matcher, load_benchmarks, prepared
+from still.core.decontam import screen as screen_module
+from still.core.decontam.keytable import GRAM_MUL, KeyTable
+from still.core.decontam.normalise import _BYTE_TABLE, _NON_ASCII, _drop_formatting, _fix_run
+from still.core.decontam.tables import CompiledIndex, boilerplate_ids, row_ids
+
+sys.path.insert(0, str(ROOT / "bench"))
+from decontam_suite import clean_problem, planted_suite  # noqa: E402
 
 BENCH_FILES = ("aime24", "amc23", "math500", "gsm8k_test")
 
@@ -39,8 +39,38 @@ def index(benchmarks):
     return DecontamIndex.build(benchmarks)
 
 
+def prepared_reference(text: str) -> bytes:
+    """`prepared` character by character (the definition the fast version must match)."""
+    text = _drop_formatting(text)
+    if not text.isascii():
+        text = _NON_ASCII.sub(_fix_run, text)
+    return text.encode("utf-8").translate(_BYTE_TABLE)
+
+
+def seed_table(compiled: CompiledIndex) -> dict[tuple[int, ...], list[int]]:
+    """Masked 5-gram -> the items it seeds, as a Python dict."""
+    order = np.argsort(compiled.seed_gram, kind="stable")  # items stay in increasing order
+    grams = compiled.seed_gram[order]
+    items = compiled.seed_item[order].tolist()
+    distinct, first = np.unique(grams, return_index=True)
+    bounds = [*first.tolist(), len(items)]
+    keys = map(tuple, row_ids(compiled.seed_rows[distinct]).tolist())
+    return dict(zip(keys, (items[a:b] for a, b in itertools.pairwise(bounds)), strict=True))
+
+
 def reference_hits(matcher: Matcher, texts: list[str]) -> list[list[tuple]]:
-    return [[tuple(vars(h).values()) for h in matcher._match_uncached(t)] for t in texts]
+    """The per-record path on every text, its seed candidates found one record at a time from a
+    dict of all seeds: items sharing at least their need of distinct seeds."""
+    table = seed_table(matcher.compiled)
+    need = matcher.compiled.seed_need.tolist()
+    out = []
+    for text in texts:
+        masked = matcher.tokens.masked_ids(prepared(text).split())
+        shared = set(zip(*(masked[k:] for k in range(5)), strict=False)) & table.keys()
+        counts = Counter(itertools.chain.from_iterable(map(table.__getitem__, shared)))
+        seeds = sorted(i for i, c in counts.items() if c >= need[i])
+        out.append([tuple(vars(h).values()) for h in matcher._match_uncached(text, "query", seeds)])
+    return out
 
 
 def block_hits(matcher: Matcher, texts: list[str]) -> list[list[tuple]]:
@@ -115,26 +145,8 @@ def test_block_screen_gives_the_reference_hits_on_random_text(benchmarks, index)
     reference = reference_hits(Matcher(index, IndexParams()), texts)
     assert sum(map(bool, reference)) > 300  # the random text does contain items
     fast = Matcher(index, IndexParams())
-    assert fast.whole and fast.anchor_items  # both special paths are exercised
-    assert block_hits(Matcher(index, IndexParams()), texts) == reference
-    # the screen passes the seed candidates it found only when rows are single 5-grams
-    unverified = Matcher(index, IndexParams())
-    unverified.screen(["x"])
-    unverified._rows_exact = False
-    assert block_hits(unverified, texts) == reference
-    # the per-record path's three ways to find seed candidates give the same hits: numpy by key
-    # (its first records), numpy by searchsorted (when two 5-grams share a key), the Python dict
-    by_key = Matcher(index, IndexParams())
-    by_key._numpy_probes = -len(texts)
-    assert reference_hits(by_key, texts) == reference and by_key._seed_dict is None
-    by_rows = Matcher(index, IndexParams())
-    by_rows.screen(["x"])
-    by_rows._rows_exact = False
-    by_rows._numpy_probes = -len(texts)
-    assert reference_hits(by_rows, texts) == reference and by_rows._seed_dict is None
-    by_dict = Matcher(index, IndexParams())
-    by_dict._numpy_probes = SEED_DICT_AFTER
-    assert reference_hits(by_dict, texts) == reference and by_dict._seed_dict is not None
+    assert fast.compiled.whole and fast.compiled.anchor_items  # both special paths are exercised
+    assert block_hits(fast, texts) == reference
     params = IndexParams(methods=("ngram",), max_df=3, ngram_min=5, ngram_max=9)
     assert block_hits(Matcher(index, params), texts) == reference_hits(Matcher(index, params), texts)
 
@@ -151,7 +163,7 @@ def test_prepared_equals_the_character_wise_reference():
 def test_key_table_grows_and_finds_exactly_its_keys():
     rng = np.random.default_rng(0)
     keys = np.unique(rng.integers(0, 2**63, size=30000, dtype=np.int64).astype(np.uint64) * np.uint64(3))
-    table = _KeyTable(16)
+    table = KeyTable(16)
     for chunk in np.array_split(keys[:20000], 7):  # several growths
         table.insert(chunk, (chunk % np.uint64(1000)).astype(np.int64))
     values, found = table.lookup(keys)
@@ -186,9 +198,7 @@ def test_cli_output_is_the_same_in_blocks_as_one_at_a_time(tmp_path, benchmarks)
 def test_vectorised_compile_equals_the_per_item_definition(index):
     """The seed table, needs and digit tables, computed for all items at once, are what the
     per-item definition (plain Python, as the module's docstring describes it) gives."""
-    from collections import Counter
-
-    from still.core.decontam import (
+    from still.core.decontam.tables import (
         DIGITS_MIN_TOKENS,
         DIGITS_MIN_WORDS,
         NUM,
@@ -210,7 +220,7 @@ def test_vectorised_compile_equals_the_per_item_definition(index):
             item_grams.append(grams)
             df.update(set(grams))
         boiler = set()
-        for ids in matcher._boilerplate_ids():
+        for ids in boilerplate_ids(index):
             m = [NUM, NUM] + [int(mask_of[i]) if i != UNK else UNK for i in ids] + [NUM, NUM]
             boiler.update(zip(*(m[k:] for k in range(SEED_N))))
         table: dict = {}
@@ -222,24 +232,23 @@ def test_vectorised_compile_equals_the_per_item_definition(index):
             for g in sorted(set(seeds)):
                 table.setdefault(g, []).append(i)
             need[i] = min(len(set(seeds)), min(6, max(3, -(-3 * len(seeds) // 10))))
-        assert matcher.seed_table == table and matcher.seed_need == need
-        assert matcher.seed_keys == frozenset(table)
+        assert seed_table(matcher.compiled) == table and matcher.compiled.seed_need.tolist() == need
         th = index.vocab_hashes
         for i in range(0, index.n_items, 7):
             toks = index.item_slice(i)
-            assert matcher.ngram_n[i] == ngram_size(toks.size, params.ngram_min, params.ngram_max)
+            assert matcher.compiled.ngram_n[i] == ngram_size(toks.size, params.ngram_min, params.ngram_max)
             collapsed = collapse_numbers(mask_of[toks])[0]
-            grams, _ = matcher.tables["digits"].item(i)
+            grams, _ = matcher.compiled.grams["digits"].item(i)
             long_enough = collapsed.size >= DIGITS_MIN_TOKENS and int((collapsed != NUM).sum()) >= DIGITS_MIN_WORDS
-            assert matcher.tables["digits"].n[i] == (SEED_N if long_enough else 0)
-            if matcher.tables["digits"].n[i]:
+            assert matcher.compiled.grams["digits"].n[i] == (SEED_N if long_enough else 0)
+            if matcher.compiled.grams["digits"].n[i]:
                 assert grams.tolist() == sorted(set(gram_hashes(th[collapsed], SEED_N).tolist()))
             else:
                 assert grams.size == 0
 
 
 def test_key_table_keeps_the_key_zero_apart_from_its_empty_slots():
-    table = _KeyTable(16)
+    table = KeyTable(16)
     keys = np.array([0, 5, 1 << 63, (1 << 63) + 1], dtype=np.uint64)  # the last two share a slot
     table.insert(keys[1:], np.array([7, 8, 9], dtype=np.int64))
     values, found = table.lookup(np.array([0, 5, 1 << 63, (1 << 63) + 1, 6], dtype=np.uint64))
@@ -247,3 +256,16 @@ def test_key_table_keeps_the_key_zero_apart_from_its_empty_slots():
     table.insert(keys[:1], np.array([4], dtype=np.int64))
     values, found = table.lookup(keys)
     assert found.all() and values.tolist() == [4, 7, 8, 9]
+
+
+def test_seed_keys_that_collide_move_to_another_multiplier(benchmarks, index, monkeypatch):
+    """The screen keys seed 5-grams by 64-bit hashes and compares ids only for the row a key
+    names, so no two seeds may share a key: a key function that collides (multiplier 1: the sum
+    of the ids) is passed over for the next, and the hits stay the reference's."""
+    monkeypatch.setattr(screen_module, "KEY_MULTIPLIERS", (np.uint64(1), GRAM_MUL))
+    texts = random_texts(benchmarks, random.Random(4), 500)
+    matcher = Matcher(index, IndexParams())
+    assert matcher.prepare_screen().multiplier == GRAM_MUL
+    assert block_hits(matcher, texts) == reference_hits(Matcher(index, IndexParams()), texts)
+    with pytest.raises(RuntimeError):
+        screen_module.collision_free_keys(np.ones((2, 5), dtype=np.uint64), (np.uint64(1),))

@@ -518,8 +518,8 @@ def test_fast_path_matches_general_path(options: dict) -> None:
             stats.on_bad = lambda source, line, message, raw, stats=stats: stats.error(message.split(":")[0])
             records = [Record(json.loads(line), line, "t", n) for n, line in enumerate(dump(rows).splitlines(True), 1)]
             stats.read = len(records)
-            config = SampleConfig(seed=order_seed, **options)
-            selected = run_sample(iter(records), config, stats, fast=fast, parse_selected=not fast)
+            config = SampleConfig(seed=order_seed, parse_selected=not fast, **options)
+            selected = run_sample(iter(records), config, stats, fast=fast)
             out = [rec.to_bytes() for rec in selected]
             stats.written = len(out)
             stats.check_balance()
@@ -545,3 +545,18 @@ def test_passing_keeps_only_passing_responses() -> None:
     missing = data + json.dumps({"id": "d", "domain": "math", "response": "r6"}) + "\n"
     res = run_still("sample --passing", stdin=missing, code=3)
     assert "<stdin>:6: no numeric verify.score" in res.stderr
+
+
+def test_the_model_comes_from_the_first_graded_line_and_other_models_are_reported() -> None:
+    """Without --model the first graded line names the model; a line graded only for another
+    model is not read as ungraded but reported with the reason and the way out."""
+    rows = [
+        {"id": "a", "response": "r", "grade": {"r1": {"pass_rate": 0.5}}},
+        {"id": "b", "response": "r", "grade": {"qwen": {"pass_rate": 0.5}}},
+    ]
+    res = run_still("sample --pass-rate 0..1", stdin=dump(rows), code=3)
+    hint = "(graded for qwen; the model r1 came from the first graded line: choose one with --model)"
+    assert f"<stdin>:2: no grade.r1.pass_rate {hint}" in res.stderr
+    res = run_still("sample --pass-rate 0..1 --model qwen --on-error skip", stdin=dump(rows))
+    assert [json.loads(x)["id"] for x in res.lines()] == ["b"]
+    assert "(graded for" not in res.stderr
