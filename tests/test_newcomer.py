@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_still
+from conftest import ROOT, data_file, run_still
 
 
 def jsonl(*records: dict) -> str:
@@ -154,6 +154,12 @@ def test_outputs_respect_the_umask(tmp_path: Path):
     assert proc.returncode == 0
     for path in (out, st, clusters):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    index = tmp_path / "idx"
+    bench = data_file("benchmarks/aime24.jsonl")
+    build = _popen(["decontam", "index", "build", "--against", str(bench), "-o", str(index)])
+    assert build.wait() == 0
+    assert stat.S_IMODE(index.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in index.iterdir())
 
 
 def test_gzip_output_is_fast_by_default(tmp_path: Path):

@@ -22,6 +22,7 @@ from still import __version__
 from still.core.decontam.benchmarks import Benchmark, file_sha256
 from still.core.decontam.normalise import NORMALISE_VERSION, NUM_TOKEN, canonical_tokens, mask_token, token_hash
 from still.core.errors import BadInput, UsageError
+from still.core.jsonl import umask_mode
 
 INDEX_FORMAT = "still-decontam-index"
 INDEX_VERSION = 1
@@ -114,6 +115,7 @@ class DecontamIndex:
         parent = directory.resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".still-index-", dir=parent))
+        os.chmod(tmp, umask_mode(directory=True))  # mkdtemp's 0700 would hide the index from teammates
         try:
             arrays = tmp / "index.npz"
             with open(arrays, "wb") as fh:
