@@ -66,13 +66,16 @@ print(len(out))
 """
 
 
-def timed(argv: list[str], repeats: int) -> float:
-    best = float("inf")
+def timed_pair(ours: list[str], anchor: list[str], repeats: int) -> tuple[float, float]:
+    """Best wall time of each command, run alternately (ours, anchor, ours, ...) so that load
+    from other processes on a shared machine hits both sides alike."""
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-        best = min(best, time.perf_counter() - started)
-    return best
+        for side, argv in enumerate((ours, anchor)):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+            best[side] = min(best[side], time.perf_counter() - started)
+    return best[0], best[1]
 
 
 def main() -> None:
@@ -102,42 +105,16 @@ def main() -> None:
         print(
             f"{args.queries} queries x {args.samples} samples, {args.max_tokens} new tokens each, model hidden "
             f"{args.hidden} x {args.layers} layers, batch {args.batch_size}, best of {args.repeats}, "
-            f"{os.cpu_count()} CPUs"
+            f"{os.cpu_count()} CPUs",
+            flush=True,
         )
 
         common = ["-m", str(model), "-k", str(args.samples), "--max-tokens", str(args.max_tokens), str(queries)]
-        ours = timed(
-            [
-                *still,
-                *common,
-                "--engine",
-                "hf",
-                "--batch-size",
-                str(args.batch_size),
-                "--device",
-                "cpu",
-                "--dtype",
-                "float32",
-            ],
-            args.repeats,
-        )
-        anchor = timed(
-            [
-                sys.executable,
-                "-c",
-                HF_ANCHOR,
-                str(model),
-                str(queries),
-                str(args.samples),
-                str(args.max_tokens),
-                str(args.batch_size),
-            ],
-            args.repeats,
-        )
-        print(
-            f"hf:     still generate {ours:7.2f} s   transformers loop {anchor:7.2f} s   "
-            f"ratio {ours / anchor:.3f}   ({n / ours:.1f} vs {n / anchor:.1f} responses/s)"
-        )
+        hf_ours = [*still, *common, "--batch-size", str(args.batch_size), "--device", "cpu", "--dtype", "float32"]
+        hf_anchor = [sys.executable, "-c", HF_ANCHOR, str(model), str(queries), str(args.samples)]
+        hf_anchor += [str(args.max_tokens), str(args.batch_size)]
+        ours, anchor = timed_pair(hf_ours, hf_anchor, args.repeats)
+        report("hf:     still generate", "transformers loop", ours, anchor, n)
 
         if args.skip_openai:
             return
@@ -145,39 +122,20 @@ def main() -> None:
 
         with transformers_servers(model, 1, Path(tmp)) as (server,):
             body = json.dumps({"generation_config": '{"do_sample": true}'})
-            ours = timed(
-                [
-                    *still,
-                    *common,
-                    "--engine",
-                    "openai",
-                    "--base-url",
-                    server.url,
-                    "--extra-body",
-                    body,
-                    "--concurrency",
-                    str(args.concurrency),
-                ],
-                args.repeats,
-            )
-            anchor = timed(
-                [
-                    sys.executable,
-                    "-c",
-                    HTTP_ANCHOR,
-                    server.url,
-                    str(model),
-                    str(queries),
-                    str(args.samples),
-                    str(args.max_tokens),
-                    str(args.concurrency),
-                ],
-                args.repeats,
-            )
-        print(
-            f"openai: still generate {ours:7.2f} s   direct HTTP calls {anchor:7.2f} s   "
-            f"ratio {ours / anchor:.3f}   ({n / ours:.1f} vs {n / anchor:.1f} responses/s)"
-        )
+            http_ours = [*still, *common, "--engine", "openai", "--base-url", server.url, "--extra-body", body]
+            http_ours += ["--concurrency", str(args.concurrency)]
+            http_anchor = [sys.executable, "-c", HTTP_ANCHOR, server.url, str(model), str(queries)]
+            http_anchor += [str(args.samples), str(args.max_tokens), str(args.concurrency)]
+            ours, anchor = timed_pair(http_ours, http_anchor, args.repeats)
+        report("openai: still generate", "direct HTTP calls", ours, anchor, n)
+
+
+def report(ours_label: str, anchor_label: str, ours: float, anchor: float, n: int) -> None:
+    print(
+        f"{ours_label} {ours:7.2f} s   {anchor_label} {anchor:7.2f} s   ratio {ours / anchor:.3f}   "
+        f"({n / ours:.2f} vs {n / anchor:.2f} responses/s)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ head -n 6 "$dir/5-sample.jsonl" > "$dir/6-queries.jsonl"
 "$still" generate -m "$dir/tiny-model" -k 2 --max-tokens 24 --seed 7 --device cpu \
   "$dir/6-queries.jsonl" -o "$dir/6-generated.jsonl"
 
-echo "== 7. verify the generated responses (random text: expect no_answer, not correct)"
+echo "== 7. verify the generated responses (random text cut at 24 tokens: expect truncated, never correct)"
 "$still" verify "$dir/6-generated.jsonl" -o "$dir/7-generated-verified.jsonl"
 
 echo
