@@ -7,6 +7,7 @@ set -euo pipefail
 dir=${1:-demo-out}
 still=${2:-still}
 python=${3:-python3}
+here=$(cd "$(dirname "$0")/.." && pwd)
 
 # print a command as it would be typed (`still` for the venv's binary), then run it
 run() {
@@ -36,6 +37,18 @@ echo
 echo "== 5. sample: verified-correct responses only, one per query, as a math:40 / code:20 mix"
 run "$still" sample --passing --per-query 1 --quota domain=math:40,code:20 --seed 7 \
   "$dir/4-verified.jsonl" -o "$dir/5-sample.jsonl"
+
+echo
+echo "== 6. generate: 2 responses per query for 6 sampled queries, from a tiny RANDOM model built here"
+echo "   (tests/tiny_model.py: random weights, so its answers are random noise; this shows the plumbing)"
+"$python" "$here/tests/tiny_model.py" "$dir/tiny-model" > /dev/null 2>&1
+head -n 6 "$dir/5-sample.jsonl" > "$dir/6-queries.jsonl"
+run "$still" generate -m "$dir/tiny-model" -k 2 --max-tokens 24 --seed 7 --device cpu \
+  "$dir/6-queries.jsonl" -o "$dir/6-generated.jsonl"
+
+echo
+echo "== 7. verify the generated responses (random text cut at 24 tokens: expect truncated, never correct)"
+run "$still" verify "$dir/6-generated.jsonl" -o "$dir/7-generated-verified.jsonl"
 
 echo
 echo "demo outputs in $dir/:"
