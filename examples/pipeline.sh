@@ -20,9 +20,16 @@ echo "== 3. decontam: drop records that contain a question of the demo benchmark
 echo "== 4. verify: math answers (exact paths, math-verify in killable workers), code in the sandbox"
 "$still" verify --workers 2 "$dir/3-decontam.jsonl" -o "$dir/4-verified.jsonl"
 
-echo "== 5. sample: verified-correct responses only, one per query, as a math:40 / code:20 mix"
+echo "== 5. grade: per query, the teacher's pass rate, mean score and CV over its responses; difficulty by pass-rate band"
+"$still" grade "$dir/4-verified.jsonl" -o "$dir/5-graded.jsonl"
+
+echo "== 6. sample: verified-correct responses only, one per query, as a math:40 / code:20 mix"
 "$still" sample --passing --per-query 1 --quota domain=math:40,code:20 --seed 7 \
-  "$dir/4-verified.jsonl" -o "$dir/5-sample.jsonl"
+  "$dir/5-graded.jsonl" -o "$dir/6-sample.jsonl"
+
+echo "== 7. sample: the queries the teacher finds hard (pass rate 0.25..0.75), a curriculum by difficulty"
+"$still" sample --pass-rate 0.25..0.75 --difficulty-weights 2=1,3=1,4=1 -n 30 --seed 7 \
+  "$dir/5-graded.jsonl" -o "$dir/7-hard.jsonl"
 
 echo
 echo "demo outputs in $dir/:"
