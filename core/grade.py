@@ -35,7 +35,7 @@ from still.core.errors import BadInput, UsageError
 from still.core.fields import Fields, get_path, is_missing
 from still.core.grade_levels import LevelConfig, Leveller, ModelGrade
 from still.core.jsonl import Record
-from still.core.sample import DEEPDISTILL_PASS_THRESHOLDS, coefficient_of_variation
+from still.core.sample import DEEPDISTILL_PASS_THRESHOLDS, coefficient_of_variation, path_getter
 from still.core.stats import RunStats
 from still.core.verify import VerifyConfig, verify_records
 
@@ -234,6 +234,13 @@ class _Grader:
         self.sources: dict[str, int] = {}
         self.source_names: list[str] = []
         self.count = 0
+        self.get_model = path_getter(config.model_field)
+        self.get_score = path_getter(config.score_field)
+        self.get_verify_score = path_getter("verify.score")
+        self.get_category = path_getter(config.category_field)
+        self.get_verdict = path_getter(config.verdict_field)
+        self.get_finish = path_getter(config.finish_reason_field)
+        self.thresholds: dict[str, float] = {}
 
     def _verified(self, records: Iterable[Record]) -> Iterator[Record]:
         cfg = self.config
@@ -256,29 +263,29 @@ class _Grader:
         except BadInput as exc:
             self.stats.reject(rec, exc.message)
             return None
-        model = get_path(data, cfg.model_field)
+        model = self.get_model(data)
         if is_missing(model) or model is None or model == "":
             self.stats.reject(rec, f"no model field ({cfg.model_field}); name it with --model-field")
             return None
-        score = _number(get_path(data, cfg.score_field))
+        score = _number(self.get_score(data))
         if score is None:
-            score = _number(get_path(data, "verify.score"))
+            score = _number(self.get_verify_score(data))
         if score is None:
             if cfg.verify is None and not isinstance(data.get("verify"), dict):
                 self.stats.reject(rec, f"no score ({cfg.score_field}); run `still verify` first")
                 return None
             self.summary.unscored += 1  # e.g. verdict error or timeout: scored 0, counted
             score = 0.0
-        category = get_path(data, cfg.category_field)
+        category = self.get_category(data)
         category = "*" if is_missing(category) or category is None else str(category)
-        threshold = cfg.threshold(category)
-        if score not in (0.0, 1.0):
+        threshold = self.thresholds.get(category)
+        if threshold is None:
+            threshold = self.thresholds[category] = cfg.threshold(category)
+        if score != 0.0 and score != 1.0:
             self.summary.nonbinary = True
             if score > 1.0 and threshold < 1.0:
                 self.summary.over_one[category] = self.summary.over_one.get(category, 0) + 1
-        truncated = get_path(data, cfg.verdict_field) == "truncated" or (
-            get_path(data, cfg.finish_reason_field) == "length"
-        )
+        truncated = self.get_verdict(data) == "truncated" or self.get_finish(data) == "length"
         passed = score > threshold  # truncated responses score 0 from verify; they are also counted
         return (seq, rid, str(model), score, passed, truncated)
 
@@ -342,15 +349,17 @@ class _Grader:
         fragment = b""
         loads = orjson.loads
         names = self.source_names
-        for _ in range(self.count):
-            line = spool.readline()
-            offset, length, lineno, src = _SLOT.unpack(index.read(_SLOT.size))
-            if offset != last_offset:
-                results.seek(offset)
-                fragment = results.read(length)
-                last_offset = offset
-            raw = line.rstrip()[:-1] + fragment + b"}\n"
-            yield Record(loads(raw), raw, names[src], lineno)
+        readline = spool.readline
+        results_fd = results.fileno()
+        block = _SLOT.size * 4096
+        while chunk := index.read(block):
+            for offset, length, lineno, src in _SLOT.iter_unpack(chunk):
+                line = readline()
+                if offset != last_offset:
+                    fragment = os.pread(results_fd, length, offset)
+                    last_offset = offset
+                raw = line.rstrip()[:-1] + fragment + b"}\n"
+                yield Record(loads(raw), raw, names[src], lineno)
 
 
 def grade_records(records: Iterable[Record], config: GradeConfig, stats: RunStats) -> Iterator[Record]:
