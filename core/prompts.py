@@ -25,16 +25,20 @@ class PromptStyle:
 
     ``instruction`` is appended to the last user turn after a newline (None: nothing appended);
     ``system`` adds a system turn first (R1 recommends none); ``think_prefill`` starts the answer
-    with ``<think>\\n``; ``no_thinking`` starts it with a closed thinking block instead.
+    with ``<think>\\n``; ``no_thinking`` starts it with a closed thinking block instead;
+    ``custom_prefill`` starts it with any text (and wins over both).
     """
 
     instruction: str | None = R1_INSTRUCTION
     system: str | None = None
     think_prefill: bool = False
     no_thinking: bool = False
+    custom_prefill: str | None = None
 
     @property
     def prefill(self) -> str:
+        if self.custom_prefill is not None:
+            return self.custom_prefill
         if self.no_thinking:
             return NOTHINKING_PREFILL
         return THINK_PREFILL if self.think_prefill else ""
