@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from still.cli._common import StreamOptions, run_stream, stream_options
+from still.cli._common import StreamOptions, finish, run_stream, stream_options
+from still.cli._engine import EngineChoice, engine_options
 
 
 @click.command("grade")
@@ -76,9 +77,31 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     metavar="N",
     help="Response keys held in memory (~150 bytes each) before they go to disk partitions.",
 )
+@click.option(
+    "-m",
+    "--model",
+    "models",
+    multiple=True,
+    metavar="M",
+    help="Generate the responses here: -k per query from each model (repeatable); input is then queries.",
+)
+@click.option(
+    "-k",
+    "--samples",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="With --model: responses per query.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="With --model: seed of every sample.")
+@engine_options(what="--model")
 @stream_options
 def command(
     stream: StreamOptions,
+    models: tuple[str, ...],
+    samples: int,
+    seed: int,
+    engine_choice: EngineChoice,
     model_field: str,
     category_field: str,
     score_field: str,
@@ -94,7 +117,7 @@ def command(
     answer_field: str,
     spill_after: int,
 ) -> None:
-    """Grade queries: pass rate, mean score and CV per model over their responses, and a level.
+    """Pass rate, mean score and CV per query and model, and a difficulty level.
 
     Groups the responses of each query (id) by model, whatever the input order (spooled to disk;
     memory stays bounded), verifies those without a score (the verify core, in process), and writes
@@ -155,4 +178,68 @@ def command(
         for note in info.get("notes", []):
             click.echo(f"still grade: warning: {note}", err=True)
 
-    run_stream("grade", stream, lambda records, stats: grade_records(records, config, stats), on_success=summarise)
+    if not models:
+        run_stream("grade", stream, lambda records, stats: grade_records(records, config, stats), on_success=summarise)
+        return
+    if len(set(models)) != len(models):
+        from still.core.errors import UsageError
+
+        raise UsageError("--model names a model twice")
+    _generate_and_grade(stream, config, models, samples, seed, engine_choice, summarise)
+
+
+def _generate_and_grade(
+    stream: StreamOptions,
+    config: Any,
+    models: tuple[str, ...],
+    samples: int,
+    seed: int,
+    engine_choice: EngineChoice,
+    summarise: Any,
+) -> None:
+    """Queries in, graded responses out: two accounts, one per kind of record."""
+    from still.core.errors import BadInput
+    from still.core.fields import shard_filter
+    from still.core.generate import GenerateConfig
+    from still.core.grade import generate_and_grade
+    from still.core.jsonl import AtomicOutput, read_records, write_records
+    from still.core.stats import RunStats
+
+    generate = GenerateConfig(
+        models=models,
+        engine=engine_choice.engine,
+        engine_options=engine_choice.open_options(),
+        samples=samples,
+        params=engine_choice.params(),
+        seed=seed,
+        fields=stream.fields(),
+    )
+    query_stats = RunStats("grade")
+    stats = RunStats("grade")
+    policy = stream.policy()
+
+    def unusable_response(source: str, line: int, message: str, raw: bytes) -> None:
+        if policy.mode == "fail":
+            raise BadInput(source, line, message)
+        stats.error(message.split(" (", 1)[0])
+
+    stats.on_bad = unusable_response
+    queries = read_records(stream.inputs or ("-",), query_stats, policy, int(stream.max_line_mb * 1024 * 1024))
+    queries = shard_filter(queries, stream.parsed_shard(), stream.fields(), query_stats)
+    with AtomicOutput(stream.output) as sink:
+        write_records(generate_and_grade(queries, generate, config, query_stats, stats), sink, stats)
+    query_stats.check_balance()
+    stats.check_balance()
+    stats.extra["queries"] = {
+        "read": query_stats.read,
+        "generated_for": query_stats.written,
+        "errors": dict(sorted(query_stats.errors.items())),
+    }
+    for key in ("responses", "finish_reasons", "completion_tokens"):
+        if key in query_stats.extra:
+            stats.extra.setdefault("generate", {})[key] = query_stats.extra[key]
+    summarise(stats)
+    if not stream.quiet:
+        q = stats.extra["queries"]
+        click.echo(f"still grade: {q['read']} query lines, responses generated for {q['generated_for']}", err=True)
+    finish(stats, stream)

@@ -333,3 +333,44 @@ def test_grade_output_feeds_sample_presets_as_is(sample_args: str, tmp_path: Any
     else:
         levels = [json.loads(x)["difficulty"] for x in piped.lines()]
         assert set(levels) <= {1, 3, 5}
+
+
+# --- generation through the engines -----------------------------------------------------------
+
+
+def test_grade_generates_through_the_hf_engine_and_accounts_for_everything(tiny_model: Any, tmp_path: Any) -> None:
+    # the tiny models answer at random: what is checked is the shape, the accounting and that each
+    # line's grade is the one its query's generated, verified lines give
+    from tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    queries = [
+        {"id": "a", "query": "What is 2+2?", "answer": "4", "domain": "math"},
+        {"id": "b", "query": "What is 3+3?"},  # no answer: its responses cannot be verified
+        {"id": "c", "problem": "What is 1+5?", "answer": "6", "domain": "math"},
+        {"id": "d"},  # no query at all
+    ]
+    m1, m2 = str(tiny_model), str(other)
+    stats = tmp_path / "stats.json"
+    args = ["grade", "-m", m1, "-m", m2, "-k", "3", "--max-tokens", "12", "--device", "cpu", "--on-error", "skip"]
+    res = run_still([*args, "--levels", "am", "--am-models", f"{m1},{m2}", "--stats", str(stats)], stdin=dump(queries))
+    out = [json.loads(x) for x in res.lines()]
+    assert [(r["id"], r["model"], r["sample_idx"]) for r in out] == [
+        (q, m, i) for q in ("a", "c") for m in (m1, m2) for i in range(3)
+    ]
+    for qid in ("a", "c"):
+        lines = [r for r in out if r["id"] == qid]
+        levels = Leveller(LevelConfig("am", am_models=(m1, m2)))
+        grades = {}
+        for m in (m1, m2):
+            mine = [r for r in lines if r["model"] == m]
+            scores = [r["verify"]["score"] for r in mine]
+            g = lines[0]["grade"][m]
+            assert g["n"] == 3 and g["pass_rate"] == sum(s > 0.99 for s in scores) / 3
+            assert g["n_truncated"] == sum(r["finish_reason"] == "length" for r in mine)
+            grades[m] = ModelGrade(g["pass_rate"], g["mean_score"], g["cv"], g["n"], g["n_truncated"])
+        assert all(r["grade"] == lines[0]["grade"] and r["difficulty"] == levels.level(grades) for r in lines)
+    info = json.loads(stats.read_text())
+    assert info["queries"] == {"read": 4, "generated_for": 3, "errors": {"no query field": 1}}
+    assert info["generate"]["responses"] == 18
+    assert info["read"] == 18 and info["written"] == 12 and sum(info["errors"].values()) == 6
