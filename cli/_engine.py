@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from still.core.engines import SamplingParams
 
 F = TypeVar("F", bound=Callable[..., Any])
-_KEYS = ("engine", "base_url", "dtype", "device", "batch_size", "max_tokens", "temperature", "top_p")
+ENGINE_KEYS = ("engine", "base_url", "dtype", "device", "batch_size", "max_tokens", "temperature", "top_p")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def engine_options(prefix: str = "", max_tokens: int = 32768, what: str = "the m
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
-            values = {k: kwargs.pop(f"{under}{k}") for k in _KEYS}
+            values = {k: kwargs.pop(f"{under}{k}") for k in ENGINE_KEYS}
             kwargs[f"{under}engine_choice"] = EngineChoice(**values)
             return fn(**kwargs)
 
@@ -120,3 +120,14 @@ def engine_options(prefix: str = "", max_tokens: int = 32768, what: str = "the m
         return out  # type: ignore[no-any-return]
 
     return decorate
+
+
+def refuse_unused(names: tuple[str, ...], needed: str) -> None:
+    """A usage error when options that only act with ``needed`` were given without it."""
+    ctx = click.get_current_context()
+    given = [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        from still.core.errors import UsageError
+
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{flags} only apply with {needed}")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from still.cli._common import StreamOptions, finish, run_stream, stream_options
-from still.cli._engine import EngineChoice, engine_options
+from still.cli._engine import ENGINE_KEYS, EngineChoice, engine_options, refuse_unused
 
 
 @click.command("grade")
@@ -179,6 +179,7 @@ def command(
             click.echo(f"still grade: warning: {note}", err=True)
 
     if not models:
+        refuse_unused(("samples", "seed", *ENGINE_KEYS), "--model (generating the responses here)")
         run_stream("grade", stream, lambda records, stats: grade_records(records, config, stats), on_success=summarise)
         return
     if len(set(models)) != len(models):

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from still.cli._common import StreamOptions, run_stream, stream_options
-from still.cli._engine import EngineChoice, engine_options
+from still.cli._engine import ENGINE_KEYS, EngineChoice, engine_options, refuse_unused
 
 
 @click.command("verify")
@@ -165,6 +165,10 @@ def command(
             if judge:
                 keys = ("judged", "overturned", "no_verdict", "unparsed_samples")
                 click.echo("still verify: judge: " + ", ".join(f"{k} {judge[k]}" for k in keys), err=True)
+
+    if judge_model is None:
+        judge_only = ("judge_samples", "judge_aggregate", "judge_all", "judge_seed")
+        refuse_unused(judge_only + tuple(f"judge_{k}" for k in ENGINE_KEYS), "--judge MODEL")
 
     def process(records: Any, stats: Any) -> Any:
         verified = verify_records(records, config, stats)

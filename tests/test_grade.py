@@ -284,6 +284,7 @@ def test_usage_errors() -> None:
     assert "--am-models" in run_still("grade --levels am", stdin="", code=2).stderr
     assert "descending" in run_still("grade --band-edges 0.2,0.5", stdin="", code=2).stderr
     assert "--band-edges" in run_still("grade --band-edges x", stdin="", code=2).stderr
+    assert "only apply with --model" in run_still("grade -k 8 --temperature 0", stdin="", code=2).stderr
 
 
 # --- grade -> sample --------------------------------------------------------------------------

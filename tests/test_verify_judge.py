@@ -110,3 +110,8 @@ def test_judge_through_the_hf_engine_accounts_for_every_record(tiny_model: Path,
     assert info["read"] == info["written"] == 3
     assert info["judge"]["judged"] == 2
     assert sum(info["verdicts"].values()) == 3
+
+
+def test_judge_options_without_judge_are_a_usage_error() -> None:
+    res = run_still("verify --judge-samples 3 --judge-engine openai", stdin="", code=2)
+    assert "--judge-samples, --judge-engine only apply with --judge MODEL" in res.stderr
