@@ -23,7 +23,7 @@ from typing import Any
 import xxhash
 
 from still.core.engines import GenerationRequest, SamplingParams, open_engine, request_seed
-from still.core.errors import UsageError
+from still.core.errors import BadInput, UsageError
 from still.core.fields import Fields, get_path, is_missing
 from still.core.jsonl import Record
 from still.core.stats import RunStats
@@ -134,8 +134,12 @@ class _Judge:
         answer = get_path(rec.data, cfg.answer_field)
         answer_text = "" if is_missing(answer) or answer is None else str(answer)
         response = cfg.fields.response(rec)
-        content = PROMPT.format(query=cfg.fields.query(rec), answer=answer_text, response=_final_part(response))
-        key = f"{cfg.fields.record_id(rec)}\x1f{xxhash.xxh3_64_hexdigest(response.encode())}"
+        try:
+            query, rid = cfg.fields.query(rec), cfg.fields.record_id(rec)
+        except BadInput:  # the rules needed no query; the judge does without one
+            query, rid = "(not given)", ""
+        content = PROMPT.format(query=query, answer=answer_text, response=_final_part(response))
+        key = f"{rid}\x1f{xxhash.xxh3_64_hexdigest(response.encode())}"
         messages = ({"role": "user", "content": content},)
         return [
             GenerationRequest(

@@ -115,3 +115,11 @@ def test_judge_through_the_hf_engine_accounts_for_every_record(tiny_model: Path,
 def test_judge_options_without_judge_are_a_usage_error() -> None:
     res = run_still("verify --judge-samples 3 --judge-engine openai", stdin="", code=2)
     assert "--judge-samples, --judge-engine only apply with --judge MODEL" in res.stderr
+
+
+def test_a_record_without_query_or_id_is_still_judged() -> None:
+    judge = _Judge(JudgeConfig(model="m", samples=2), RunStats("verify"))
+    rec = Record({"response": "four", "answer": "4", "verify": {"verdict": "no_answer"}}, None, "t", 1)
+    requests = judge.requests(rec)
+    assert len(requests) == 2 and "(not given)" in requests[0].messages[0]["content"]
+    assert requests[0].seed != requests[1].seed
