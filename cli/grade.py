@@ -83,7 +83,7 @@ from still.cli._engine import ENGINE_KEYS, EngineChoice, engine_options, refuse_
     "models",
     multiple=True,
     metavar="M",
-    help="Generate the responses here: -k per query from each model (repeatable); input is then queries.",
+    help="Generate -k responses per query from each model here (repeatable); see docs/grade.md.",
 )
 @click.option(
     "-k",
@@ -198,11 +198,10 @@ def _generate_and_grade(
     engine_choice: EngineChoice,
     summarise: Any,
 ) -> None:
-    """Queries in, graded responses out: two accounts, one per kind of record."""
-    from still.core.errors import BadInput
+    """Queries (and other models' responses) in, graded responses out; each kind accounted."""
     from still.core.fields import shard_filter
     from still.core.generate import GenerateConfig
-    from still.core.grade import generate_and_grade
+    from still.core.grade_generate import generate_and_grade, rejecting
     from still.core.jsonl import AtomicOutput, read_records, write_records
     from still.core.stats import RunStats
 
@@ -215,32 +214,24 @@ def _generate_and_grade(
         seed=seed,
         fields=stream.fields(),
     )
-    query_stats = RunStats("grade")
+    input_stats = RunStats("grade")
     stats = RunStats("grade")
     policy = stream.policy()
 
-    def unusable_response(source: str, line: int, message: str, raw: bytes) -> None:
-        if policy.mode == "fail":
-            raise BadInput(source, line, message)
-        stats.error(message.split(" (", 1)[0])
-
-    stats.on_bad = unusable_response
-    queries = read_records(stream.inputs or ("-",), query_stats, policy, int(stream.max_line_mb * 1024 * 1024))
-    queries = shard_filter(queries, stream.parsed_shard(), stream.fields(), query_stats)
+    fail = policy.mode == "fail"
+    stats.on_bad = rejecting(stats, fail)
+    lines = read_records(stream.inputs or ("-",), input_stats, policy, int(stream.max_line_mb * 1024 * 1024))
+    lines = shard_filter(lines, stream.parsed_shard(), stream.fields(), input_stats)
     with AtomicOutput(stream.output) as sink:
-        write_records(generate_and_grade(queries, generate, config, query_stats, stats), sink, stats)
-    query_stats.check_balance()
+        write_records(generate_and_grade(lines, generate, config, input_stats, stats, fail), sink, stats)
+    input_stats.check_balance()
     stats.check_balance()
-    stats.extra["queries"] = {
-        "read": query_stats.read,
-        "generated_for": query_stats.written,
-        "errors": dict(sorted(query_stats.errors.items())),
-    }
-    for key in ("responses", "finish_reasons", "completion_tokens"):
-        if key in query_stats.extra:
-            stats.extra.setdefault("generate", {})[key] = query_stats.extra[key]
     summarise(stats)
     if not stream.quiet:
-        q = stats.extra["queries"]
-        click.echo(f"still grade: {q['read']} query lines, responses generated for {q['generated_for']}", err=True)
+        g, i = stats.extra["generate"], stats.extra["input"]
+        click.echo(
+            f"still grade: input {i['lines']} lines ({i['responses_kept']} responses kept); "
+            f"generated {g.get('responses', 0)} responses for {g['generated_for']} of {g['queries']} queries",
+            err=True,
+        )
     finish(stats, stream)

@@ -383,22 +383,3 @@ def grade_records(records: Iterable[Record], config: GradeConfig, stats: RunStat
             index.seek(0)
             yield from grader.emit(spool, index, results)
         stats.extra["grade"] = grader.summary.as_dict(config, grader.leveller, grader.keys)
-
-
-def generate_and_grade(
-    queries: Iterable[Record], generate: Any, config: GradeConfig, query_stats: RunStats, stats: RunStats
-) -> Iterator[Record]:
-    """``still grade --model M``: k responses per query and model through the engines (the
-    ``still generate`` core, ``generate`` its GenerateConfig), verified and graded here.
-
-    ``query_stats`` accounts for the query lines (each is expanded or rejected), ``stats`` for
-    the generated responses (each is written or rejected).
-    """
-    from still.core.generate import generate_records
-
-    def responses() -> Iterator[Record]:
-        for n, line in enumerate(generate_records(queries, generate, query_stats), 1):
-            stats.read += 1
-            yield Record(orjson.loads(line), line, "<generated>", n)
-
-    return grade_records(responses(), config, stats)

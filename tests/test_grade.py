@@ -341,37 +341,71 @@ def test_grade_output_feeds_sample_presets_as_is(sample_args: str, tmp_path: Any
 
 def test_grade_generates_through_the_hf_engine_and_accounts_for_everything(tiny_model: Any, tmp_path: Any) -> None:
     # the tiny models answer at random: what is checked is the shape, the accounting and that each
-    # line's grade is the one its query's generated, verified lines give
+    # line's grade and level are the ones its query's kept and generated, verified lines give
     from tiny_model import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", seed=1)
+    teacher = [
+        {
+            "id": "a",
+            "query": "What is 2+2?",
+            "answer": "4",
+            "domain": "math",
+            "model": "teacher",
+            "response": "4",
+            "verify": {"verdict": "correct", "score": 1.0},
+        },
+        {
+            "id": "c",
+            "problem": "What is 1+5?",
+            "answer": "6",
+            "domain": "math",
+            "model": "teacher",
+            "response": "7",
+            "verify": {"verdict": "wrong", "score": 0.0},
+        },
+        {
+            "id": "a",
+            "query": "What is 2+2?",
+            "answer": "4",
+            "domain": "math",
+            "model": "teacher",
+            "response": "four",
+            "verify": {"verdict": "correct", "score": 1.0},
+        },
+    ]
     queries = [
-        {"id": "a", "query": "What is 2+2?", "answer": "4", "domain": "math"},
         {"id": "b", "query": "What is 3+3?"},  # no answer: its responses cannot be verified
-        {"id": "c", "problem": "What is 1+5?", "answer": "6", "domain": "math"},
         {"id": "d"},  # no query at all
     ]
     m1, m2 = str(tiny_model), str(other)
     stats = tmp_path / "stats.json"
     args = ["grade", "-m", m1, "-m", m2, "-k", "3", "--max-tokens", "12", "--device", "cpu", "--on-error", "skip"]
-    res = run_still([*args, "--levels", "am", "--am-models", f"{m1},{m2}", "--stats", str(stats)], stdin=dump(queries))
+    args += ["--levels", "adaptive", "--level-model", m1, "--stats", str(stats)]
+    res = run_still(args, stdin=dump(teacher[:2] + queries + teacher[2:]))
     out = [json.loads(x) for x in res.lines()]
-    assert [(r["id"], r["model"], r["sample_idx"]) for r in out] == [
+    # the input's responses first, in input order; then the generated ones: query, model, sample
+    assert [r["response"] for r in out[:3]] == ["4", "7", "four"]
+    assert [(r["id"], r["model"], r["sample_idx"]) for r in out[3:]] == [
         (q, m, i) for q in ("a", "c") for m in (m1, m2) for i in range(3)
     ]
     for qid in ("a", "c"):
         lines = [r for r in out if r["id"] == qid]
-        levels = Leveller(LevelConfig("am", am_models=(m1, m2)))
+        assert set(lines[0]["grade"]) == {"teacher", m1, m2}
         grades = {}
-        for m in (m1, m2):
+        for m in ("teacher", m1, m2):
             mine = [r for r in lines if r["model"] == m]
-            scores = [r["verify"]["score"] for r in mine]
             g = lines[0]["grade"][m]
-            assert g["n"] == 3 and g["pass_rate"] == sum(s > 0.99 for s in scores) / 3
-            assert g["n_truncated"] == sum(r["finish_reason"] == "length" for r in mine)
+            assert g["n"] == len(mine) == (2 if qid == "a" and m == "teacher" else 1 if m == "teacher" else 3)
+            assert g["pass_rate"] == sum(r["verify"]["score"] > 0.99 for r in mine) / len(mine)
+            assert g["n_truncated"] == sum(r.get("finish_reason") == "length" for r in mine)
             grades[m] = ModelGrade(g["pass_rate"], g["mean_score"], g["cv"], g["n"], g["n_truncated"])
-        assert all(r["grade"] == lines[0]["grade"] and r["difficulty"] == levels.level(grades) for r in lines)
+        level = Leveller(LevelConfig("adaptive", level_model=m1)).level(grades)
+        assert all(r["grade"] == lines[0]["grade"] and r["difficulty"] == level for r in lines)
+    # generated responses are verified here, never given the teacher's verdict they were made from
+    assert all("method" in r["verify"] for r in out[3:]) and all("method" not in r["verify"] for r in out[:3])
     info = json.loads(stats.read_text())
-    assert info["queries"] == {"read": 4, "generated_for": 3, "errors": {"no query field": 1}}
-    assert info["generate"]["responses"] == 18
-    assert info["read"] == 18 and info["written"] == 12 and sum(info["errors"].values()) == 6
+    assert info["input"] == {"lines": 5, "responses_kept": 3, "query_lines": 2}
+    g = info["generate"]
+    assert (g["queries"], g["generated_for"], g["rejected"], g["responses"]) == (4, 3, {"no query field": 1}, 18)
+    assert info["read"] == 21 and info["written"] == 15 and sum(info["errors"].values()) == 6
