@@ -34,8 +34,24 @@ def _engine_options(engine: str, opts: dict[str, Any]) -> dict[str, Any]:
     elif engine == "vllm":
         keys = ("dtype", "template", "tensor_parallel_size", "data_parallel_size")
     else:
-        keys = ("base_urls", "api_key_env", "concurrency", "timeout_s", "retries", "template")
+        keys = ("base_urls", "api_key_env", "concurrency", "timeout_s", "retries", "template", "extra_body")
     return {k: opts[k] for k in keys if opts.get(k) not in (None, ())}
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    import json
+
+    from still.core.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object")
+    return value
 
 
 @click.command("generate")
@@ -64,6 +80,11 @@ def _engine_options(engine: str, opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--api-key-env", default=None, metavar="VAR", help="openai: env variable with the key [OPENAI_API_KEY].")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="openai: requests in flight per URL.")
 @click.option("--request-timeout", "timeout_s", type=click.FloatRange(min=0.1), default=None, help="openai: seconds.")
+@click.option(
+    "--extra-body",
+    metavar="JSON",
+    help='openai: fields merged into every request, e.g. \'{"generation_config": "{\\"do_sample\\": true}"}\'.',
+)
 @click.option("--retries", type=click.IntRange(min=0), default=None, help="openai: retries per request.")
 @click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=None, help="vllm: GPUs per replica.")
 @click.option("--data-parallel-size", type=click.IntRange(min=1), default=None, help="vllm: replicas.")
@@ -108,6 +129,7 @@ def command(stream: StreamOptions, **opts: Any) -> int:
     from still.core.verify import VerifyConfig
 
     engine = opts["engine"]
+    opts["extra_body"] = _json_object(opts["extra_body"], "--extra-body")
     if opts["until_verified"] and opts["samples"] != 1:
         raise UsageError("--until-verified N replaces -k: give one of them")
     if opts["base_urls"] and engine != "openai":

@@ -245,6 +245,9 @@ class Generator:
 
     def _output(self, query: _Query, model: str, request: GenerationRequest, result: GenerationResult) -> Record:
         data = dict(query.rec.data)
+        # a verdict in the input judged the response being replaced: keeping it would pass the
+        # new response off as verified
+        data.pop("verify", None)
         id_path = self.config.fields.id_path
         if "." not in id_path and is_missing(get_path(data, id_path)):
             data[id_path] = query.qid

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The demo pipeline on the synthetic data from examples/make_sample.py.
-# Usage: examples/pipeline.sh DEMO_DIR STILL
+# Usage: examples/pipeline.sh DEMO_DIR STILL [PYTHON]
 # Each step reads the previous step's JSONL and prints its one-line summary on stderr.
 set -euo pipefail
 dir=${1:-demo-out}
 still=${2:-still}
+python=${3:-python3}
+here=$(cd "$(dirname "$0")/.." && pwd)
 
 echo "== 1. dedup: exact duplicate lines and near-duplicate responses (key = query+response)"
 "$still" dedup --key query+response "$dir/raw.jsonl" -o "$dir/1-unique.jsonl"
@@ -30,6 +32,16 @@ echo "== 6. sample: verified-correct responses only, one per query, as a math:40
 echo "== 7. sample: the queries the teacher finds hard (pass rate 0.25..0.75), a curriculum by difficulty"
 "$still" sample --pass-rate 0.25..0.75 --difficulty-weights 2=1,3=1,4=1 -n 30 --seed 7 \
   "$dir/5-graded.jsonl" -o "$dir/7-hard.jsonl"
+
+echo "== 6. generate: 2 responses per query for 6 sampled queries, from a tiny RANDOM model built here"
+echo "   (tests/tiny_model.py: random weights, so its answers are random noise; this shows the plumbing)"
+"$python" "$here/tests/tiny_model.py" "$dir/tiny-model" > /dev/null 2>&1
+head -n 6 "$dir/5-sample.jsonl" > "$dir/6-queries.jsonl"
+"$still" generate -m "$dir/tiny-model" -k 2 --max-tokens 24 --seed 7 --device cpu \
+  "$dir/6-queries.jsonl" -o "$dir/6-generated.jsonl"
+
+echo "== 7. verify the generated responses (random text cut at 24 tokens: expect truncated, never correct)"
+"$still" verify "$dir/6-generated.jsonl" -o "$dir/7-generated-verified.jsonl"
 
 echo
 echo "demo outputs in $dir/:"

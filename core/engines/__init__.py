@@ -206,6 +206,13 @@ def open_engine(kind: str, model: str, **options: Any) -> Engine:
     return engine
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
+    """The text before the earliest stop string, or None when none occurs (servers differ on
+    whether they leave the stop text in; every backend cuts it the same way)."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(cuts)] if cuts else None
+
+
 def sort_by_length(requests: Sequence[GenerationRequest], lengths: Sequence[int]) -> list[int]:
     """Indices of ``requests`` longest prompt first (ties in request order): batches of similar
     length waste the least padding, and the longest batch fails first if memory is short."""
@@ -224,6 +231,7 @@ __all__ = [
     "R1_TEMPERATURE",
     "R1_TOP_P",
     "SamplingParams",
+    "cut_at_stop",
     "open_engine",
     "request_seed",
     "sort_by_length",

@@ -18,7 +18,14 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from still.core.engines import EngineBase, FinishReason, GenerationRequest, GenerationResult, sort_by_length
+from still.core.engines import (
+    EngineBase,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    cut_at_stop,
+    sort_by_length,
+)
 from still.core.models import eos_token_ids, load_causal_lm, load_tokenizer, render_chat, resolve_model
 
 
@@ -27,12 +34,6 @@ def prompt_text(tokenizer: Any, request: GenerationRequest) -> str:
         return request.prompt
     assert request.messages is not None
     return render_chat(tokenizer, request.messages, request.prefill)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
-    """The text before the earliest stop string, or None when none occurs."""
-    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return text[: min(cuts)] if cuts else None
 
 
 class RowSampler:

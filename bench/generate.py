@@ -1,0 +1,142 @@
+"""Benchmark: `still generate` against the plain code a user would write for the same requests.
+
+1. ``--engine hf`` vs a batched transformers ``generate`` loop (chat template, left padding,
+   batches of --batch-size in input order, do_sample with the same T/top_p/max tokens).
+2. ``--engine openai`` against one ``transformers serve`` vs direct HTTP calls (a thread pool of
+   urllib POSTs to /v1/chat/completions with the same bodies and concurrency).
+
+Both sides run as separate processes on identical requests (queries x samples) on a random
+model built here (tests/tiny_model.py; its answers are random, which does not matter for speed).
+Wall time includes start-up and model loading on both sides; the ratio is still / anchor.
+
+    python bench/generate.py                                  # defaults: small model, 32 queries x 4
+    python bench/generate.py --hidden 256 --layers 4 --queries 64 --max-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+HF_ANCHOR = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path, queries, k, max_tokens, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+instr = "Please reason step by step, and put your final answer within \\boxed{}."
+rows = [json.loads(l) for l in open(queries)]
+prompts = [tok.apply_chat_template([{"role": "user", "content": r["query"] + "\n" + instr}], tokenize=False,
+           add_generation_prompt=True) for r in rows for _ in range(k)]
+torch.manual_seed(0)
+out = []
+for i in range(0, len(prompts), batch):
+    enc = tok(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        gen = model.generate(**enc, do_sample=True, temperature=0.6, top_p=0.95, max_new_tokens=max_tokens)
+    out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+print(len(out))
+"""
+
+HTTP_ANCHOR = r"""
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url, model, queries, k, max_tokens, conc = sys.argv[1:7]
+instr = "Please reason step by step, and put your final answer within \\boxed{}."
+rows = [json.loads(l) for l in open(queries)]
+def call(args):
+    q, s = args
+    body = {"model": model, "messages": [{"role": "user", "content": q + "\n" + instr}], "max_tokens": int(max_tokens),
+            "temperature": 0.6, "top_p": 0.95, "seed": s, "generation_config": '{"do_sample": true}'}
+    headers = {"Content-Type": "application/json"}
+    req = urllib.request.Request(url + "/chat/completions", json.dumps(body).encode(), headers)
+    return json.loads(urllib.request.urlopen(req, timeout=600).read())["choices"][0]["message"]["content"]
+with ThreadPoolExecutor(int(conc)) as pool:
+    out = list(pool.map(call, [(r["query"], s) for r in rows for s in range(int(k))]))
+print(len(out))
+"""
+
+
+def timed_pair(ours: list[str], anchor: list[str], repeats: int) -> tuple[float, float]:
+    """Best wall time of each command, run alternately (ours, anchor, ours, ...) so that load
+    from other processes on a shared machine hits both sides alike."""
+    best = [float("inf"), float("inf")]
+    for _ in range(repeats):
+        for side, argv in enumerate((ours, anchor)):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+            best[side] = min(best[side], time.perf_counter() - started)
+    return best[0], best[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-openai", action="store_true")
+    args = parser.parse_args()
+
+    from tiny_model import build_tiny_model
+
+    still = [sys.executable, "-m", "still", "generate", "-q"]
+    with tempfile.TemporaryDirectory(prefix="still-bench-gen-") as tmp:
+        model = build_tiny_model(Path(tmp) / "model", hidden=args.hidden, layers=args.layers)
+        queries = Path(tmp) / "q.jsonl"
+        with open(queries, "w") as out:
+            for i in range(args.queries):
+                filler = " and the sum" * (i % 7)
+                out.write(json.dumps({"id": f"q{i}", "query": f"What is {i} + {3 * i}?{filler}"}) + "\n")
+        n = args.queries * args.samples
+        print(
+            f"{args.queries} queries x {args.samples} samples, {args.max_tokens} new tokens each, model hidden "
+            f"{args.hidden} x {args.layers} layers, batch {args.batch_size}, best of {args.repeats}, "
+            f"{os.cpu_count()} CPUs",
+            flush=True,
+        )
+
+        common = ["-m", str(model), "-k", str(args.samples), "--max-tokens", str(args.max_tokens), str(queries)]
+        hf_ours = [*still, *common, "--batch-size", str(args.batch_size), "--device", "cpu", "--dtype", "float32"]
+        hf_anchor = [sys.executable, "-c", HF_ANCHOR, str(model), str(queries), str(args.samples)]
+        hf_anchor += [str(args.max_tokens), str(args.batch_size)]
+        ours, anchor = timed_pair(hf_ours, hf_anchor, args.repeats)
+        report("hf:     still generate", "transformers loop", ours, anchor, n)
+
+        if args.skip_openai:
+            return
+        from serving import transformers_servers
+
+        with transformers_servers(model, 1, Path(tmp)) as (server,):
+            body = json.dumps({"generation_config": '{"do_sample": true}'})
+            http_ours = [*still, *common, "--engine", "openai", "--base-url", server.url, "--extra-body", body]
+            http_ours += ["--concurrency", str(args.concurrency)]
+            http_anchor = [sys.executable, "-c", HTTP_ANCHOR, server.url, str(model), str(queries)]
+            http_anchor += [str(args.samples), str(args.max_tokens), str(args.concurrency)]
+            ours, anchor = timed_pair(http_ours, http_anchor, args.repeats)
+        report("openai: still generate", "direct HTTP calls", ours, anchor, n)
+
+
+def report(ours_label: str, anchor_label: str, ours: float, anchor: float, n: int) -> None:
+    print(
+        f"{ours_label} {ours:7.2f} s   {anchor_label} {anchor:7.2f} s   ratio {ours / anchor:.3f}   "
+        f"({n / ours:.2f} vs {n / anchor:.2f} responses/s)",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

