@@ -33,15 +33,21 @@ echo "== 7. sample: the queries the teacher finds hard (pass rate 0.25..0.75), a
 "$still" sample --pass-rate 0.25..0.75 --difficulty-weights 2=1,3=1,4=1 -n 30 --seed 7 \
   "$dir/5-graded.jsonl" -o "$dir/7-hard.jsonl"
 
-echo "== 6. generate: 2 responses per query for 6 sampled queries, from a tiny RANDOM model built here"
+echo "== 8. generate: 2 responses per query for 6 sampled queries, from a tiny RANDOM model built here"
 echo "   (tests/tiny_model.py: random weights, so its answers are random noise; this shows the plumbing)"
 "$python" "$here/tests/tiny_model.py" "$dir/tiny-model" > /dev/null 2>&1
-head -n 6 "$dir/5-sample.jsonl" > "$dir/6-queries.jsonl"
+head -n 6 "$dir/6-sample.jsonl" > "$dir/8-queries.jsonl"
 "$still" generate -m "$dir/tiny-model" -k 2 --max-tokens 24 --seed 7 --device cpu \
-  "$dir/6-queries.jsonl" -o "$dir/6-generated.jsonl"
+  "$dir/8-queries.jsonl" -o "$dir/8-generated.jsonl"
 
-echo "== 7. verify the generated responses (random text cut at 24 tokens: expect truncated, never correct)"
-"$still" verify "$dir/6-generated.jsonl" -o "$dir/7-generated-verified.jsonl"
+echo "== 9. verify the generated responses (random text cut at 24 tokens: expect truncated, never correct)"
+"$still" verify "$dir/8-generated.jsonl" -o "$dir/9-generated-verified.jsonl"
+
+echo "== 10. grade with a student generating (ZMath): the tiny RANDOM model answers 6 teacher lines' queries"
+echo "    twice each; levels: what the student solves is easy, the rest by the teacher's pass rate"
+head -n 6 "$dir/5-graded.jsonl" > "$dir/10-teacher.jsonl"
+"$still" grade -m "$dir/tiny-model" -k 2 --max-tokens 24 --seed 7 --device cpu \
+  --levels adaptive --level-model "$dir/tiny-model" "$dir/10-teacher.jsonl" -o "$dir/10-student-graded.jsonl"
 
 echo
 echo "demo outputs in $dir/:"
