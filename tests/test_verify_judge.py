@@ -123,3 +123,30 @@ def test_a_record_without_query_or_id_is_still_judged() -> None:
     requests = judge.requests(rec)
     assert len(requests) == 2 and "(not given)" in requests[0].messages[0]["content"]
     assert requests[0].seed != requests[1].seed
+
+
+@pytest.mark.slow
+def test_judge_and_grade_through_the_openai_engine(tiny_model: Path, tmp_path: Path) -> None:
+    # one real transformers serve on loopback: the judge and grade's generation go through the
+    # openai engine as they do through hf (random model: shapes and accounting are checked)
+    pytest.importorskip("fastapi", reason="needs the 'serving' extra: pip install 'still[serving]'")
+    from serving import transformers_servers
+
+    rows = [
+        {"id": "a", "query": "What is 2+2?", "response": "It is four.", "answer": "4", "domain": "math"},
+        {"id": "b", "query": "What is 3+3?", "response": "\\boxed{6}", "answer": "6", "domain": "math"},
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    with transformers_servers(tiny_model, 1, tmp_path) as (server,):
+        url = server.url  # type: ignore[attr-defined]
+        judge = ["verify", "--judge", str(tiny_model), "--judge-engine", "openai", "--judge-base-url", url]
+        res = run_still([*judge, "--judge-samples", "2", "--judge-max-tokens", "8"], stdin=text)
+        out = [json.loads(x) for x in res.lines()]
+        assert out[0]["verify"]["method"] == "judge" and sum(out[0]["verify"]["judge"]["votes"].values()) == 2
+        assert out[1]["verify"]["verdict"] == "correct" and "judge" not in out[1]["verify"]
+        grade = ["grade", "-m", str(tiny_model), "--engine", "openai", "--base-url", url, "-k", "2"]
+        res = run_still([*grade, "--max-tokens", "8"], stdin=text)
+        out = [json.loads(x) for x in res.lines()]
+    # the two input lines are queries here (no model field): 2 queries x 2 samples
+    assert [(r["id"], r["sample_idx"]) for r in out] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert all(r["grade"][str(tiny_model)]["n"] == 2 and "method" in r["verify"] for r in out)
