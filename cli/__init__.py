@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decontam": ("decontam", "command"),
     "dedup": ("dedup", "command"),
     "generate": ("generate", "command"),
+    "grade": ("grade", "command"),
     "sample": ("sample", "command"),
     "verify": ("verify", "command"),
 }

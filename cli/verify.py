@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from still.cli._common import StreamOptions, run_stream, stream_options
+from still.cli._engine import ENGINE_KEYS, EngineChoice, engine_options, refuse_unused
 
 
 @click.command("verify")
@@ -87,9 +90,29 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     is_flag=True,
     help="Exit 1 when any verdict is not 'correct' or 'pass' (like jq -e); output is written in full anyway.",
 )
+@click.option("--judge", "judge_model", metavar="MODEL", help="Judge answers the rules could not confirm with MODEL.")
+@click.option(
+    "--judge-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Judgements per answer."
+)
+@click.option(
+    "--judge-aggregate",
+    type=click.Choice(["majority", "pessimistic"]),
+    default="majority",
+    show_default=True,
+    help="Heimdall's vote: more yes than no (a tie is wrong), or wrong on any no.",
+)
+@click.option("--judge-all", is_flag=True, help="Judge every answer, also those the rules found correct.")
+@click.option("--judge-seed", type=int, default=0, show_default=True, help="Seed of the judge's samples.")
+@engine_options("judge", max_tokens=2048, what="the judge")
 @stream_options
 def command(
     stream: StreamOptions,
+    judge_model: str | None,
+    judge_samples: int,
+    judge_aggregate: str,
+    judge_all: bool,
+    judge_seed: int,
+    judge_engine_choice: EngineChoice,
     mode: str,
     answer_field: str,
     choices_field: str,
@@ -154,6 +177,34 @@ def command(
             counts = stats.extra.get("verdicts", {})
             text = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
             click.echo(f"still verify: verdicts: {text}", err=True)
+            judge = stats.extra.get("judge")
+            if judge:
+                keys = ("judged", "overturned", "no_verdict", "unparsed_samples")
+                click.echo("still verify: judge: " + ", ".join(f"{k} {judge[k]}" for k in keys), err=True)
 
-    run_stream("verify", stream, lambda records, stats: verify_records(records, config, stats), on_success=summarise)
+    if judge_model is None:
+        judge_only = ("judge_samples", "judge_aggregate", "judge_all", "judge_seed")
+        refuse_unused(judge_only + tuple(f"judge_{k}" for k in ENGINE_KEYS), "--judge MODEL")
+
+    def process(records: Any, stats: Any) -> Any:
+        verified = verify_records(records, config, stats)
+        if judge_model is None:
+            return verified
+        from still.core.verify_judge import JudgeConfig, judge_records
+
+        judge = JudgeConfig(
+            model=judge_model,
+            engine=judge_engine_choice.engine,
+            engine_options=judge_engine_choice.open_options(),
+            samples=judge_samples,
+            how=judge_aggregate,
+            seed=judge_seed,
+            params=judge_engine_choice.params(),
+            judge_all=judge_all,
+            fields=stream.fields(),
+            answer_field=answer_field,
+        )
+        return judge_records(verified, judge, stats)
+
+    run_stream("verify", stream, process, on_success=summarise)
     return 1 if exit_status and not outcome["passed"] else 0

@@ -7,7 +7,6 @@ set -euo pipefail
 dir=${1:-demo-out}
 still=${2:-still}
 python=${3:-python3}
-here=$(cd "$(dirname "$0")/.." && pwd)
 
 # print a command as it would be typed (`still` for the venv's binary), then run it
 run() {
@@ -34,21 +33,18 @@ echo "== 4. verify: math answers (exact paths, math-verify in killable workers),
 run "$still" verify --workers 2 --stats "$dir/4-stats.json" "$dir/3-decontam.jsonl" -o "$dir/4-verified.jsonl"
 
 echo
-echo "== 5. sample: verified-correct responses only, one per query, as a math:40 / code:20 mix"
+echo "== 5. grade: per query, the teacher's pass rate, mean score and CV over its responses; difficulty by pass-rate band"
+run "$still" grade "$dir/4-verified.jsonl" -o "$dir/5-graded.jsonl"
+
+echo
+echo "== 6. sample: verified-correct responses only, one per query, as a math:40 / code:20 mix"
 run "$still" sample --passing --per-query 1 --quota domain=math:40,code:20 --seed 7 \
-  "$dir/4-verified.jsonl" -o "$dir/5-sample.jsonl"
+  "$dir/5-graded.jsonl" -o "$dir/6-sample.jsonl"
 
 echo
-echo "== 6. generate: 2 responses per query for 6 sampled queries, from a tiny RANDOM model built here"
-echo "   (tests/tiny_model.py: random weights, so its answers are random noise; this shows the plumbing)"
-"$python" "$here/tests/tiny_model.py" "$dir/tiny-model" > /dev/null 2>&1
-head -n 6 "$dir/5-sample.jsonl" > "$dir/6-queries.jsonl"
-run "$still" generate -m "$dir/tiny-model" -k 2 --max-tokens 24 --seed 7 --device cpu \
-  "$dir/6-queries.jsonl" -o "$dir/6-generated.jsonl"
-
-echo
-echo "== 7. verify the generated responses (random text cut at 24 tokens: expect truncated, never correct)"
-run "$still" verify "$dir/6-generated.jsonl" -o "$dir/7-generated-verified.jsonl"
+echo "== 7. sample: the queries the teacher finds hard (pass rate 0.25..0.75), a curriculum by difficulty"
+run "$still" sample --pass-rate 0.25..0.75 --difficulty-weights 2=1,3=1,4=1 -n 30 --seed 7 \
+  "$dir/5-graded.jsonl" -o "$dir/7-hard.jsonl"
 
 echo
 echo "demo outputs in $dir/:"
