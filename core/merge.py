@@ -212,9 +212,7 @@ def merge(
     return {
         "out": str(out),
         "method": plan.method,
-        "inputs": [
-            {"path": str(p), "role": r, "sha256": d} for p, r, d in zip(checked.paths, roles, checked.digests)
-        ],
+        "inputs": [{"path": str(p), "role": r, "sha256": d} for p, r, d in zip(checked.paths, roles, checked.digests)],
         "parameters": plan.describe(),
         "seed": plan.seed,
         "dtype": plan.dtype,

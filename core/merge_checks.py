@@ -96,13 +96,17 @@ def check_tokenizers(paths: Sequence[Path], policy: str) -> None:
         return
     ref = tokenizer_vocab(paths[0])
     if ref is None:
-        raise MergeRefused(f"{paths[0]}: no tokenizer.json or vocab.json to copy and compare; "
-                           "add the tokenizer files, or pass --tokenizer-policy base to merge without the check")
+        raise MergeRefused(
+            f"{paths[0]}: no tokenizer.json or vocab.json to copy and compare; "
+            "add the tokenizer files, or pass --tokenizer-policy base to merge without the check"
+        )
     for path in paths[1:]:
         other = tokenizer_vocab(path)
         if other is None:
-            raise MergeRefused(f"{path}: no tokenizer.json or vocab.json to compare with {paths[0]}'s; "
-                               "pass --tokenizer-policy base to merge without the check")
+            raise MergeRefused(
+                f"{path}: no tokenizer.json or vocab.json to compare with {paths[0]}'s; "
+                "pass --tokenizer-policy base to merge without the check"
+            )
         if other != ref:
             diff = sorted(set(ref.items()) ^ set(other.items()))
             token, tid = diff[0]

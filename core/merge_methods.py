@@ -217,10 +217,13 @@ def arcee_fusion(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     q1, median, q3 = ordered[idx]
     threshold = median + 1.5 * (q3 - q1)
     mask = (importance >= threshold).float()
-    return base + (other - base) * mask
+    fused: torch.Tensor = base + (other - base) * mask
+    return fused
 
 
-def merge_tensor(method: str, base: torch.Tensor | None, models: Sequence[torch.Tensor], p: MethodParams) -> torch.Tensor:
+def merge_tensor(
+    method: str, base: torch.Tensor | None, models: Sequence[torch.Tensor], p: MethodParams
+) -> torch.Tensor:
     """Merge one tensor (inputs in the compute dtype); the result may be in a wider dtype."""
     if method == "linear":
         return linear(models, p)

@@ -64,7 +64,11 @@ def load_spec(path: Path) -> dict[str, Any]:
         raise BadInput(str(path), 0, "a merge spec is a mapping with a non-empty 'stages' list")
     unknown = set(data) - DEFAULT_KEYS - {"models", "stages"}
     if unknown:
-        raise BadInput(str(path), 0, f"unknown key {sorted(unknown)[0]!r} (allowed: models, stages, {', '.join(sorted(DEFAULT_KEYS))})")
+        raise BadInput(
+            str(path),
+            0,
+            f"unknown key {sorted(unknown)[0]!r} (allowed: models, stages, {', '.join(sorted(DEFAULT_KEYS))})",
+        )
     return data
 
 
@@ -128,7 +132,9 @@ def run_spec(
             last = i == len(stages) - 1
             label = str(stage.get("name", f"stage{i + 1}"))
             target = out if last else work / label
-            manifest = merge(plan, target, force=force if last else False, progress=progress(label) if progress else None)
+            manifest = merge(
+                plan, target, force=force if last else False, progress=progress(label) if progress else None
+            )
             manifest["stage"] = label
             if not last:
                 names[label] = target

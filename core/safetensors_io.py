@@ -65,7 +65,7 @@ def read_header(path: Path) -> dict[str, Any]:
                 raise ModelFileError(f"{path}: not a safetensors file (shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", raw_len)
             if n > _HEADER_LIMIT or 8 + n > size:
-                raise ModelFileError(f"{path}: corrupt safetensors header (length {n}, file {size} bytes)")
+                raise ModelFileError(f"{path}: truncated or corrupt safetensors header (length {n}, file {size} bytes)")
             header: dict[str, Any] = json.loads(fh.read(n))
     except FileNotFoundError as exc:
         raise ModelFileError(f"{path}: shard missing") from exc
@@ -111,7 +111,9 @@ class ModelFiles:
                 if name == "__metadata__":
                     continue
                 if weight_map and weight_map.get(name) != shard:
-                    raise ModelFileError(f"{index}: tensor {name} is in {shard} but the index says {weight_map.get(name)}")
+                    raise ModelFileError(
+                        f"{index}: tensor {name} is in {shard} but the index says {weight_map.get(name)}"
+                    )
                 model.tensors[name] = TensorInfo(name, meta["dtype"], tuple(meta["shape"]), shard)
         missing = set(weight_map) - set(model.tensors)
         if missing:
@@ -164,7 +166,7 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     import torch
 
     flat = tensor.contiguous().reshape(-1).view(torch.uint8)
-    return memoryview(flat.numpy())
+    return memoryview(flat.numpy())  # type: ignore[arg-type]
 
 
 @dataclass
@@ -228,6 +230,9 @@ class ShardWriter:
             shards.append(WrittenShard(final, shard.bytes, shard.sha256))
             weight_map.update(dict.fromkeys(names, final))
         if total > 1:
-            index = {"metadata": {"total_size": sum(s.bytes for s in shards)}, "weight_map": dict(sorted(weight_map.items()))}
+            index = {
+                "metadata": {"total_size": sum(s.bytes for s in shards)},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
             (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return shards

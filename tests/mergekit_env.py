@@ -74,8 +74,15 @@ def run_merges(jobs: list[dict[str, Any]]) -> None:
         raise RuntimeError(f"mergekit failed:\n{proc.stderr[-3000:]}")
 
 
-def config(method: str, base: Path | None, models: list[Path], params: dict[str, Any],
-           per_model: dict[str, list[float]], dtype: str | None = None, out_dtype: str | None = None) -> dict[str, Any]:  # fmt: skip
+def config(
+    method: str,
+    base: Path | None,
+    models: list[Path],
+    params: dict[str, Any],
+    per_model: dict[str, list[float]],
+    dtype: str | None = None,
+    out_dtype: str | None = None,
+) -> dict[str, Any]:
     """A mergekit config: base listed first among the models where the method needs it among them."""
     entries: list[dict[str, Any]] = []
     if base is not None and method in ("slerp", "model_stock", "arcee_fusion"):
