@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo pipeline on the synthetic data from examples/make_sample.py.
-# Usage: examples/pipeline.sh DEMO_DIR STILL
+# Usage: examples/pipeline.sh DEMO_DIR STILL [PYTHON]
 # Each step reads the previous step's JSONL and prints its one-line summary on stderr.
 set -euo pipefail
 dir=${1:-demo-out}
@@ -23,6 +23,12 @@ echo "== 4. verify: math answers (exact paths, math-verify in killable workers),
 echo "== 5. sample: verified-correct responses only, one per query, as a math:40 / code:20 mix"
 "$still" sample --passing --per-query 1 --quota domain=math:40,code:20 --seed 7 \
   "$dir/4-verified.jsonl" -o "$dir/5-sample.jsonl"
+
+echo "== 6. merge: two tiny students (random weights, one tokenizer) merged with TIES onto a base"
+py=${3:-python3}
+for s in 0 1 2; do "$py" tests/tiny_model.py "$dir/student-$s" --seed "$s" > /dev/null; done
+"$still" merge --method ties --base "$dir/student-0" --density 0.5 --seed 7 \
+  "$dir/student-1" "$dir/student-2" -o "$dir/6-merged" > "$dir/6-merge.jsonl"
 
 echo
 echo "demo outputs in $dir/:"
