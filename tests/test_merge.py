@@ -312,3 +312,33 @@ def test_missing_indexed_tensor_is_refused(models: dict[str, list[Path]], tmp_pa
         merge(MergePlan("linear", [a, d]), tmp_path / "o")
     with pytest.raises(MergeRefused):
         merge(MergePlan("linear", [a, a]), tmp_path / "o")
+
+
+def test_interrupted_run_leaves_nothing_at_out(models: dict[str, list[Path]], tmp_path: Path) -> None:
+    a, b, _ = models["tied-fp32"]
+
+    def interrupt(done: int, total: int) -> None:
+        if done == total // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        merge(MergePlan("linear", [a, b]), tmp_path / "out", progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_arcee_fusion_sampled_quantiles_match_mergekit(tmp_path: Path) -> None:
+    """Tensors over 10⁶ elements: the quantiles come from randint samples, matched draw for draw."""
+    _, why = mergekit_env.ensure()
+    if why:
+        pytest.skip(f"mergekit {mergekit_env.VERSION} not available: {why}")
+    kw: dict[str, Any] = {"layers": 1, "hidden": 2048, "heads": 2, "tied": True, "dtype": "bfloat16"}
+    base, other = (build_tiny_model(tmp_path / f"m{s}", seed=s, **kw) for s in (1, 2))
+    cfg = mergekit_env.config("arcee_fusion", base, [other], {}, {})
+    mergekit_env.run_merges([{"config": cfg, "out": str(tmp_path / "mk"), "seed": 3}])
+    merge(MergePlan("arcee_fusion", [other], base=base, seed=3), tmp_path / "still")
+    ours, theirs = weights(tmp_path / "still"), weights(tmp_path / "mk")
+    assert ours["model.embed_tokens.weight"].numel() > 1_000_000
+    assert all(torch.equal(ours[n], theirs[n]) for n in ours)
+    merge(MergePlan("arcee_fusion", [other], base=base, seed=4), tmp_path / "seed4")
+    assert not all(torch.equal(ours[n], t) for n, t in weights(tmp_path / "seed4").items())
