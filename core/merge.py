@@ -145,7 +145,6 @@ def _per_model(option: str, values: Sequence[float], n: int) -> tuple[float, ...
 class _Checked:
     paths: list[Path]
     models: list[ModelFiles]
-    digests: list[str]
     names: list[str]
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -155,14 +154,15 @@ def check(plan: MergePlan) -> _Checked:
     plan.validate()
     paths = plan.inputs()
     models = [ModelFiles.open(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(4, len(models))) as pool:  # hashlib releases the GIL
-        digests = list(pool.map(ModelFiles.sha256, models))
-    check_distinct(paths, digests)
+    prints = [m.fingerprint() for m in models]
+    # same sizes and headers: hash now to tell a copy from a look-alike; else hashes come later
+    suspects = {i for i, f in enumerate(prints) if prints.count(f) > 1}
+    check_distinct(paths, [models[i].sha256() if i in suspects else prints[i] for i in range(len(models))])
     configs = [read_config(p) for p in paths]
     check_vocab(paths, configs, models)
     check_tokenizers(paths, plan.tokenizer_policy)
     names = check_tensors(paths, models)
-    return _Checked(paths, models, digests, names, configs[0])
+    return _Checked(paths, models, names, configs[0])
 
 
 @contextmanager
@@ -205,14 +205,17 @@ def merge(
         raise MergeRefused(f"{out}: already exists; pass --force to replace it")
     checked = check(plan)
     started = time.perf_counter()
-    with atomic_dir(out, force) as tmp:
+    # the manifest's input digests are computed while the merge runs (hashlib releases the GIL)
+    with ThreadPoolExecutor(max_workers=1) as hasher, atomic_dir(out, force) as tmp:
+        pending = [hasher.submit(m.sha256) for m in checked.models]
         shards, out_dtypes = _merge_into(plan, checked, tmp, progress)
         _copy_side_files(checked.paths[0], tmp, checked.config, out_dtypes)
+        digests = [f.result() for f in pending]
     roles = (["base"] if plan.base is not None else []) + ["model"] * len(plan.models)
     return {
         "out": str(out),
         "method": plan.method,
-        "inputs": [{"path": str(p), "role": r, "sha256": d} for p, r, d in zip(checked.paths, roles, checked.digests)],
+        "inputs": [{"path": str(p), "role": r, "sha256": d} for p, r, d in zip(checked.paths, roles, digests)],
         "parameters": plan.describe(),
         "seed": plan.seed,
         "dtype": plan.dtype,
@@ -234,27 +237,42 @@ def _merge_into(
     readers = [TensorReader(m) for m in checked.models]
     writer = ShardWriter(tmp, plan.max_shard_bytes)
     out_dtypes: set[str] = set()
+    names = checked.names
+
+    def read(name: str) -> list[Any]:
+        return [r.get(source_name(m, name) or name) for r, m in zip(readers, checked.models)]
+
+    # Read the next tensor while this one is computed, when both fit in the largest tensor's share
+    # of the memory bound (so never next to the embeddings).
+    size = {n: checked.models[0].tensors[n].end - checked.models[0].tensors[n].begin for n in names}
+    largest = max(size.values(), default=0)
     # mergekit seeds once and walks tensors in name order; the same order gives the same random draws.
     torch.manual_seed(plan.seed)
-    with torch.inference_mode():
-        for i, name in enumerate(checked.names):
-            raw = [r.get(source_name(m, name) or name) for r, m in zip(readers, checked.models)]
+    with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as reader:
+        ahead = reader.submit(read, names[0]) if names else None
+        for i, name in enumerate(names):
+            assert ahead is not None
+            raw, ahead = ahead.result(), None
+            following = names[i + 1] if i + 1 < len(names) else None
+            if following is not None and size[name] + size[following] <= largest:
+                ahead = reader.submit(read, following)
             if not raw[0].is_floating_point():
                 result = raw[0]  # integer buffers are copied from the base, as mergekit does
             else:
                 compute = getattr(torch, plan.dtype) if plan.dtype else _promoted(raw)
-                inputs = [t.to(compute) for t in raw]
+                models = [t.to(compute) for t in raw]
                 del raw
-                base = inputs[0] if has_base else None
-                models = inputs[1:] if has_base else inputs
-                result = merge_tensor(plan.method, base, models, params)
-                del inputs, base, models
+                base = models.pop(0) if has_base else None
+                result = merge_tensor(plan.method, base, models, params)  # may empty ``models``
+                del base, models
                 result = result.to(getattr(torch, plan.out_dtype)) if plan.out_dtype else result
             out_dtypes.add(str(result.dtype).removeprefix("torch."))
             writer.add(name, result)
             del result
+            if ahead is None and following is not None:
+                ahead = reader.submit(read, following)
             if progress is not None:
-                progress(i + 1, len(checked.names))
+                progress(i + 1, len(names))
     for r in readers:
         r.close()
     return writer.finish(), out_dtypes

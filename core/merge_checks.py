@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +40,22 @@ def embedding_name(model: ModelFiles) -> str | None:
     return None
 
 
-def check_distinct(paths: Sequence[Path], digests: Sequence[str]) -> None:
-    """mergekit collapses duplicate entries silently (its #214); refuse them instead."""
+def check_distinct(paths: Sequence[Path], contents: Sequence[Hashable]) -> None:
+    """mergekit collapses duplicate entries silently (its #214); refuse them instead.
+
+    ``contents`` identifies each model's weights (shard sizes and headers, confirmed by sha256).
+    """
     seen: dict[str, Path] = {}
     for path in paths:
         real = os.path.realpath(path)
         if real in seen:
             raise MergeRefused(f"{path}: given twice (as {seen[real]} too); each input model must be distinct")
         seen[real] = path
-    by_digest: dict[str, Path] = {}
-    for path, digest in zip(paths, digests):
-        if digest in by_digest:
-            raise MergeRefused(
-                f"{path}: same weights as {by_digest[digest]} (sha256 {digest[:16]}); each input model must be distinct"
-            )
-        by_digest[digest] = path
+    by_content: dict[Hashable, Path] = {}
+    for path, content in zip(paths, contents):
+        if content in by_content:
+            raise MergeRefused(f"{path}: same weights as {by_content[content]}; each input model must be distinct")
+        by_content[content] = path
 
 
 def check_vocab(paths: Sequence[Path], configs: Sequence[dict[str, Any]], models: Sequence[ModelFiles]) -> None:

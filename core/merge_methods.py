@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 _QUANTILE_SAMPLE = 1_000_000  # Arcee Fusion samples this many importance scores for its quantiles
 _SLERP_CHUNK = 1024 * 1024  # mergekit's slerp reduces in chunks of this many elements
+COMBINE_CHUNK = 4 * 1024 * 1024  # task-vector methods combine this many elements at a time
 
 
 @dataclass(frozen=True)
@@ -100,44 +101,52 @@ def _bernoulli(delta: torch.Tensor, density: float) -> torch.Tensor:
 
 def task_vectors(
     base: torch.Tensor,
-    models: Sequence[torch.Tensor],
+    models: list[torch.Tensor],
     p: MethodParams,
     sparsify: Callable[[torch.Tensor, float], torch.Tensor] | None,
     consensus: bool,
 ) -> torch.Tensor:
-    """mergekit's generalized task arithmetic: sparsify τᵢ = θᵢ − b, weight, elect signs, combine."""
+    """mergekit's generalized task arithmetic: sparsify τᵢ = θᵢ − b, weight, elect signs, combine.
+
+    Takes ownership of ``models`` (each input is dropped once its task vector exists), and combines
+    in chunks of ``COMBINE_CHUNK`` elements: every step after the sparsification is per element, so
+    chunking changes no result but keeps the sign election's scratch small.
+    """
     import torch
 
-    deltas = base.new_empty((len(models), *base.shape))
-    for i, tensor in enumerate(models):
-        delta = tensor - base
+    n = len(models)
+    deltas = base.new_empty((n, base.numel()))
+    for i in range(n):
+        delta = models.pop(0) - base
         if sparsify is not None:
             delta = sparsify(delta, p.densities[i])
-        deltas[i] = delta
+        deltas[i] = delta.reshape(-1)
         del delta
-    weights = torch.tensor(list(p.weights), dtype=deltas.dtype)
-    while deltas.dim() > weights.dim():
-        weights.unsqueeze_(-1)
+    weights = torch.tensor(list(p.weights), dtype=deltas.dtype).unsqueeze_(-1)
     deltas.mul_(weights)
-    if consensus:
-        sign = deltas.sign().to(base.dtype)
-        majority = (deltas.sum(dim=0) >= 0).to(base.dtype) * 2 - 1
-        mask = sign == majority
-        del sign, majority
-        mixed = (deltas * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
-        del mask
-    else:
-        mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    del deltas
-    if p.normalize:
-        mixed /= divisor
-    if p.lam != 1:
-        mixed *= p.lam
-    return (base + mixed).to(base.dtype)
+    flat_base = base.reshape(-1)
+    out = torch.empty_like(flat_base)
+    for start in range(0, max(1, base.numel()), COMBINE_CHUNK):
+        d = deltas[:, start : start + COMBINE_CHUNK]
+        if consensus:
+            sign = d.sign().to(base.dtype)
+            majority = (d.sum(dim=0) >= 0).to(base.dtype) * 2 - 1
+            mask = sign == majority
+            del sign, majority
+            mixed = (d * mask).sum(dim=0)
+            divisor = (weights * mask).sum(dim=0)
+            divisor[divisor == 0] = 1
+            del mask
+        else:
+            mixed = d.sum(dim=0)
+            divisor = weights.sum(dim=0)
+            divisor[divisor.abs() < 1e-8] = 1
+        if p.normalize:
+            mixed /= divisor
+        if p.lam != 1:
+            mixed *= p.lam
+        out[start : start + COMBINE_CHUNK] = (flat_base[start : start + COMBINE_CHUNK] + mixed).to(base.dtype)
+    return out.reshape(base.shape)
 
 
 def slerp(base: torch.Tensor, other: torch.Tensor, t: float) -> torch.Tensor:
@@ -222,9 +231,12 @@ def arcee_fusion(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 
 def merge_tensor(
-    method: str, base: torch.Tensor | None, models: Sequence[torch.Tensor], p: MethodParams
+    method: str, base: torch.Tensor | None, models: list[torch.Tensor], p: MethodParams
 ) -> torch.Tensor:
-    """Merge one tensor (inputs in the compute dtype); the result may be in a wider dtype."""
+    """Merge one tensor (inputs in the compute dtype); the result may be in a wider dtype.
+
+    The task-vector methods empty ``models`` as they go, to free each input early.
+    """
     if method == "linear":
         return linear(models, p)
     assert base is not None

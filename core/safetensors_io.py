@@ -2,8 +2,8 @@
 
 Reading: the shard layout comes from ``model.safetensors.index.json`` (or a single
 ``model.safetensors``); every shard's header is parsed and checked against its file size up front,
-so a missing or truncated shard is refused before anything is written. Tensors are then read
-through ``safetensors.safe_open`` (memory-mapped), keeping at most one shard open per model.
+so a missing or truncated shard is refused before anything is written. Tensors are then read with
+positioned reads of exactly their byte range (see ``TensorReader``), one open shard per model.
 
 Writing: tensors are buffered up to ``max_shard_bytes`` and written as one safetensors file
 (header, then the raw bytes), hashed with sha256 while written; ``finish`` names the shards
@@ -32,6 +32,7 @@ _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
 # safetensors dtype names <-> torch dtype names
 DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 SAFETENSORS_NAMES = {v: k for k, v in DTYPE_NAMES.items()}
+INT_DTYPES = {"I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 class ModelFileError(StillError):
@@ -46,6 +47,8 @@ class TensorInfo:
     dtype: str  # safetensors name (F32, BF16, ...)
     shape: tuple[int, ...]
     shard: str  # file name inside the model directory
+    begin: int = 0  # byte range in the shard file
+    end: int = 0
 
     @property
     def numel(self) -> int:
@@ -55,8 +58,8 @@ class TensorInfo:
         return n
 
 
-def read_header(path: Path) -> dict[str, Any]:
-    """Parse a safetensors header and check that the data it describes fits the file."""
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """Parse a safetensors header, check that the data it describes fits the file; (header, data offset)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -77,7 +80,7 @@ def read_header(path: Path) -> dict[str, Any]:
             f"{path}: truncated or corrupt shard (header describes {8 + n + end} bytes, file has {size}); "
             "copy the model again"
         )
-    return header
+    return header, 8 + n
 
 
 @dataclass
@@ -106,7 +109,7 @@ class ModelFiles:
             raise ModelFileError(f"{root}: no {SINGLE_NAME} or {INDEX_NAME} (only safetensors weights are read)")
         model = cls(root, shards=shards)
         for shard in shards:
-            header = read_header(root / shard)
+            header, data_offset = read_header(root / shard)
             for name, meta in header.items():
                 if name == "__metadata__":
                     continue
@@ -114,11 +117,24 @@ class ModelFiles:
                     raise ModelFileError(
                         f"{index}: tensor {name} is in {shard} but the index says {weight_map.get(name)}"
                     )
-                model.tensors[name] = TensorInfo(name, meta["dtype"], tuple(meta["shape"]), shard)
+                begin, end = (data_offset + o for o in meta["data_offsets"])
+                model.tensors[name] = TensorInfo(name, meta["dtype"], tuple(meta["shape"]), shard, begin, end)
+                if meta["dtype"] not in DTYPE_NAMES and meta["dtype"] not in INT_DTYPES:
+                    raise ModelFileError(f"{root / shard}: tensor {name} has unsupported dtype {meta['dtype']}")
         missing = set(weight_map) - set(model.tensors)
         if missing:
             raise ModelFileError(f"{index}: {len(missing)} indexed tensors not in any shard, e.g. {sorted(missing)[0]}")
         return model
+
+    def fingerprint(self) -> tuple[tuple[int, bytes], ...]:
+        """Size and header bytes of each shard: equal for any two copies of the same weights."""
+        out = []
+        for shard in self.shards:
+            path = self.path / shard
+            with open(path, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                out.append((path.stat().st_size, fh.read(n)))
+        return tuple(out)
 
     def sha256(self) -> str:
         """One digest over the shards in name order (each shard's bytes, hashed in 8 MiB reads)."""
@@ -137,29 +153,42 @@ def file_sha256(path: Path) -> str:
 
 
 class TensorReader:
-    """Reads tensors of one model, keeping at most one shard memory-mapped at a time."""
+    """Reads tensors of one model with positioned reads, keeping one shard file open at a time.
+
+    Not memory-mapped: ``safe_open``'s mapping keeps every page it touched in the process's RSS until
+    the shard is closed (a whole single-file model), while a read into a fresh buffer is freed with
+    the tensor. ``os.preadv`` releases the GIL, so a reader thread can overlap reads with compute.
+    """
 
     def __init__(self, model: ModelFiles) -> None:
         self.model = model
         self._shard: str | None = None
-        self._handle: Any = None
+        self._fd = -1
 
     def get(self, name: str) -> torch.Tensor:
-        from safetensors import SafetensorError, safe_open
+        import torch
 
-        shard = self.model.tensors[name].shard
-        try:
-            if shard != self._shard:
-                self._handle = None  # drop the old mapping first: one open shard per model
-                self._handle = safe_open(str(self.model.path / shard), framework="pt")
-                self._shard = shard
-            return self._handle.get_tensor(name)  # type: ignore[no-any-return]
-        except SafetensorError as exc:
-            raise ModelFileError(f"{self.model.path / shard}: cannot read {name} ({exc})") from exc
+        info = self.model.tensors[name]
+        if info.shard != self._shard:
+            self.close()
+            self._fd = os.open(self.model.path / info.shard, os.O_RDONLY)
+            self._shard = info.shard
+        size = info.end - info.begin
+        buf = torch.empty(size, dtype=torch.uint8)
+        view = memoryview(buf.numpy())  # type: ignore[arg-type]
+        done = 0
+        while done < size:
+            got = os.preadv(self._fd, [view[done:]], info.begin + done)
+            if got <= 0:
+                raise ModelFileError(f"{self.model.path / info.shard}: shard shorter than its header says ({name})")
+            done += got
+        dtype = getattr(torch, DTYPE_NAMES.get(info.dtype) or INT_DTYPES[info.dtype])
+        return buf.view(dtype).reshape(info.shape)
 
     def close(self) -> None:
-        self._handle = None
-        self._shard = None
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._shard = -1, None
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
