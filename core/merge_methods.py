@@ -230,9 +230,7 @@ def arcee_fusion(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return fused
 
 
-def merge_tensor(
-    method: str, base: torch.Tensor | None, models: list[torch.Tensor], p: MethodParams
-) -> torch.Tensor:
+def merge_tensor(method: str, base: torch.Tensor | None, models: list[torch.Tensor], p: MethodParams) -> torch.Tensor:
     """Merge one tensor (inputs in the compute dtype); the result may be in a wider dtype.
 
     The task-vector methods empty ``models`` as they go, to free each input early.
