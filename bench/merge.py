@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--params", default="500M", help="parameters per model (500M, 100M, ...)")
     parser.add_argument("--work", default=str(ROOT / "build" / "bench-merge"), help="scratch directory")
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool and method (the fastest is kept)")
+    parser.add_argument("--methods", default="linear,ties", help="comma list of linear, ties")
     args = parser.parse_args()
     mk_python, why = mergekit_env.ensure()
     if mk_python is None:
@@ -166,7 +167,8 @@ def main() -> None:
         ),
     }
     print(f"{'method':8} {'tool':9} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12}  bound MB  same output")
-    for method, (still_args, mk_cfg) in jobs.items():
+    for method in args.methods.split(","):
+        still_args, mk_cfg = jobs[method]
         n_inputs = 3
         bound = ((n_inputs + 3) * largest + shard_buffer) / 2**20
         cfg = work / f"{method}.yaml"

@@ -54,7 +54,9 @@ def command(models: tuple[str, ...], method: str | None, spec: str | None, out: 
     """
     import orjson
 
-    from still.core.errors import UsageError
+    from still.core.errors import UsageError, require
+
+    require("torch", "models", "still merge")
     from still.core.merge import MergePlan, merge, progress_printer
     from still.core.merge_spec import parse_size, run_spec
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from still.core.errors import BadInput
+from still.core.errors import BadInput, require
 from still.core.merge import MergePlan, MergeRefused, merge
 
 STAGE_KEYS = {
@@ -48,6 +48,7 @@ def parse_size(text: str | int) -> int:
 def load_spec(path: Path) -> dict[str, Any]:
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
+        require("yaml", "models", "a YAML merge spec")
         import yaml
 
         try:

@@ -359,3 +359,20 @@ def test_chunked_combine_matches_mergekit(
             merge(MergePlan(method, rest, base=base, seed=SEED, **case["plan"]), out)
             ours, theirs = weights(out), weights(mergekit_outputs[f"{variant}/{method}"])
             assert all(torch.equal(ours[n], theirs[n]) for n in ours), (variant, method)
+
+
+def test_json_spec_through_the_cli(models: dict[str, list[Path]], tmp_path: Path, still: Any) -> None:
+    a, b, c = models["tied-fp32"]
+    spec = tmp_path / "spec.json"
+    stages = [
+        {"name": "ab", "method": "linear", "models": [str(a), str(b)], "weight": [1, 3]},
+        {"method": "task_arithmetic", "base": str(c), "models": ["ab"], "lambda": 0.5},
+    ]
+    spec.write_text(json.dumps({"seed": 1, "stages": stages}))
+    res = still(["merge", "--spec", str(spec), "-o", str(tmp_path / "out")])
+    (line,) = res.lines()
+    manifest = json.loads(line)
+    assert manifest["method"] == "task_arithmetic" and manifest["stages"][0]["parameters"]["weight"] == [1.0, 3.0]
+    spec.write_text(json.dumps({"stages": [{"method": "linear", "models": [str(a)], "wieght": 1}]}))
+    res = still(["merge", "--spec", str(spec), "-o", str(tmp_path / "out2")], code=3)
+    assert "unknown stage key 'wieght'" in res.stderr and not (tmp_path / "out2").exists()
