@@ -263,7 +263,9 @@ def _merge_into(
                 models = [t.to(compute) for t in raw]
                 del raw
                 base = models.pop(0) if has_base else None
-                result = merge_tensor(plan.method, base, models, params)  # may empty ``models``
+                # sort several task vectors at once where their scratch fits beside the largest tensor's
+                workers = min(len(models), os.cpu_count() or 1) if size[name] * len(models) <= largest else 1
+                result = merge_tensor(plan.method, base, models, params, workers)  # may empty ``models``
                 del base, models
                 result = result.to(getattr(torch, plan.out_dtype)) if plan.out_dtype else result
             out_dtypes.add(str(result.dtype).removeprefix("torch."))

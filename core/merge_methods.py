@@ -10,6 +10,7 @@ draws for DARE and Arcee Fusion) is what makes the results bit-identical to it, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -105,6 +106,7 @@ def task_vectors(
     p: MethodParams,
     sparsify: Callable[[torch.Tensor, float], torch.Tensor] | None,
     consensus: bool,
+    workers: int = 1,
 ) -> torch.Tensor:
     """mergekit's generalized task arithmetic: sparsify τᵢ = θᵢ − b, weight, elect signs, combine.
 
@@ -116,12 +118,24 @@ def task_vectors(
 
     n = len(models)
     deltas = base.new_empty((n, base.numel()))
-    for i in range(n):
-        delta = models.pop(0) - base
-        if sparsify is not None:
-            delta = sparsify(delta, p.densities[i])
-        deltas[i] = delta.reshape(-1)
-        del delta
+
+    def task_vector(i: int, tensor: torch.Tensor) -> None:
+        with torch.inference_mode():  # thread-local: a worker thread does not inherit the caller's
+            delta = tensor - base
+            if sparsify is not None:
+                delta = sparsify(delta, p.densities[i])
+            deltas[i] = delta.reshape(-1)
+
+    if workers > 1 and sparsify is _magnitude:
+        # TIES' sorts dominate its time; each model's is independent and draws nothing random
+        tensors = list(models)
+        models.clear()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(task_vector, range(n), tensors))
+        del tensors
+    else:
+        for i in range(n):
+            task_vector(i, models.pop(0))
     weights = torch.tensor(list(p.weights), dtype=deltas.dtype).unsqueeze_(-1)
     deltas.mul_(weights)
     flat_base = base.reshape(-1)
@@ -230,10 +244,14 @@ def arcee_fusion(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return fused
 
 
-def merge_tensor(method: str, base: torch.Tensor | None, models: list[torch.Tensor], p: MethodParams) -> torch.Tensor:
+def merge_tensor(
+    method: str, base: torch.Tensor | None, models: list[torch.Tensor], p: MethodParams, workers: int = 1
+) -> torch.Tensor:
     """Merge one tensor (inputs in the compute dtype); the result may be in a wider dtype.
 
-    The task-vector methods empty ``models`` as they go, to free each input early.
+    The task-vector methods empty ``models`` as they go, to free each input early; ``workers`` > 1
+    lets TIES sort the task vectors of several models at once (each sort's scratch is ~12 bytes per
+    element, so the caller allows it only for tensors small next to the largest).
     """
     if method == "linear":
         return linear(models, p)
@@ -241,7 +259,7 @@ def merge_tensor(method: str, base: torch.Tensor | None, models: list[torch.Tens
     if method == "task_arithmetic":
         return task_vectors(base, models, p, None, consensus=False)
     if method == "ties":
-        return task_vectors(base, models, p, _magnitude, consensus=True)
+        return task_vectors(base, models, p, _magnitude, consensus=True, workers=workers)
     if method == "dare_linear":
         return task_vectors(base, models, p, _bernoulli, consensus=False)
     if method == "dare_ties":
