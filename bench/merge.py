@@ -151,7 +151,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     paths, numel, largest = write_models(work, parse_params(args.params))
-    shard_buffer = 512 * 1024 * 1024
+    shard_buffer = 512 * 10**6
     print(f"3 models of {numel / 1e6:.0f}M parameters (bf16, {numel * 2 / 1e9:.2f} GB each); largest tensor "
           f"{largest / 1e6:.0f} MB; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")  # fmt: skip
     still = [str(Path(sys.executable).parent / "still"), "merge", "-q"]

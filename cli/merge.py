@@ -40,7 +40,7 @@ def command(models: tuple[str, ...], method: str | None, spec: str | None, out: 
             **options: Any) -> None:  # fmt: skip
     """Merge models fine-tuned from one base, tensor by tensor, into --out.
 
-    Methods as mergekit 0.1.5 computes them (bit-identical for linear, task_arithmetic, ties):
+    Methods as mergekit 0.1.5 computes them (bit-identical at the same seed; slerp within 1 ulp):
     linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, model_stock, arcee_fusion.
     Refuses (exit 3, nothing written) models with different vocabularies, tokenizers, tensor names
     or shapes, duplicate inputs, missing or corrupt shards. Prints one JSON line describing the

@@ -52,7 +52,7 @@ COPIED_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-DEFAULT_SHARD_BYTES = 512 * 1024 * 1024
+DEFAULT_SHARD_BYTES = 512 * 10**6  # 512MB, decimal as --max-shard-size
 
 
 @dataclass
