@@ -5,8 +5,9 @@
 
 Everything is checked before anything is written (``merge_checks``); the output is built in a
 temporary directory beside ``out`` and renamed into place at the end, so a killed run leaves no
-half-written model at ``out``. Peak memory: the inputs of one tensor (one memory-mapped read each,
-plus a cast when the compute dtype differs), the method's scratch, and the output shard buffer.
+half-written model at ``out``. Peak memory: the inputs of one tensor (one read each, plus a cast
+when the compute dtype differs; small tensors are read one ahead), the method's scratch, and the
+output shard buffer.
 """
 
 from __future__ import annotations
