@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dedup": ("dedup", "command"),
     "generate": ("generate", "command"),
     "grade": ("grade", "command"),
+    "merge": ("merge", "command"),
     "sample": ("sample", "command"),
     "verify": ("verify", "command"),
 }
