@@ -56,6 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_beta2: float = 0.95
     max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
     save_steps: int = 0
     save_total_limit: int = 2
     log_steps: int = 10
@@ -253,6 +254,7 @@ def _training_arguments(config: TrainConfig, bf16: bool) -> Any:
         lr_scheduler_type=config.scheduler,
         weight_decay=config.weight_decay,
         adam_beta2=config.adam_beta2,
+        optim=config.optim,
         max_grad_norm=config.max_grad_norm,
         save_strategy="steps" if config.save_steps > 0 else "no",
         save_steps=max(config.save_steps, 1),

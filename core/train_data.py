@@ -169,7 +169,15 @@ class ChatMasker:
             eot = self._end_of_turn(full[end:stop])
             out.append((content + full[end : end + eot], True))
             cursor = end + eot
-        return [(text, sup) for text, sup in out if text]
+        merged: list[tuple[str, bool]] = []
+        for text, sup in out:
+            if not text:
+                continue
+            if merged and merged[-1][1] == sup:  # one prompt string, tokenized whole as at inference
+                merged[-1] = (merged[-1][0] + text, sup)
+            else:
+                merged.append((text, sup))
+        return merged
 
     def encode(self, messages: list[dict[str, str]], where: tuple[str, int] = ("", 0)) -> Example:
         pieces = self.pieces(messages, where)

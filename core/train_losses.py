@@ -33,6 +33,11 @@ KD_LOSSES = ("fkl", "rkl", "skew-fkl", "skew-rkl", "jsd")
 DEFAULT_CHUNK = 1024
 
 
+def _acc(t: torch.Tensor) -> torch.dtype:
+    """Loss arithmetic runs in fp32, or fp64 when the inputs are fp64 (the reference tests)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """KL(a‖b) per row from log-probabilities; entries with a = 0 contribute 0."""
     a = log_a.exp()
@@ -105,13 +110,14 @@ class _FusedLinearCE(torch.autograd.Function):
     ) -> torch.Tensor:
         want_w = weight.requires_grad
         grad_hidden = torch.empty_like(hidden) if hidden.requires_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        acc = _acc(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk]
             y = targets[start : start + chunk]
-            w = token_weights[start : start + chunk].float()
-            logits = (h @ weight.t()).float()
+            w = token_weights[start : start + chunk].to(acc)
+            logits = (h @ weight.t()).to(acc)
             lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
             total += ((lse - picked) * w).sum()
@@ -123,7 +129,7 @@ class _FusedLinearCE(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk] = grad_logits @ weight
             if grad_weight is not None:
-                grad_weight += (grad_logits.t() @ h).float()
+                grad_weight += (grad_logits.t() @ h).to(acc)
         ctx.save_for_backward(
             grad_hidden if grad_hidden is not None else torch.empty(0),
             grad_weight.to(weight.dtype) if grad_weight is not None else torch.empty(0),
@@ -182,7 +188,8 @@ def chunked_kd(
     for those positions. Returns (total loss, the KD part alone, detached) for logging.
     """
     total = hidden.sum() * 0.0 + weight.sum() * 0.0
-    kd_part = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    acc = _acc(hidden)
+    kd_part = torch.zeros((), dtype=acc, device=hidden.device)
     scale = temperature**2  # keeps gradient magnitudes comparable across temperatures (Hinton et al.)
 
     for start in range(0, hidden.shape[0], max(1, chunk)):
@@ -201,16 +208,16 @@ def chunked_kd(
             mode: str = mode,
             teacher: tuple[torch.Tensor, ...] = teacher,
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = (h @ w_head.t()).float()
+            logits = (h @ w_head.t()).to(acc)
             ce = F.cross_entropy(logits, y, reduction="none")
             if mode == "dense":
                 d = divergence(
-                    logits, teacher[0].float(), kind, beta=beta, skew_alpha=skew_alpha, temperature=temperature
+                    logits, teacher[0].to(acc), kind, beta=beta, skew_alpha=skew_alpha, temperature=temperature
                 )
             else:
                 d = sparse_fkl(logits, teacher[0], teacher[1], temperature)
-            kd = (d * wk.float()).sum() * scale
-            return (ce * wc.float()).sum() + kd, kd
+            kd = (d * wk.to(acc)).sum() * scale
+            return (ce * wc.to(acc)).sum() + kd, kd
 
         h = hidden[start:stop]
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
@@ -236,12 +243,12 @@ def sparse_targets(
     2025: sampled targets are unbiased, E[p̂] = p, where top-k alone is not). With S = 0 the top-k
     probabilities are renormalised to sum to one (axolotl/torchtune top-k KD). Unused slots have id −1.
     """
-    p = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    p = F.softmax(teacher_logits.to(_acc(teacher_logits)) / temperature, dim=-1)
     n = p.shape[0]
     parts_ids: list[torch.Tensor] = []
     parts_w: list[torch.Tensor] = []
     rest = p
-    head_mass = torch.zeros(n, device=p.device)
+    head_mass = torch.zeros(n, dtype=p.dtype, device=p.device)
     if top_k > 0:
         w, ids = p.topk(top_k, dim=-1)
         head_mass = w.sum(-1)
