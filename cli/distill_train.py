@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -15,7 +16,7 @@ _SCHEDULERS = ("cosine", "constant_with_warmup", "linear", "constant")
 _ATTN = ("auto", "varlen", "sdpa", "eager", "flash_attention_2")
 
 
-def _opt(*names: str, **kw: Any) -> Any:
+def _opt(*names: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if "default" in kw and "show_default" not in kw and not kw.get("is_flag"):
         kw["show_default"] = True
     return click.option(*names, **kw)

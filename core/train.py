@@ -129,7 +129,7 @@ class Meter:
 def _metrics_callback(meter: Meter, write: Callable[[bytes], Any]) -> Any:
     from transformers import TrainerCallback
 
-    class Metrics(TrainerCallback):  # type: ignore[misc]
+    class Metrics(TrainerCallback):
         """One JSON line per logging step on stdout; a step counter on stderr when it is a TTY."""
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
@@ -160,7 +160,7 @@ def _metrics_callback(meter: Meter, write: Callable[[bytes], Any]) -> Any:
 def _trainer_class() -> Any:
     from transformers import Trainer
 
-    class DistillTrainer(Trainer):  # type: ignore[misc]
+    class DistillTrainer(Trainer):
         """compute_loss returns the step-normalised loss of one micro-batch (see train_batches)."""
 
         loss_is_scaled_for_ga = True
@@ -180,7 +180,8 @@ def _trainer_class() -> Any:
             units = sum(b["loss_units"] for b in batch_samples).to(device)
             if self.args.world_size > 1:
                 units = self.accelerator.gather(units.reshape(1)).sum()
-            return units.clamp(min=1.0)
+            clamped: torch.Tensor = units.clamp(min=1.0)
+            return clamped
 
         def compute_loss(
             self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -328,7 +329,7 @@ def train(
     if not sys.stderr.isatty():
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     examples, rows = load_examples(records, config, tokenizer, stats)

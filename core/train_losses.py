@@ -100,7 +100,7 @@ class _FusedLinearCE(torch.autograd.Function):
     """Σ_t w_t · CE(h_t W^T, y_t), with gradients computed chunk by chunk in the forward pass."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
@@ -138,7 +138,7 @@ class _FusedLinearCE(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors
         has_h, has_w = ctx.has
         return (
@@ -164,7 +164,7 @@ def weighted_ce(
     """
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0
-    out: torch.Tensor = _FusedLinearCE.apply(hidden, weight, targets, token_weights, max(1, chunk))
+    out: torch.Tensor = _FusedLinearCE.apply(hidden, weight, targets, token_weights, max(1, chunk))  # type: ignore[no-untyped-call]
     return out
 
 

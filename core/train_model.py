@@ -38,7 +38,7 @@ def _varlen_attention(
     if bounds is None or query.shape[0] != 1 or attention_mask is not None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(  # type: ignore[no-any-return]
+        return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
     groups = getattr(module, "num_key_value_groups", 1)
@@ -81,7 +81,9 @@ def load_causal_lm(path: str, attn: str, dtype: torch.dtype | None = None) -> An
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention_implementation(attn), dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(
+            path, attn_implementation=attention_implementation(attn), dtype=dtype
+        )
     except OSError as exc:
         raise UsageError(f"cannot load a model from {path}: {exc}") from exc
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import run_still
 
 torch = pytest.importorskip("torch")
@@ -118,7 +117,11 @@ def test_mask_llama3(tok: Any) -> None:
             False,
         ),
         ("<think>\n2 + 3 = 5\n</think>\nThe answer is \\boxed{5}.<|eot_id|>", True),
-        ("<|start_header_id|>user<|end_header_id|>\n\nAnd 4 + 4?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", False),
+        (
+            "<|start_header_id|>user<|end_header_id|>\n\nAnd 4 + 4?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+            False,
+        ),
         ("<think>\n4 + 4 = 8\n</think>\n\\boxed{8}<|eot_id|>", True),
     ]
     _check_mask(tok, LLAMA3_TEMPLATE, TWO_TURNS, golden)
@@ -134,16 +137,25 @@ def test_mask_r1_distill_keeps_reasoning_the_template_strips(tok: Any) -> None:
     _check_mask(tok, R1_TEMPLATE, TWO_TURNS, golden)
     # a response sampled from R1 lacks the opening <think>: the generation prompt's one stays in the prompt
     short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "hello\n</think>\n\nHello!"}]
-    golden = [("<s><｜User｜>Hi<｜Assistant｜><think>\n", False), ("hello\n</think>\n\nHello!<｜end▁of▁sentence｜>", True)]
+    golden = [
+        ("<s><｜User｜>Hi<｜Assistant｜><think>\n", False),
+        ("hello\n</think>\n\nHello!<｜end▁of▁sentence｜>", True),
+    ]
     _check_mask(tok, R1_TEMPLATE, short, golden)
 
 
 def test_mask_qwen3_empty_think_block(tok: Any) -> None:
     plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
-    golden = [("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", False), ("<think>\n\n</think>\n\nHello!<|im_end|>", True)]
+    golden = [
+        ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<think>\n\n</think>\n\nHello!<|im_end|>", True),
+    ]
     _check_mask(tok, QWEN3_TEMPLATE, plain, golden)
     thinking = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nhm\n</think>\n\nHello!"}]
-    golden = [("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", False), ("<think>\nhm\n</think>\n\nHello!<|im_end|>", True)]
+    golden = [
+        ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<think>\nhm\n</think>\n\nHello!<|im_end|>", True),
+    ]
     _check_mask(tok, QWEN3_TEMPLATE, thinking, golden)
 
 
@@ -286,22 +298,47 @@ def test_weighted_ce_and_chunked_kd_match_plain_autograd() -> None:
     def ref_loss() -> Any:
         logits = h @ w.t()
         ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-        d = torch.tensor([_reference("jsd", logits[i].tolist(), th[i].tolist(), 0.4, 0.1, 2.0) for i in range(n)], dtype=torch.float64)
+        d = torch.tensor(
+            [_reference("jsd", logits[i].tolist(), th[i].tolist(), 0.4, 0.1, 2.0) for i in range(n)],
+            dtype=torch.float64,
+        )
         return (ce * wc).sum(), (d * wk).sum() * 4.0
 
     ce_ref, kd_ref = ref_loss()
     got = weighted_ce(h, w, y, wc, chunk=3)
     assert abs(float(got) - float(ce_ref)) <= 1e-9
     g_h, g_w = torch.autograd.grad(got, (h, w))
-    r_h, r_w = torch.autograd.grad((h @ w.t()).log_softmax(-1).gather(-1, y[:, None]).squeeze(-1).mul(-wc).sum(), (h, w))
+    r_h, r_w = torch.autograd.grad(
+        (h @ w.t()).log_softmax(-1).gather(-1, y[:, None]).squeeze(-1).mul(-wc).sum(), (h, w)
+    )
     assert torch.allclose(g_h, r_h, atol=1e-12) and torch.allclose(g_w, r_w, atol=1e-12)
 
     total, kd = chunked_kd(
-        h, w, y, wc, wk, lambda a, b: ("dense", (th[a:b],)), kind="jsd", beta=0.4, skew_alpha=0.1, temperature=2.0, chunk=3
+        h,
+        w,
+        y,
+        wc,
+        wk,
+        lambda a, b: ("dense", (th[a:b],)),
+        kind="jsd",
+        beta=0.4,
+        skew_alpha=0.1,
+        temperature=2.0,
+        chunk=3,
     )
     assert abs(float(total) - float(ce_ref + kd_ref)) <= 1e-9 and abs(float(kd) - float(kd_ref)) <= 1e-9
     whole, _ = chunked_kd(
-        h, w, y, wc, wk, lambda a, b: ("dense", (th[a:b],)), kind="jsd", beta=0.4, skew_alpha=0.1, temperature=2.0, chunk=n
+        h,
+        w,
+        y,
+        wc,
+        wk,
+        lambda a, b: ("dense", (th[a:b],)),
+        kind="jsd",
+        beta=0.4,
+        skew_alpha=0.1,
+        temperature=2.0,
+        chunk=n,
     )
     g1 = torch.autograd.grad(total, (h, w))
     g2 = torch.autograd.grad(whole, (h, w))
@@ -365,7 +402,9 @@ def _sft_rows(n: int, seed: int = 0) -> list[Record]:
     return _records(rows)
 
 
-def _train(tiny_model: Path, out: Path, rows: list[Record], callbacks: tuple[Any, ...] = (), **kw: Any) -> dict[str, Any]:
+def _train(
+    tiny_model: Path, out: Path, rows: list[Record], callbacks: tuple[Any, ...] = (), **kw: Any
+) -> dict[str, Any]:
     from still.core.train import TrainConfig, train
 
     base: dict[str, Any] = dict(
@@ -461,8 +500,24 @@ def test_cli_sft_writes_model_and_metrics(tiny_model: Path, tmp_path: Path) -> N
     data = _write(tmp_path / "d.jsonl", _sft_rows(16))
     out = tmp_path / "out"
     res = run_still(
-        ["distill-train", "--model", str(tiny_model), "--out", str(out), "--max-steps", "3", "--log-steps", "1",
-         "--lr", "1e-3", "--max-length", "64", "--truncate", "truncate", str(data)]
+        [
+            "distill-train",
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+            "--max-steps",
+            "3",
+            "--log-steps",
+            "1",
+            "--lr",
+            "1e-3",
+            "--max-length",
+            "64",
+            "--truncate",
+            "truncate",
+            str(data),
+        ]
     )
     lines = [json.loads(x) for x in res.lines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
@@ -485,8 +540,16 @@ def test_cli_zero_supervised_row_is_an_error_with_its_line(tiny_model: Path, tmp
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = run_still(
-        ["distill-train", "--model", str(tiny_model), "--out", str(tmp_path / "o"), "--chat-template", str(template),
-         str(data)],
+        [
+            "distill-train",
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "o"),
+            "--chat-template",
+            str(template),
+            str(data),
+        ],
         code=3,
     )
     assert f"{data}:2: no supervised tokens" in res.stderr and "Traceback" not in res.stderr
@@ -496,8 +559,18 @@ def test_cli_dump_teacher_logits_then_kd_from_cache(tiny_model: Path, tmp_path: 
     data = _write(tmp_path / "d.jsonl", _sft_rows(5))
     cache = tmp_path / "t.safetensors"
     res = run_still(
-        ["distill-train", "--model", str(tiny_model), "--dump-teacher-logits", str(cache), "--top-k", "4",
-         "--samples", "8", str(data)]
+        [
+            "distill-train",
+            "--model",
+            str(tiny_model),
+            "--dump-teacher-logits",
+            str(cache),
+            "--top-k",
+            "4",
+            "--samples",
+            "8",
+            str(data),
+        ]
     )
     assert cache.exists() and res.stdout == b""
     from safetensors.torch import load_file
@@ -506,13 +579,35 @@ def test_cli_dump_teacher_logits_then_kd_from_cache(tiny_model: Path, tmp_path: 
     assert t["ids"].shape[1] == 12 and t["weights"].dtype == torch.float16
     assert int(t["offsets"][-1]) == t["ids"].shape[0] > 0
     run_still(
-        ["distill-train", "--model", str(tiny_model), "--out", str(tmp_path / "kd"), "--objective", "kd",
-         "--teacher-logits", str(cache), "--max-steps", "1", str(data)]
+        [
+            "distill-train",
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "kd"),
+            "--objective",
+            "kd",
+            "--teacher-logits",
+            str(cache),
+            "--max-steps",
+            "1",
+            str(data),
+        ]
     )
     other = _write(tmp_path / "e.jsonl", _sft_rows(5, seed=9))
     res = run_still(
-        ["distill-train", "--model", str(tiny_model), "--out", str(tmp_path / "kd2"), "--objective", "kd",
-         "--teacher-logits", str(cache), str(other)],
+        [
+            "distill-train",
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "kd2"),
+            "--objective",
+            "kd",
+            "--teacher-logits",
+            str(cache),
+            str(other),
+        ],
         code=2,
     )
     assert "does not match the dumped tokens" in res.stderr
