@@ -381,6 +381,7 @@ def train(
         "steps": int(result.global_step),
         "train_loss": round(float(result.training_loss), 6),
         "supervised_tokens": meter.supervised,
+        "train_runtime": round(float(result.metrics.get("train_runtime", 0.0)), 3),
         "out": config.out,
     }
     stats.extra.update(summary)

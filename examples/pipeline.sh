@@ -24,6 +24,14 @@ echo "== 5. sample: verified-correct responses only, one per query, as a math:40
 "$still" sample --passing --per-query 1 --quota domain=math:40,code:20 --seed 7 \
   "$dir/4-verified.jsonl" -o "$dir/5-sample.jsonl"
 
+echo "== 6. distill-train: a few SFT steps of a tiny random model on the selected traces (metrics on stdout)"
+py="$(dirname "$still")/python"
+[ -x "$py" ] || py=python3
+"$py" "$(dirname "$0")/../tests/tiny_model.py" "$dir/tiny-model" > /dev/null
+"$still" distill-train --model "$dir/tiny-model" --out "$dir/6-student" --max-steps 3 --log-steps 1 \
+  --lr 1e-3 --max-length 1024 --truncate truncate "$dir/5-sample.jsonl" > "$dir/6-metrics.jsonl"
+cat "$dir/6-metrics.jsonl"
+
 echo
 echo "demo outputs in $dir/:"
 for f in "$dir"/[0-9]*.jsonl; do

@@ -530,84 +530,35 @@ def test_cli_sft_writes_model_and_metrics(tiny_model: Path, tmp_path: Path) -> N
     assert AutoTokenizer.from_pretrained(out).chat_template
 
 
-def test_cli_zero_supervised_row_is_an_error_with_its_line(tiny_model: Path, tmp_path: Path) -> None:
-    template = tmp_path / "t.jinja"
-    template.write_text(
+def test_zero_supervised_row_is_an_error_with_its_line(tok: Any) -> None:
+    from still.core.errors import BadInput
+    from still.core.fields import Fields
+
+    template = (
         "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
         "{% if add_generation_prompt %}assistant: {% endif %}"
     )
-    rows = [{"query": "a", "response": "b"}, {"query": "c", "response": ""}]
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = run_still(
-        [
-            "distill-train",
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path / "o"),
-            "--chat-template",
-            str(template),
-            str(data),
-        ],
-        code=3,
-    )
-    assert f"{data}:2: no supervised tokens" in res.stderr and "Traceback" not in res.stderr
+    rows = _records([{"query": "a", "response": "b"}, {"query": "c", "response": ""}])
+    examples = encode_records(rows, ChatMasker(tok, template), Fields(), LengthPolicy(64), RunStats("t"))
+    assert next(examples).supervised > 0
+    with pytest.raises(BadInput, match=r"^d.jsonl:2: no supervised tokens"):
+        next(examples)
 
 
-def test_cli_dump_teacher_logits_then_kd_from_cache(tiny_model: Path, tmp_path: Path) -> None:
-    data = _write(tmp_path / "d.jsonl", _sft_rows(5))
+def test_dump_teacher_logits_then_kd_from_cache(tiny_model: Path, tmp_path: Path) -> None:
+    from still.core.errors import UsageError
+    from still.core.train import TrainConfig, train
+
     cache = tmp_path / "t.safetensors"
-    res = run_still(
-        [
-            "distill-train",
-            "--model",
-            str(tiny_model),
-            "--dump-teacher-logits",
-            str(cache),
-            "--top-k",
-            "4",
-            "--samples",
-            "8",
-            str(data),
-        ]
-    )
-    assert cache.exists() and res.stdout == b""
+    stats = RunStats("distill-train")
+    dump = TrainConfig(model=str(tiny_model), out=None, dump_path=str(cache), top_k=4, samples=8)
+    train(_sft_rows(5), dump, stats, lambda b: None)
     from safetensors.torch import load_file
 
     t = load_file(str(cache))
     assert t["ids"].shape[1] == 12 and t["weights"].dtype == torch.float16
-    assert int(t["offsets"][-1]) == t["ids"].shape[0] > 0
-    run_still(
-        [
-            "distill-train",
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path / "kd"),
-            "--objective",
-            "kd",
-            "--teacher-logits",
-            str(cache),
-            "--max-steps",
-            "1",
-            str(data),
-        ]
-    )
-    other = _write(tmp_path / "e.jsonl", _sft_rows(5, seed=9))
-    res = run_still(
-        [
-            "distill-train",
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path / "kd2"),
-            "--objective",
-            "kd",
-            "--teacher-logits",
-            str(cache),
-            str(other),
-        ],
-        code=2,
-    )
-    assert "does not match the dumped tokens" in res.stderr
+    assert int(t["offsets"][-1]) == t["ids"].shape[0] == stats.extra["positions"] > 0
+    _train(tiny_model, tmp_path / "kd", _sft_rows(5), objective="kd", teacher_logits=str(cache), max_steps=1)
+    assert (tmp_path / "kd" / "model.safetensors").exists()
+    with pytest.raises(UsageError, match="does not match the dumped tokens"):
+        _train(tiny_model, tmp_path / "kd2", _sft_rows(5, seed=9), objective="kd", teacher_logits=str(cache))
