@@ -562,3 +562,12 @@ def test_dump_teacher_logits_then_kd_from_cache(tiny_model: Path, tmp_path: Path
     assert (tmp_path / "kd" / "model.safetensors").exists()
     with pytest.raises(UsageError, match="does not match the dumped tokens"):
         _train(tiny_model, tmp_path / "kd2", _sft_rows(5, seed=9), objective="kd", teacher_logits=str(cache))
+
+
+def test_lora_trains_adapters_and_writes_a_merged_model(tiny_model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    _train(tiny_model, tmp_path / "lora", _sft_rows(4), lora_r=4, lora_alpha=8.0, lora_dropout=0.0, max_steps=2)
+    merged, start = _weights(tmp_path / "lora"), _weights(tiny_model)
+    assert set(merged) == set(start)  # a plain model: no adapter tensors left
+    moved = [k for k in start if not torch.equal(merged[k], start[k])]
+    assert moved and all("proj" in k for k in moved)  # adapted linears changed; embeddings and head did not
