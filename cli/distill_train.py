@@ -51,7 +51,7 @@ def _opt(*names: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[...,
 @_opt("--attn", type=click.Choice(_ATTN), default="auto", help="Attention (auto: flash_attention_2, else varlen).")
 @_opt("--loss-chunk", type=click.IntRange(min=1), default=1024, help="Positions per chunk of LM-head logits.")
 @_opt("--lora-r", type=click.IntRange(min=0), default=0, help="LoRA rank (0: full fine-tuning; needs peft).")
-@_opt("--lora-alpha", type=float, default=32.0, help="LoRA alpha.")
+@_opt("--lora-alpha", type=click.IntRange(min=1), default=32, help="LoRA alpha.")
 @_opt("--lora-dropout", type=click.FloatRange(0.0, 1.0), default=0.05, help="LoRA dropout.")
 @_opt("--lora-targets", default="all-linear", help="LoRA target modules (comma-separated names or all-linear).")
 @_opt("--teacher", metavar="DIR", help="kd: teacher model loaded alongside (same tokenizer).")

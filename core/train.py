@@ -69,7 +69,7 @@ class TrainConfig:
     loss_chunk: int = 1024
     # LoRA (0: full fine-tuning)
     lora_r: int = 0
-    lora_alpha: float = 32.0
+    lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: str = "all-linear"
     # kd
@@ -199,7 +199,7 @@ def _trainer_class() -> Any:
             if config.objective != "kd":
                 loss = weighted_ce(h, head, y, weights / units, config.loss_chunk)
             else:
-                teacher_chunk = self._teacher_chunks(inputs, where, head.shape[0])
+                teacher_chunk = self._teacher_chunks(inputs, where)
                 loss, _ = chunked_kd(
                     h,
                     head,
@@ -217,7 +217,7 @@ def _trainer_class() -> Any:
                 loss = loss * self.args.world_size  # DDP averages gradients; the divisor is already global
             return loss
 
-        def _teacher_chunks(self, inputs: dict[str, Any], where: torch.Tensor, vocab: int) -> Any:
+        def _teacher_chunks(self, inputs: dict[str, Any], where: torch.Tensor) -> Any:
             if self.teacher is None:
                 ids, weights = inputs["teacher_ids"], inputs["teacher_weights"]
                 return lambda a, b: ("sparse", (ids[a:b], weights[a:b]))
@@ -227,11 +227,7 @@ def _trainer_class() -> Any:
 
             def dense(a: int, b: int) -> tuple[str, tuple[torch.Tensor, ...]]:
                 with torch.no_grad():
-                    logits = t_hidden[a:b].to(t_head.dtype) @ t_head.t()
-                if logits.shape[-1] != vocab:  # padded vocabularies: compare the shared ids only
-                    n = min(logits.shape[-1], vocab)
-                    logits = torch.nn.functional.pad(logits[:, :n], (0, vocab - n), value=float("-inf"))
-                return "dense", (logits,)
+                    return "dense", (t_hidden[a:b].to(t_head.dtype) @ t_head.t(),)
 
             return dense
 
@@ -284,14 +280,13 @@ def load_examples(
     records: Iterable[Record], config: TrainConfig, tokenizer: Any, stats: RunStats
 ) -> tuple[list[Example], Any]:
     """Tokenized examples and the rows the sampler shuffles."""
-    template = None
     if config.chat_template is not None:
         try:
             with open(config.chat_template, encoding="utf-8") as f:
-                template = f.read()
+                tokenizer.chat_template = f.read()  # saved with the model: it was trained with it
         except OSError as exc:
             raise UsageError(f"cannot read --chat-template {config.chat_template}: {exc.strerror}") from exc
-    masker = ChatMasker(tokenizer, template)
+    masker = ChatMasker(tokenizer)
     policy = LengthPolicy(config.max_length, config.truncate)
     if config.objective == "redi":
         examples, rows = pair_rows(redi_pairs(records, masker, config.fields, policy, stats, config.verdict_field))

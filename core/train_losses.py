@@ -211,8 +211,15 @@ def chunked_kd(
             logits = (h @ w_head.t()).to(acc)
             ce = F.cross_entropy(logits, y, reduction="none")
             if mode == "dense":
+                # padded vocabularies (e.g. 151936 vs 152064 rows): compare the ids both heads have
+                shared = min(logits.shape[-1], teacher[0].shape[-1])
                 d = divergence(
-                    logits, teacher[0].to(acc), kind, beta=beta, skew_alpha=skew_alpha, temperature=temperature
+                    logits[:, :shared],
+                    teacher[0][:, :shared].to(acc),
+                    kind,
+                    beta=beta,
+                    skew_alpha=skew_alpha,
+                    temperature=temperature,
                 )
             else:
                 d = sparse_fkl(logits, teacher[0], teacher[1], temperature)

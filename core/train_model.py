@@ -97,7 +97,7 @@ def load_tokenizer(path: str) -> Any:
         raise UsageError(f"cannot load a tokenizer from {path}: {exc}") from exc
 
 
-def apply_lora(model: Any, rank: int, alpha: float, dropout: float, targets: str) -> Any:
+def apply_lora(model: Any, rank: int, alpha: int, dropout: float, targets: str) -> Any:
     """Wrap the model with LoRA adapters (peft); the LM head stays frozen and un-adapted."""
     try:
         from peft import LoraConfig, get_peft_model

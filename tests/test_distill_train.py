@@ -566,8 +566,55 @@ def test_dump_teacher_logits_then_kd_from_cache(tiny_model: Path, tmp_path: Path
 
 def test_lora_trains_adapters_and_writes_a_merged_model(tiny_model: Path, tmp_path: Path) -> None:
     pytest.importorskip("peft")
-    _train(tiny_model, tmp_path / "lora", _sft_rows(4), lora_r=4, lora_alpha=8.0, lora_dropout=0.0, max_steps=2)
+    _train(tiny_model, tmp_path / "lora", _sft_rows(4), lora_r=4, lora_alpha=8, lora_dropout=0.0, max_steps=2)
     merged, start = _weights(tmp_path / "lora"), _weights(tiny_model)
     assert set(merged) == set(start)  # a plain model: no adapter tensors left
     moved = [k for k in start if not torch.equal(merged[k], start[k])]
     assert moved and all("proj" in k for k in moved)  # adapted linears changed; embeddings and head did not
+
+
+def _addition_trace(a: int, b: int) -> str:
+    ones = a % 10 + b % 10
+    tens = a // 10 + b // 10 + ones // 10
+    return (
+        f"<think>\n{a % 10} + {b % 10} = {ones}\n{a // 10} + {b // 10} + {ones // 10} = {tens}\n</think>\n"
+        f"The answer is \\boxed{{{a + b}}}."
+    )
+
+
+@pytest.mark.slow
+def test_it_learns_two_digit_addition(tmp_path: Path) -> None:
+    """A tiny random student trained with sft on 300 traces gets >= 90% of 100 held-out sums right."""
+    from tiny_model import build_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rng = random.Random(0)
+    problems = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    rng.shuffle(problems)
+    train_set, held_out = problems[:300], problems[-100:]
+    rows = _records([{"query": f"What is {a} + {b}?", "response": _addition_trace(a, b)} for a, b in train_set])
+    student = build_tiny_model(tmp_path / "student", seed=0, layers=2, hidden=128)
+    _train(
+        student,
+        tmp_path / "out",
+        rows,
+        lr=3e-3,
+        epochs=20,
+        max_length=256,
+        warmup=0.05,
+        scheduler="cosine",
+        max_grad_norm=1.0,
+    )
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    right = 0
+    for a, b in held_out:  # greedy decoding through a plain generate loop
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": f"What is {a} + {b}?"}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=48, do_sample=False, pad_token_id=tok.pad_token_id)
+        text = tok.decode(out[0, ids["input_ids"].shape[1] :])
+        right += f"\\boxed{{{a + b}}}" in text.split("</think>")[-1]
+    assert right >= 90, f"{right}/100 held-out sums right"
