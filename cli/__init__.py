@@ -19,6 +19,7 @@ from still import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "decontam": ("decontam", "command"),
     "dedup": ("dedup", "command"),
+    "eval": ("eval", "command"),
     "sample": ("sample", "command"),
     "verify": ("verify", "command"),
 }
