@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from still.cli._common import StreamOptions, run_stream, stream_options
+from still.cli._groups import DefaultGroup
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -79,9 +80,13 @@ def _report_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-@click.group("eval")
+@click.group("eval", cls=DefaultGroup)
 def command() -> None:
     """Benchmark scores with honest statistics: avg@k, pass@k, cons@k, intervals, provenance.
+
+    `still eval --model M --bench B` runs `still eval run`: k samples per problem through an
+    engine, verified and scored; `still eval score` scores existing responses; `still eval
+    compare A B` tells whether two runs differ.
 
     Per-sample lines (each with verify) come first, then one summary line per benchmark and model:
     {eval: summary, benchmark, model, k, avg_at_k, pass_at_k, cons_at_k, ci95, sampling_se,
@@ -139,8 +144,113 @@ def score(
         workers=workers,
         sandbox=sandbox,
         keep_verify=keep_verify,
+        quiet=stream.quiet,
     )
     run_stream("eval", stream, *score_command(request, stream.fields()))
+
+
+@command.command("run")
+@click.option("--model", required=True, metavar="DIR|ID", help="Model to evaluate: a local directory or a hub id.")
+@click.option(
+    "--engine", type=click.Choice(["hf", "vllm", "openai"]), default="hf", show_default=True, help="Inference backend."
+)
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature [default: 0.6, R1].")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), help="Nucleus sampling [default: 0.95].")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="New tokens per sample [default: 32768].")
+@click.option("--greedy", is_flag=True, help="Greedy decoding (T 0, k 1 unless -k): for reproducibility checks.")
+@click.option("--no-thinking", is_flag=True, help="NoThinking mode: prefill a closed <think> block.")
+@click.option("--think-prefill", is_flag=True, help="Start every answer with '<think>\\n' (R1 usage advice).")
+@click.option("--dtype", default="auto", show_default=True, help="hf/vllm: auto, float32, bfloat16, float16.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="hf: requests per batch.")
+@click.option("--base-url", "base_urls", multiple=True, metavar="URL", help="openai: server(s), repeatable.")
+@click.option("--template", metavar="FILE.jinja", help="Chat template to use instead of the model's.")
+@click.option("--question-field", metavar="NAME", help="Question field of the benchmark files [default: detected].")
+@click.option("-o", "--output", metavar="FILE", help="Write here (atomically) instead of stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
+@_report_options
+def run(
+    model: str,
+    engine: str,
+    temperature: float | None,
+    top_p: float | None,
+    max_tokens: int | None,
+    greedy: bool,
+    no_thinking: bool,
+    think_prefill: bool,
+    dtype: str,
+    batch_size: int,
+    base_urls: tuple[str, ...],
+    template: str | None,
+    question_field: str | None,
+    output: str | None,
+    quiet: bool,
+    k: int | None,
+    report_path: str | None,
+    plot_path: str | None,
+    seed: int,
+    resamples: int,
+    clean_report: str | None,
+    benches: tuple[str, ...],
+    answer_field: str,
+    benchmark_field: str,
+    workers: int,
+    sandbox: str,
+) -> None:
+    """Generate k samples per benchmark problem and score them (the default subcommand).
+
+    k per benchmark by default: AIME 64, AMC 32, MATH-500 4, GSM8K 1, GPQA 8, others 4; R1
+    sampling (T 0.6, top_p 0.95, 32768 tokens) and prompt ("Please reason step by step, and put
+    your final answer within \\boxed{}." after the question, no system prompt). Every sample has
+    its own seed from (--seed, problem, sample index), so results do not depend on batching.
+
+    \b
+    Examples:
+      still eval --model ckpt/merged --bench math500.jsonl,aime24.jsonl --report r.md > eval.jsonl
+      still eval --model M --bench gsm8k.jsonl --greedy --dtype float32 -o greedy.jsonl
+    """
+    from still.core.eval_run import RunRequest, ScoreRequest, run_eval
+    from still.core.fields import Fields
+
+    if not benches:
+        raise click.UsageError("--bench is required: benchmark files (JSONL with question and answer) or names")
+    options: dict[str, Any] = {"template": template}
+    if engine in ("hf", "vllm"):
+        options["dtype"] = dtype
+    if engine == "hf":
+        options["batch_size"] = batch_size
+    if engine == "openai":
+        if not base_urls:
+            raise click.UsageError("--engine openai needs --base-url")
+        options["base_urls"] = list(base_urls)
+    run_request = RunRequest(
+        model=model,
+        benches=benches,
+        engine=engine,
+        k=k,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        greedy=greedy,
+        no_thinking=no_thinking,
+        think_prefill=think_prefill,
+        seed=seed,
+        engine_options=tuple(sorted((key, v) for key, v in options.items() if v is not None)),
+        question_field=question_field,
+        answer_field=answer_field,
+    )
+    score_request = ScoreRequest(
+        report_path=report_path,
+        plot_path=plot_path,
+        seed=seed,
+        resamples=resamples,
+        clean_report=clean_report,
+        workers=workers,
+        sandbox=sandbox,
+        quiet=quiet,
+    )
+    stats = run_eval(run_request, score_request, Fields(), output)
+    if not quiet:
+        click.echo(stats.summary(), err=True)
 
 
 @command.command("compare")
