@@ -72,7 +72,7 @@ class RunStats:
         def counts(c: Counter[str]) -> str:
             return ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
 
-        parts = [f"read {self.read}", f"written {self.written}"]
+        parts = [f"read {self.read}"] + ([f"made {self.created}"] if self.created else []) + [f"written {self.written}"]
         dropped = f"dropped {self.n_dropped}"
         if self.dropped:
             dropped += f" ({counts(self.dropped)})"

@@ -241,3 +241,40 @@ def test_bench_fills_gold_answers_and_checksum(tmp_path: Path) -> None:
     assert s["fingerprint"]["dataset_sha256"] == load_benchmarks((f"aime24={bench}",))[0].sha256
     res = run_still(["eval", "score", str(tmp_path / "nogold.jsonl")], code=3)
     assert "no answer field" in res.stderr
+
+
+# ------------------------------------------------------------------ end to end with a model
+def test_eval_run_end_to_end_with_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
+    """20 problems of the carried GSM8K file, k=2, through the hf engine; every summary field checked."""
+    bench = tmp_path / "gsm20.jsonl"
+    bench.write_text("".join(data_file("benchmarks/gsm8k_test.jsonl").read_text().splitlines(True)[:20]))
+    args = ["eval", "--model", str(tiny_model), "--bench", f"gsm20={bench}", "-k", "2", "--max-tokens", "8"]
+    res = run_still([*args, "--seed", "3"])
+    lines = [json.loads(line) for line in res.lines()]
+    samples, (s,) = lines[:-1], lines[-1:]
+    assert len(samples) == 40 and [x["sample_idx"] for x in samples[:2]] == [0, 1]
+    assert {x["id"] for x in samples} == {str(i) for i in range(20)}
+    assert all(x["answer"] and x["n_tokens"] <= 8 and x["temperature"] == 0.6 for x in samples)
+    assert s["eval"] == "summary" and s["benchmark"] == "gsm20" and s["model"] == str(tiny_model)
+    assert (s["k"], s["n_problems"], s["n_samples"], s["beyond_k"], s["excluded"]) == (2, 20, 40, 0, 0)
+    verdicts = s["verdicts"]
+    assert sum(verdicts.values()) == 40
+    assert s["truncation_rate"] == pytest.approx(verdicts.get("truncated", 0) / 40)
+    assert s["no_answer_rate"] == pytest.approx(verdicts.get("no_answer", 0) / 40)
+    correct = sum(1 for x in samples if x["verify"]["verdict"] == "correct")
+    assert s["avg_at_k"] == pytest.approx(correct / 40)
+    assert set(s["pass_at_k"]) == {"1", "2"} and 0 <= s["cons_at_k"] <= 1
+    lo, hi = s["ci95"]
+    assert lo <= s["avg_at_k"] <= hi and s["sampling_se"] >= 0
+    n_tokens = [x["n_tokens"] for x in samples]
+    assert s["tokens"]["mean"] == pytest.approx(sum(n_tokens) / 40)
+    fp = s["fingerprint"]
+    assert fp["engine"] == "hf" and fp["seed"] == 3 and fp["mode"] == "run"
+    assert fp["model"] == str(tiny_model) and len(fp["weights_xxh3_128"]) == 32
+    assert fp["libraries"]["transformers"] and fp["libraries"]["torch"]
+    assert fp["sampling_params"] == {"temperature": 0.6, "top_p": 0.95, "max_tokens": 8}
+    assert fp["prompt"]["instruction"].startswith("Please reason step by step")
+    assert fp["dataset_sha256"] == load_benchmarks((f"gsm20={bench}",))[0].sha256
+    # per-sample seeds: another batch size gives the same samples
+    again = run_still([*args, "--seed", "3", "--batch-size", "3"])
+    assert [json.loads(line)["response"] for line in again.lines()[:-1]] == [x["response"] for x in samples]
