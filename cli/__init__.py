@@ -18,8 +18,9 @@ from still import __version__
 # name -> (module under still.cli, attribute). Register only commands that work.
 COMMANDS: dict[str, tuple[str, str]] = {
     "decontam": ("decontam", "command"),
-    "distill-train": ("distill_train", "command"),
     "dedup": ("dedup", "command"),
+    "distill-train": ("distill_train", "command"),
+    "eval": ("eval", "command"),
     "generate": ("generate", "command"),
     "grade": ("grade", "command"),
     "merge": ("merge", "command"),

@@ -116,7 +116,7 @@ def command(
     from still.core.train import TrainConfig, train
 
     stream = StreamOptions(
-        inputs, None, on_error, stats_path, quiet, query_field, response_field, id_field, None, max_line_mb
+        inputs, None, on_error, stats_path, quiet, query_field, response_field, id_field, None, max_line_mb, 1
     )
     config = TrainConfig(
         fields=Fields(query_path=query_field, response_path=response_field, id_path=id_field), **options

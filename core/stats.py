@@ -17,6 +17,7 @@ class RunStats:
     command: str
     read: int = 0
     written: int = 0
+    created: int = 0  # records a command makes rather than reads (e.g. eval's summary lines)
     dropped: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +55,7 @@ class RunStats:
     def check_balance(self) -> None:
         """Fail loudly if a record went missing: read == written + dropped + errors."""
         accounted = self.written + self.n_dropped + self.n_errors
-        if accounted != self.read:
+        if accounted != self.read + self.created:
             raise StillError(
                 f"internal accounting error: read {self.read} records but wrote {self.written}, "
                 f"dropped {self.n_dropped} and rejected {self.n_errors}; please report this bug"
@@ -76,7 +77,7 @@ class RunStats:
         def counts(c: Counter[str]) -> str:
             return ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
 
-        parts = [f"read {self.read}", f"written {self.written}"]
+        parts = [f"read {self.read}"] + ([f"made {self.created}"] if self.created else []) + [f"written {self.written}"]
         dropped = f"dropped {self.n_dropped}"
         if self.dropped:
             dropped += f" ({counts(self.dropped)})"
