@@ -93,6 +93,13 @@ from still.cli._common import StreamOptions, run_stream, stream_options
 @click.option(
     "--block-size", type=click.IntRange(min=1), default=2048, show_default=True, help="Records decided per batch."
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Processes that normalise, shingle and sign blocks (0: every core); the output is the same for every N.",
+)
 @click.option("--explain", is_flag=True, help="Print the LSH bands/rows and P(candidate | J) on stderr, then exit.")
 @stream_options
 def command(
@@ -115,6 +122,7 @@ def command(
     redis_url: str | None,
     redis_prefix: str,
     block_size: int,
+    workers: int,
     explain: bool,
 ) -> None:
     """Remove exact and near-duplicate records.
@@ -155,6 +163,7 @@ def command(
         block_size=block_size,
         fields=stream.fields(),
         wait=wait,
+        workers=workers,
     )
     if explain:
         b, r = config.lsh_params()

@@ -41,6 +41,7 @@ import orjson
 import xxhash
 
 from still.core import minhash as mh
+from still.core.dedup_features import BlockFeatures, FeatureParams, FeatureSource
 from still.core.errors import BadInput, StillError, UsageError
 from still.core.fields import Fields, get_path, is_missing
 from still.core.jsonl import Record
@@ -72,6 +73,7 @@ class DedupConfig:
     block_size: int = 2048
     fields: Fields = field(default_factory=Fields)
     wait: bool = False  # --state held by another run: wait for it (else fail at once)
+    workers: int = 1  # processes computing features (0: every core); decisions stay in this one
 
     def __post_init__(self) -> None:
         if self.key not in KEYS:
@@ -88,6 +90,8 @@ class DedupConfig:
             raise UsageError("--bands x --rows must not exceed --num-perm")
         if self.ngram < 1:
             raise UsageError("--ngram must be at least 1")
+        if self.workers < 0:
+            raise UsageError("--workers must be 0 (every core) or more")
         if self.state_dir and self.redis_url:
             raise UsageError("--state and --redis are two kinds of index: choose one")
 
@@ -97,6 +101,10 @@ class DedupConfig:
         if self.bands or self.rows:
             raise UsageError("give both --bands and --rows, or neither")
         return mh.choose_bands(self.threshold, self.num_perm)
+
+    def feature_params(self) -> FeatureParams:
+        bands, rows = self.lsh_params()
+        return FeatureParams(self.normalise, self.ngram, self.near, self.num_perm, self.seed, bands, rows)
 
     def manifest(self) -> dict[str, Any]:
         """Everything that makes a stored index comparable with this run."""
@@ -124,7 +132,7 @@ class Item:
 
     rec: Record
     index: int  # position in the input
-    norm: str = ""
+    text: str = ""  # the key text, normalised and signed with its block
     exact: int = 0
     shingles: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     rep: int = -1  # the representative it joined (or became)
@@ -506,10 +514,8 @@ class Deduper:
         self.config = config
         self.stats = stats
         self.fields = config.fields
-        self.normalise = mh.Normaliser(config.normalise)
         self.bands, self.rows = config.lsh_params()
         self.index = open_index(config)
-        self.shingler = mh.BlockShingler(config.ngram)
         self.clusters: dict[int, list[dict[str, Any]]] | None = {} if config.clusters_path else None
         self.rep_info: dict[int, dict[str, Any]] = {}
         # (representative, response key) of every kept record, with --key query
@@ -535,38 +541,22 @@ class Deduper:
         return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
 
     def item(self, rec: Record, index: int, text: str) -> Item:
-        return Item(rec, index, norm=self.normalise(text, collapse=False), response_key=self.response_key(rec))
+        return Item(rec, index, text=text, response_key=self.response_key(rec))
 
-    def features(self, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
-        """Fill exact keys and shingle sets; return (signatures, band keys) for the block.
-
-        With whitespace collapsed (the default), the exact key is the key of the token sequence,
-        computed with the shingles; otherwise it is xxh3 of the normalised text.
-        """
-        token_keys = self.normalise.collapses_space
-        if token_keys or self.config.near:
-            sets, keys = self.shingler.shingles_and_keys([it.norm for it in items], keys=token_keys)
-            for it, sh in zip(items, sets):
-                it.shingles = sh
-            if token_keys:
-                for it, key in zip(items, keys.tolist()):
-                    it.exact = key
-        if not token_keys:
-            exact_hash = xxhash.xxh3_64_intdigest
-            for it in items:
-                it.exact = exact_hash(it.norm.encode("utf-8", "surrogatepass"))
-        if not self.config.near:
-            empty = np.empty((len(items), 0), dtype=np.uint32)
-            return empty, empty
-        sigs = mh.signatures([it.shingles for it in items], self.config.num_perm, self.config.seed)
-        return sigs, mh.band_keys(sigs, self.bands, self.rows)
+    def attach(self, items: list[Item], feats: BlockFeatures) -> None:
+        """Give each item its exact key and shingle set from the block's features."""
+        for row, (it, key) in enumerate(zip(items, feats.exact.tolist())):
+            it.exact = key
+            it.shingles = feats.shingles(row)
+            it.text = ""  # signed: the key text is no longer needed
 
     # -- decisions ------------------------------------------------------------------------
-    def decide(self, items: list[Item]) -> None:
-        """Assign each item (given in priority order) to a representative."""
+    def decide(self, items: list[Item], feats: BlockFeatures) -> None:
+        """Assign each item (given in priority order, with its block's features) to a representative."""
         if not items:
             return
-        sigs, band_keys = self.features(items)
+        self.attach(items, feats)
+        sigs, band_keys = feats.sigs, feats.band_keys
         exact_keys = np.fromiter((it.exact for it in items), dtype=np.uint64, count=len(items))
         exact_hits = self.index.exact_lookup(exact_keys)
         band_hits = self.index.band_lookup(band_keys, sigs) if self.config.near else [[] for _ in items]
@@ -758,13 +748,18 @@ def dedup(
     stats.extra["lsh"] = {"num_perm": config.num_perm, "bands": bands, "rows": rows, "threshold": config.threshold}
     deduper = Deduper(config, stats)
     success = False
+    source = None
     try:
+        source = FeatureSource(config.feature_params(), config.workers)
+        stats.extra["workers"] = source.workers
         if config.keep == "first":
-            yield from _dedup_streaming(records, deduper, stats)
+            yield from _dedup_streaming(records, deduper, stats, source)
         else:
-            yield from _dedup_by_priority(records, deduper, stats)
+            yield from _dedup_by_priority(records, deduper, stats, source)
         success = True
     finally:
+        if source is not None:
+            source.close()
         deduper.finish(success, commit_later)
     deduper.warn_multi_sample()
     deduper.write_clusters()
@@ -807,23 +802,35 @@ def _emit(deduper: Deduper, items: list[Item], stats: RunStats) -> Iterator[Reco
             stats.drop(deduper.drop_reason(it))
 
 
-def _dedup_streaming(records: Iterable[Record], deduper: Deduper, stats: RunStats) -> Iterator[Record]:
-    block: list[Item] = []
-    size = deduper.config.block_size
-    for index, rec in enumerate(records):
-        text = _key_text(deduper, rec, stats)
-        if text is None:
-            continue
-        block.append(deduper.item(rec, index, text))
-        if len(block) >= size:
-            deduper.decide(block)
-            yield from _emit(deduper, block, stats)
-            block = []
-    deduper.decide(block)
-    yield from _emit(deduper, block, stats)
+def _texts(block: list[Item]) -> tuple[list[Item], list[str]]:
+    return block, [it.text for it in block]
 
 
-def _dedup_by_priority(records: Iterable[Record], deduper: Deduper, stats: RunStats) -> Iterator[Record]:
+def _dedup_streaming(
+    records: Iterable[Record], deduper: Deduper, stats: RunStats, source: FeatureSource
+) -> Iterator[Record]:
+    def blocks() -> Iterator[tuple[list[Item], list[str]]]:
+        block: list[Item] = []
+        size = deduper.config.block_size
+        for index, rec in enumerate(records):
+            text = _key_text(deduper, rec, stats)
+            if text is None:
+                continue
+            block.append(deduper.item(rec, index, text))
+            if len(block) >= size:
+                yield _texts(block)
+                block = []
+        if block:
+            yield _texts(block)
+
+    for items, feats in source.features(blocks()):
+        deduper.decide(items, feats)
+        yield from _emit(deduper, items, stats)
+
+
+def _dedup_by_priority(
+    records: Iterable[Record], deduper: Deduper, stats: RunStats, source: FeatureSource
+) -> Iterator[Record]:
     """--keep longest / max:FIELD: spool the input, decide in priority order, emit in input order."""
     config = deduper.config
     spool = tempfile.TemporaryFile(prefix="still-dedup-spool-")
@@ -855,12 +862,17 @@ def _dedup_by_priority(records: Iterable[Record], deduper: Deduper, stats: RunSt
             return Record(orjson.loads(raw), raw, source, line)
 
         size = config.block_size
-        for start in range(0, len(order), size):
-            block = []
-            for _, _, i in order[start : start + size]:
-                rec = load(i)
-                block.append(deduper.item(rec, i, deduper.key_text(rec)))
-            deduper.decide(block)
+
+        def blocks() -> Iterator[tuple[list[Item], list[str]]]:
+            for start in range(0, len(order), size):
+                block = []
+                for _, _, i in order[start : start + size]:
+                    rec = load(i)
+                    block.append(deduper.item(rec, i, deduper.key_text(rec)))
+                yield _texts(block)
+
+        for block, feats in source.features(blocks()):
+            deduper.decide(block, feats)
             for it in block:
                 it.rec = Record({}, None, it.rec.source, it.rec.line)  # free the parsed copy
                 decisions[it.index] = it

@@ -1,0 +1,80 @@
+"""still dedup --workers N: byte-identical output to one process for every N and block size."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_still
+
+from still.core.dedup import DedupConfig, dedup
+from still.core.jsonl import Record
+from still.core.stats import RunStats
+
+sys.path.insert(0, str(ROOT / "bench"))
+import corpus  # noqa: E402
+
+
+def _lines(n: int = 900, seed: int = 5) -> list[bytes]:
+    """Planted near duplicates, plus multi-sample records (k responses per query) and exact copies."""
+    rng = random.Random(seed)
+    docs = list(corpus.documents(n, words=40, dup_rate=0.3, seed=seed))
+    out = []
+    for i, d in enumerate(docs):
+        rec = {"id": d["id"], "query": d["query"], "response": f"answer {rng.randrange(3)}", "score": rng.random()}
+        out.append(json.dumps(rec).encode() + b"\n")
+        if i % 50 == 0:
+            out.append(out[-1])  # an exact copy
+    return out
+
+
+def _run(lines: list[bytes], **kw: object) -> bytes:
+    records = [Record(json.loads(raw), raw, "<test>", i + 1) for i, raw in enumerate(lines)]
+    stats = RunStats("dedup")
+    stats.read = len(records)
+    out = b"".join(r.to_bytes() for r in dedup(records, DedupConfig(**kw), stats))  # type: ignore[arg-type]
+    stats.written = out.count(b"\n")
+    stats.check_balance()
+    return out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"mark": True},
+        {"keep": "longest"},
+        {"key": "query", "max_per_key": 2, "mark": True},
+        {"keep": "max:score", "max_per_key": 3},
+        {"near": False},
+    ],
+    ids=["first", "mark", "longest", "max-per-key", "max-field", "exact-only"],
+)
+def test_workers_give_the_same_bytes_for_every_n_and_block_size(options: dict[str, object]) -> None:
+    lines = _lines()
+    for block_size, workers in ((7, 3), (256, 2)):
+        one = _run(lines, block_size=block_size, **options)
+        assert 0 < one.count(b"\n") <= len(lines)
+        assert _run(lines, block_size=block_size, workers=workers, **options) == one, (block_size, workers)
+
+
+def test_workers_with_state_and_clusters_match_one_process(tmp_path: Path) -> None:
+    lines = _lines(600, seed=11)
+    first, second = b"".join(lines[:300]), b"".join(lines[300:])
+    results = []
+    for workers in ("1", "2", "0"):
+        state, clusters = tmp_path / f"state-{workers}", tmp_path / f"clusters-{workers}.jsonl"
+        common = ["dedup", "--workers", workers, "--block-size", "64", "--state", str(state)]
+        a = run_still([*common, "--mark"], stdin=first).stdout
+        b = run_still([*common, "--mark", "--clusters", str(clusters)], stdin=second).stdout
+        results.append((a, b, clusters.read_bytes()))
+    assert results[0] == results[1] == results[2]
+    assert b'"representative":false' in results[0][1]  # the second run found duplicates of the first
+
+
+def test_workers_is_validated() -> None:
+    res = run_still(["dedup", "--workers", "-1"], stdin="", code=2)
+    assert "--workers" in res.stderr
