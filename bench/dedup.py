@@ -106,15 +106,89 @@ TOOLS = {
 }
 
 
-def _run(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of a child process."""
+def _run_usage(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + system) of a child process.
+
+    The CPU time is the child's own plus that of the children it waited for; `still dedup
+    --workers N` workers are children of a forkserver, so for it this is the parent's share."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a child process."""
+    elapsed, rss, _ = _run_usage(cmd)
+    return elapsed, rss
+
+
+def _still(*args: str) -> list[str]:
+    return [sys.executable, "-m", "still", "dedup", *args]
+
+
+def scale_out(data: Path, work: Path, docs: int, reference: set[str]) -> None:
+    """`--workers 1` vs `2` on two cores, and the staged plan with 2 shards (the stages of each
+    kind run 2 at once): wall time, peak RSS, and CPU time. The parent's CPU time bounds the
+    speed-up any number of cores gives (it decides every record in input order)."""
+    cores = ["taskset", "-c", "0,1"] if shutil.which("taskset") else []
+    rows = []
+    for workers in (1, 2):
+        out = work / f"workers-{workers}.jsonl"
+        secs, rss, cpu = _run_usage(cores + _still("-q", "--workers", str(workers), str(data), "-o", str(out)))
+        rows.append((f"--workers {workers}", secs, rss, cpu, _ids(out) == reference))
+    rows.append(staged(data, work, cores, reference))
+    head = f"{'still dedup':28s} {'wall s':>7s} {'docs/s':>8s} {'speed-up':>8s} {'peak RSS':>9s} {'CPU s':>7s}"
+    print(f"\n{head} {'same kept set':>13s}")
+    for name, secs, rss, cpu, same in rows:
+        speed = rows[0][1] / secs
+        print(f"{name:28s} {secs:7.2f} {docs / secs:8.0f} {speed:8.2f} {rss:8.0f}M {cpu:7.2f} {same!s:>13s}")
+    share = rows[1][3] / rows[0][3]
+    print(
+        f"(--workers 2: CPU s is the parent's alone, the workers are a forkserver's children.) The parent "
+        f"does {share:.2f} of the one-process CPU work; with enough workers it is the bottleneck, so "
+        f"16 cores (15 workers) give at most min(15, 1/{share:.2f}) = {min(15.0, 1 / share):.1f}x"
+    )
+
+
+def _ids(path: Path) -> set[str]:
+    return {json.loads(line)["id"] for line in open(path)}
+
+
+def staged(data: Path, work: Path, cores: list[str], reference: set[str]) -> tuple[str, float, float, float, bool]:
+    """The staged plan over 2 shards (the corpus split into 2 files), each stage's jobs 2 at once."""
+    lines = data.read_bytes().splitlines(keepends=True)
+    half = (len(lines) + 1) // 2
+    parts = [work / "part0.jsonl", work / "part1.jsonl"]
+    parts[0].write_bytes(b"".join(lines[:half]))
+    parts[1].write_bytes(b"".join(lines[half:]))
+    plan, out = str(work / "plan"), str(work / "plan-out")
+    inputs = [str(p) for p in parts]
+    stages = [
+        [_still("plan", "sign", "--buckets", "2", "--shard", f"{i}/2", plan, *inputs) for i in range(2)],
+        [_still("plan", "buckets", "--bucket", str(b), plan) for b in range(2)],
+        [_still("plan", "edges", "--bucket", str(b), plan) for b in range(2)],
+        [_still("plan", "clusters", plan)],
+        [_still("plan", "filter", "--shard", f"{i}/2", "-o", out, plan, *inputs) for i in range(2)],
+    ]
+    start = time.perf_counter()
+    peak, cpu = 0.0, 0.0
+    for jobs in stages:
+        procs = [subprocess.Popen(cores + cmd) for cmd in jobs]
+        for proc in procs:
+            _, status, usage = os.wait4(proc.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit(f"failed: {' '.join(proc.args)}")  # type: ignore[arg-type]
+            peak = max(peak, usage.ru_maxrss / 1024)
+            cpu += usage.ru_utime + usage.ru_stime
+    secs = time.perf_counter() - start
+    kept: set[str] = set()
+    for path in Path(out).iterdir():
+        kept |= _ids(path)
+    return "plan, 2 shards x 2 at once", secs, peak, cpu, kept == reference
 
 
 def _pin() -> list[str]:
@@ -151,6 +225,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--words", type=int, default=250)
     ap.add_argument("--dup-rate", type=float, default=0.1)
+    ap.add_argument("--scale-only", action="store_true", help="only still dedup: --workers 1 vs 2, staged plan")
     ap.add_argument("--tool", help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)
@@ -178,6 +253,9 @@ def main() -> None:
         kept = {json.loads(line)["id"] for line in open(work / "still.jsonl")}
         stats = json.loads((work / "stats.json").read_text())
         results.append(("still dedup (end to end)", secs, rss, kept))
+        scale_out(data, work, args.docs, kept)
+        if args.scale_only:
+            return
         have_rensa = subprocess.run([sys.executable, "-c", "import rensa"], capture_output=True).returncode == 0
         for name in TOOLS:
             if name.startswith("rensa") and not have_rensa:

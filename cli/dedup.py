@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import click
 
 from still.cli._common import StreamOptions, run_stream, stream_options
+from still.cli._dedup_options import index_options
+from still.cli._groups import DefaultGroup
+from still.cli.dedup_plan import plan
 
 
-@click.command("dedup")
-@click.option(
-    "--key",
-    type=click.Choice(["query", "response", "query+response"]),
-    default="query",
-    show_default=True,
-    help="Which text decides that two records are duplicates.",
-)
+@click.group("dedup", cls=DefaultGroup)
+def command() -> None:
+    """Remove exact and near-duplicate records (one process, N workers, or a staged plan).
+
+    \b
+    still dedup [run] [OPTIONS] [INPUTS]...        deduplicate a stream (the default subcommand)
+    still dedup plan sign|buckets|edges|clusters|filter   the same answer over many machines
+
+    See `still dedup run --help` and `still dedup plan --help`; docs/dedup.md says which to use when.
+    A file named like a subcommand: `still dedup run plan` or `still dedup ./plan`.
+    """
+
+
+_GROUP = cast(click.Group, command)
+
+
+@_GROUP.command("run")
+@index_options
 @click.option(
     "--keep",
     default="first",
@@ -25,36 +39,6 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     help="Which record of a cluster is kept: the first seen (streams), the one with the longest key "
     "text, or the highest numeric FIELD (both read the whole input first).",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=0.8,
-    show_default=True,
-    help="Near duplicates: exact Jaccard similarity of word-shingle sets at or above this.",
-)
-@click.option("--exact-only", is_flag=True, help="Only exact duplicates (after normalisation); no MinHash.")
-@click.option(
-    "--normalize",
-    "normalise",
-    default="nfkc,lower,space",
-    show_default=True,
-    metavar="STEPS",
-    help="Comma list of nfkc, lower, space, punct (drop punctuation), digits (every number -> 0), or none. "
-    "Digits are kept by default: a problem with other numbers is another problem.",
-)
-@click.option(
-    "--ngram",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Word n-gram size (shorter texts use less).",
-)
-@click.option("--num-perm", type=click.IntRange(min=2), default=128, show_default=True, help="MinHash permutations.")
-@click.option("--bands", type=click.IntRange(min=0), default=0, help="LSH bands [default: chosen from --threshold].")
-@click.option(
-    "--rows", type=click.IntRange(min=0), default=0, help="LSH rows per band [default: chosen from --threshold]."
-)
-@click.option("--seed", type=int, default=1, show_default=True, help="MinHash seed (datasketch's default is 1).")
 @click.option(
     "--max-per-key",
     type=click.IntRange(min=1),
@@ -102,7 +86,7 @@ from still.cli._common import StreamOptions, run_stream, stream_options
 )
 @click.option("--explain", is_flag=True, help="Print the LSH bands/rows and P(candidate | J) on stderr, then exit.")
 @stream_options
-def command(
+def run(
     stream: StreamOptions,
     key: str,
     keep: str,
@@ -177,3 +161,6 @@ def command(
             save()
 
     run_stream("dedup", stream, lambda records, stats: dedup(records, config, stats, pending), on_success=commit)
+
+
+_GROUP.add_command(plan)

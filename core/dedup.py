@@ -474,6 +474,16 @@ def open_index(config: DedupConfig) -> MemoryIndex | RedisIndex:
     return RedisIndex(config) if config.redis_url else MemoryIndex(config)
 
 
+def key_text(config: DedupConfig, rec: Record) -> str:
+    """The text that decides whether two records are duplicates (raises BadInput without it)."""
+    fields = config.fields
+    if config.key == "query":
+        return fields.query(rec)
+    if config.key == "response":
+        return fields.response(rec)
+    return fields.query(rec) + "\n\u241e\n" + fields.response(rec)
+
+
 def earlier_neighbours(band_keys: np.ndarray, eligible: np.ndarray) -> dict[int, set[int]]:
     """For each eligible row, the earlier eligible rows of the block sharing at least one band."""
     rows = np.flatnonzero(eligible)
@@ -524,11 +534,7 @@ class Deduper:
 
     # -- features -------------------------------------------------------------------------
     def key_text(self, rec: Record) -> str:
-        if self.config.key == "query":
-            return self.fields.query(rec)
-        if self.config.key == "response":
-            return self.fields.response(rec)
-        return self.fields.query(rec) + "\n\u241e\n" + self.fields.response(rec)
+        return key_text(self.config, rec)
 
     def response_key(self, rec: Record) -> int | None:
         """With --key query, the hash of the record's response (None: no response, or another key)."""
@@ -566,8 +572,7 @@ class Deduper:
         if self.config.near:
             first = np.zeros(len(items), dtype=bool)
             first[np.unique(exact_keys, return_index=True)[1]] = True
-            has_shingles = np.fromiter((it.shingles.size > 0 for it in items), dtype=bool, count=len(items))
-            neighbours = earlier_neighbours(band_keys, first & has_shingles)
+            neighbours = earlier_neighbours(band_keys, first)
         new_reps: list[int] = []
         new_rows: list[int] = []
         threshold = self.config.threshold
@@ -586,8 +591,10 @@ class Deduper:
             if band_hits[row] or earlier:
                 candidates = set(band_hits[row])
                 if earlier:
-                    # the representatives of earlier records in this block that share a band
-                    candidates.update(items[i].rep for i in earlier)
+                    # earlier records of this block that share a band and became representatives:
+                    # the same candidates the index would give, so blocks never change the answer
+                    # (and the staged plan can replay the decisions from its edges)
+                    candidates.update(items[i].rep for i in earlier if items[i].match is None)
                 best, best_j = -1, -1.0
                 for cand in sorted(candidates):
                     other = local_sets.get(cand)
@@ -601,8 +608,7 @@ class Deduper:
             rep = self.index.next_rep()
             it.rep, it.jaccard, it.match, it.rank = rep, 1.0, None, 0
             local_exact[it.exact] = rep
-            if it.shingles.size:
-                local_sets[rep] = it.shingles
+            local_sets[rep] = it.shingles
             new_reps.append(rep)
             new_rows.append(row)
         rows_idx = np.asarray(new_rows, dtype=np.int64)

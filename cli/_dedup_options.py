@@ -1,0 +1,61 @@
+"""Options shared by ``still dedup run`` and ``still dedup plan sign`` (one index, one meaning)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_INDEX_OPTIONS = [
+    click.option(
+        "--key",
+        type=click.Choice(["query", "response", "query+response"]),
+        default="query",
+        show_default=True,
+        help="Which text decides that two records are duplicates.",
+    ),
+    click.option(
+        "--threshold",
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        default=0.8,
+        show_default=True,
+        help="Near duplicates: exact Jaccard similarity of word-shingle sets at or above this.",
+    ),
+    click.option("--exact-only", is_flag=True, help="Only exact duplicates (after normalisation); no MinHash."),
+    click.option(
+        "--normalize",
+        "normalise",
+        default="nfkc,lower,space",
+        show_default=True,
+        metavar="STEPS",
+        help="Comma list of nfkc, lower, space, punct (drop punctuation), digits (every number -> 0), or none. "
+        "Digits are kept by default: a problem with other numbers is another problem.",
+    ),
+    click.option(
+        "--ngram",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Word n-gram size (shorter texts use less).",
+    ),
+    click.option(
+        "--num-perm", type=click.IntRange(min=2), default=128, show_default=True, help="MinHash permutations."
+    ),
+    click.option(
+        "--bands", type=click.IntRange(min=0), default=0, help="LSH bands [default: chosen from --threshold]."
+    ),
+    click.option(
+        "--rows", type=click.IntRange(min=0), default=0, help="LSH rows per band [default: chosen from --threshold]."
+    ),
+    click.option("--seed", type=int, default=1, show_default=True, help="MinHash seed (datasketch's default is 1)."),
+]
+
+
+def index_options(fn: F) -> F:
+    """--key, --threshold, --exact-only, --normalize, --ngram, --num-perm, --bands, --rows, --seed."""
+    for decorator in reversed(_INDEX_OPTIONS):
+        fn = decorator(fn)
+    return fn
