@@ -65,15 +65,8 @@ _GROUP = cast(click.Group, command)
     is_flag=True,
     help="When another run holds the --state directory, wait for it instead of failing (exit 1).",
 )
-@click.option(
-    "--redis",
-    "redis_url",
-    metavar="URL",
-    envvar="STILL_DEDUP_REDIS",
-    show_envvar=True,
-    help="Share the index with other workers through Redis (redis://host:port/db).",
-)
-@click.option("--redis-prefix", default="still:dedup", show_default=True, help="Key prefix of the index in Redis.")
+@click.option("--redis", "redis_url", metavar="URL", hidden=True, help="Retired: see docs/dedup.md.")
+@click.option("--redis-prefix", hidden=True, help="Retired with --redis.")
 @click.option(
     "--block-size", type=click.IntRange(min=1), default=2048, show_default=True, help="Records decided per batch."
 )
@@ -104,7 +97,7 @@ def run(
     state_dir: str | None,
     wait: bool,
     redis_url: str | None,
-    redis_prefix: str,
+    redis_prefix: str | None,
     block_size: int,
     workers: int,
     explain: bool,
@@ -127,6 +120,12 @@ def run(
     from still.core import minhash as mh
     from still.core.dedup import DedupConfig, dedup
 
+    if redis_url or redis_prefix:
+        raise click.UsageError(
+            "--redis is retired: for runs over time (cron) use --state DIR, which several runs may share "
+            "(--wait); for many machines use the staged plan (still dedup plan --help); for many cores "
+            "--workers N. docs/dedup.md says which to use when.",
+        )
     config = DedupConfig(
         key=key,
         keep=keep,
@@ -142,8 +141,6 @@ def run(
         mark=mark,
         clusters_path=clusters_path,
         state_dir=state_dir,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
         block_size=block_size,
         fields=stream.fields(),
         wait=wait,

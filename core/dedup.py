@@ -20,9 +20,9 @@ Jaccard similarity to the representative reaches the threshold, so chains of mer
 records never merge unrelated texts (the failure of union-find over unverified LSH bands).
 
 The index (exact keys, band keys, shingle sets of representatives) lives in memory as sorted
-numpy runs with shingle sets in an on-disk append-only file, persists in ``--state DIR`` across
-runs, or lives in Redis (``--redis URL``) through datasketch's Redis-backed ``MinHashLSH`` so
-many workers can share it.
+numpy runs with shingle sets in an on-disk append-only file, and persists in ``--state DIR``
+across runs. Many cores: ``dedup_features`` (workers sign, this process decides); many machines:
+``dedup_plan`` (the staged plan, the same answer).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -68,8 +68,6 @@ class DedupConfig:
     mark: bool = False
     clusters_path: str | None = None
     state_dir: str | None = None
-    redis_url: str | None = None
-    redis_prefix: str = "still:dedup"
     block_size: int = 2048
     fields: Fields = field(default_factory=Fields)
     wait: bool = False  # --state held by another run: wait for it (else fail at once)
@@ -92,8 +90,6 @@ class DedupConfig:
             raise UsageError("--ngram must be at least 1")
         if self.workers < 0:
             raise UsageError("--workers must be 0 (every core) or more")
-        if self.state_dir and self.redis_url:
-            raise UsageError("--state and --redis are two kinds of index: choose one")
 
     def lsh_params(self) -> tuple[int, int]:
         if self.bands and self.rows:
@@ -184,19 +180,6 @@ class ShingleStore:
         self.file.close()
 
 
-class Index(Protocol):
-    """Where representatives live: in memory (optionally persisted) or in Redis."""
-
-    def exact_lookup(self, keys: np.ndarray) -> list[list[int]]: ...
-    def band_lookup(self, band_keys: np.ndarray, sigs: np.ndarray) -> list[list[int]]: ...
-    def shingles(self, rep: int) -> np.ndarray: ...
-    def rep_key(self, rep: int) -> int: ...
-    def add_member(self, rep: int) -> int: ...
-    def next_rep(self) -> int: ...
-    def commit(self, reps: list[int], items: list[Item], band_keys: np.ndarray, sigs: np.ndarray) -> dict[int, int]: ...
-    def close(self, success: bool) -> None: ...
-
-
 class MemoryIndex:
     """Sorted numpy runs + an on-disk shingle store; ``state_dir`` makes it persistent."""
 
@@ -250,7 +233,7 @@ class MemoryIndex:
     def exact_lookup(self, keys: np.ndarray) -> list[list[int]]:
         return self.exact.lookup(keys.reshape(-1, 1))
 
-    def band_lookup(self, band_keys: np.ndarray, sigs: np.ndarray) -> list[list[int]]:
+    def band_lookup(self, band_keys: np.ndarray) -> list[list[int]]:
         return self.bands.lookup(band_keys)
 
     def shingles(self, rep: int) -> np.ndarray:
@@ -268,9 +251,9 @@ class MemoryIndex:
         self.members.append(1)
         return len(self.rep_keys) - 1
 
-    def commit(self, reps: list[int], items: list[Item], band_keys: np.ndarray, sigs: np.ndarray) -> dict[int, int]:
+    def commit(self, reps: list[int], items: list[Item], band_keys: np.ndarray) -> None:
         if not reps:
-            return {}
+            return
         ids = np.asarray(reps, dtype=np.uint32)
         exact = np.fromiter((it.exact for it in items), dtype=np.uint64, count=len(items))
         for rep, it in zip(reps, items):
@@ -279,7 +262,6 @@ class MemoryIndex:
         if self.config.near:
             self.bands.add(band_keys, ids)
         self.store.append([it.shingles for it in items])
-        return {}
 
     def save(self) -> None:
         """Write the arrays under a new name, then switch the manifest atomically."""
@@ -353,127 +335,6 @@ class MemoryIndex:
         )
 
 
-class RedisIndex:
-    """A shared index in Redis: datasketch ``MinHashLSH`` with Redis storage for the bands,
-    Redis hashes for exact keys (claimed atomically with HSETNX), shingle sets and members."""
-
-    def __init__(self, config: DedupConfig) -> None:
-        from still.core.errors import require
-
-        require("redis", "redis", "dedup --redis")
-        import redis
-        from datasketch import MinHashLSH
-
-        self.config = config
-        bands, rows = config.lsh_params()
-        url = config.redis_url or ""
-        try:
-            self.client = redis.Redis.from_url(url)
-            self.client.ping()
-        except (redis.RedisError, ValueError) as exc:
-            raise StillError(f"cannot reach Redis at {url}: {exc}") from exc
-        p = config.redis_prefix
-        self.k_manifest, self.k_exact, self.k_shingles = f"{p}:manifest", f"{p}:exact", f"{p}:shingles"
-        self.k_repkey, self.k_members, self.k_counter = f"{p}:repkey", f"{p}:members", f"{p}:next"
-        manifest = orjson.dumps(config.manifest(), option=orjson.OPT_SORT_KEYS)
-        self.client.setnx(self.k_manifest, manifest)
-        stored = self.client.get(self.k_manifest)
-        if stored != manifest:
-            raise StillError(
-                f"Redis prefix {p!r} holds a dedup index built with other parameters "
-                f"({stored!r}); use the same options or another --redis-prefix"
-            )
-        self.lsh = MinHashLSH(
-            num_perm=config.num_perm,
-            params=(bands, rows),
-            storage_config={"type": "redis", "basename": f"{p}:lsh".encode(), "redis": self._connection_kwargs()},
-            prepickle=True,
-        )
-        self._local_members: dict[int, int] = {}
-
-    def _connection_kwargs(self) -> dict[str, Any]:
-        kwargs = self.client.connection_pool.connection_kwargs
-        return {
-            k: kwargs[k] for k in ("host", "port", "db", "username", "password", "path") if kwargs.get(k) is not None
-        }
-
-    def _minhash(self, sig: np.ndarray) -> Any:
-        from datasketch import MinHash
-
-        return MinHash(num_perm=self.config.num_perm, seed=self.config.seed, hashvalues=sig, scheme="affine32")
-
-    def exact_lookup(self, keys: np.ndarray) -> list[list[int]]:
-        if keys.size == 0:
-            return []
-        values = self.client.hmget(self.k_exact, [str(int(k)) for k in keys])
-        return [[int(v)] if v is not None else [] for v in values]
-
-    def band_lookup(self, band_keys: np.ndarray, sigs: np.ndarray) -> list[list[int]]:
-        if not self.config.near:
-            return [[] for _ in range(sigs.shape[0])]
-        out: list[list[int]] = []
-        for sig in sigs:
-            if (sig == mh.EMPTY).all():
-                out.append([])
-                continue
-            out.append(sorted(int(k) for k in self.lsh.query(self._minhash(sig))))
-        return out
-
-    def shingles(self, rep: int) -> np.ndarray:
-        data = self.client.hget(self.k_shingles, str(rep))
-        raw = data if isinstance(data, bytes) else b""
-        return np.frombuffer(raw, dtype="<u8").astype(np.uint64, copy=False)
-
-    def rep_key(self, rep: int) -> int:
-        v = self.client.hget(self.k_repkey, str(rep))
-        return int(v) if v is not None else 0
-
-    def add_member(self, rep: int) -> int:
-        return int(self.client.hincrby(self.k_members, str(rep), 1)) - 1
-
-    def next_rep(self) -> int:
-        return int(self.client.incr(self.k_counter)) - 1
-
-    def commit(self, reps: list[int], items: list[Item], band_keys: np.ndarray, sigs: np.ndarray) -> dict[int, int]:
-        """Claim exact keys atomically; a key another worker claimed first turns our would-be
-        representative into its duplicate (returned as {our rep: their rep})."""
-        conflicts: dict[int, int] = {}
-        if not reps:
-            return conflicts
-        # One transaction per block: a representative's size, key and shingles exist before any
-        # other worker can learn its number from the exact-key claim or the LSH.
-        pipe = self.client.pipeline(transaction=True)
-        for rep, it in zip(reps, items):
-            pipe.hsetnx(self.k_members, str(rep), 1)
-            pipe.hset(self.k_repkey, str(rep), str(it.exact))
-            pipe.hset(self.k_shingles, str(rep), it.shingles.astype("<u8").tobytes())
-            pipe.hsetnx(self.k_exact, str(it.exact), rep)
-        claimed = pipe.execute()[3::4]
-        losers = [(rep, it) for rep, it, ok in zip(reps, items, claimed) if not ok]
-        if losers:
-            owners = self.client.hmget(self.k_exact, [str(it.exact) for _, it in losers])
-            conflicts = {rep: int(o) for (rep, _), o in zip(losers, owners) if o is not None}
-            pipe = self.client.pipeline(transaction=True)
-            for rep in conflicts:
-                pipe.hdel(self.k_members, str(rep))
-                pipe.hdel(self.k_repkey, str(rep))
-                pipe.hdel(self.k_shingles, str(rep))
-            pipe.execute()
-        if self.config.near:
-            with self.lsh.insertion_session() as session:
-                for row, (rep, it) in enumerate(zip(reps, items)):
-                    if rep not in conflicts and it.shingles.size:
-                        session.insert(str(rep), self._minhash(sigs[row]), check_duplication=False)
-        return conflicts
-
-    def close(self, success: bool) -> None:
-        self.client.close()
-
-
-def open_index(config: DedupConfig) -> MemoryIndex | RedisIndex:
-    return RedisIndex(config) if config.redis_url else MemoryIndex(config)
-
-
 def key_text(config: DedupConfig, rec: Record) -> str:
     """The text that decides whether two records are duplicates (raises BadInput without it)."""
     fields = config.fields
@@ -525,7 +386,7 @@ class Deduper:
         self.stats = stats
         self.fields = config.fields
         self.bands, self.rows = config.lsh_params()
-        self.index = open_index(config)
+        self.index = MemoryIndex(config)
         self.clusters: dict[int, list[dict[str, Any]]] | None = {} if config.clusters_path else None
         self.rep_info: dict[int, dict[str, Any]] = {}
         # (representative, response key) of every kept record, with --key query
@@ -562,10 +423,10 @@ class Deduper:
         if not items:
             return
         self.attach(items, feats)
-        sigs, band_keys = feats.sigs, feats.band_keys
+        band_keys = feats.band_keys
         exact_keys = np.fromiter((it.exact for it in items), dtype=np.uint64, count=len(items))
         exact_hits = self.index.exact_lookup(exact_keys)
-        band_hits = self.index.band_lookup(band_keys, sigs) if self.config.near else [[] for _ in items]
+        band_hits = self.index.band_lookup(band_keys) if self.config.near else [[] for _ in items]
         local_exact: dict[int, int] = {}
         local_sets: dict[int, np.ndarray] = {}
         neighbours: dict[int, set[int]] = {}
@@ -612,19 +473,10 @@ class Deduper:
             new_reps.append(rep)
             new_rows.append(row)
         rows_idx = np.asarray(new_rows, dtype=np.int64)
-        conflicts = self.index.commit(
-            new_reps,
-            [items[r] for r in new_rows],
-            band_keys[rows_idx] if self.config.near else band_keys,
-            sigs[rows_idx] if self.config.near else sigs,
+        self.index.commit(
+            new_reps, [items[r] for r in new_rows], band_keys[rows_idx] if self.config.near else band_keys
         )
         for it in items:
-            if it.rep in conflicts:
-                # another worker claimed this exact key first: its representative has the same
-                # token sequence, so members keep their similarity and ours becomes an exact copy
-                if it.match is None:
-                    it.jaccard, it.match = 1.0, "exact"
-                it.rep = conflicts[it.rep]
             seen = None if it.response_key is None else (it.rep, it.response_key)
             if it.match is not None and seen is not None and seen in self.kept_responses:
                 it.match, it.rank = "record", -1  # the same query and response again: no new place
@@ -695,10 +547,9 @@ class Deduper:
     def finish(self, success: bool, commit_later: list[Callable[[], None]] | None = None) -> None:
         """Close the index; a --state index is saved on success, or, given ``commit_later``, by
         the callback put there (the caller runs it once its output is in place)."""
-        if isinstance(self.index, MemoryIndex):
-            self.stats.extra["index_bytes"] = self.index.nbytes
+        self.stats.extra["index_bytes"] = self.index.nbytes
         index = self.index
-        if success and isinstance(index, MemoryIndex) and index.state_dir:
+        if success and index.state_dir:
             if commit_later is not None:
 
                 def commit() -> None:

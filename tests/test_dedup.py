@@ -1,12 +1,10 @@
-"""still dedup: correctness against exact Jaccard, properties, state, Redis, datasketch parity."""
+"""still dedup: correctness against exact Jaccard, properties, state, datasketch parity."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -410,71 +408,13 @@ def test_state_untouched_when_run_fails(tmp_path: Path) -> None:
     assert len(res.lines()) == 1
 
 
-# --- Redis ------------------------------------------------------------------------------------
+# --- Redis (retired) ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def test_redis_index_agrees_with_memory(tmp_path: Path, redis_url: str) -> None:
-    path = tmp_path / "c.jsonl"
-    corpus.write(str(path), 400, words=40, dup_rate=0.3, seed=13)
-    memory = run_still(["dedup", "--mark", "--block-size", "64", str(path)]).stdout
-    shared = run_still(
-        ["dedup", "--mark", "--block-size", "64", "--redis", redis_url, "--redis-prefix", "t1", str(path)]
-    )
-    assert shared.stdout == memory
-    # a second worker sees everything the first one indexed
-    again = run_still(["dedup", "--redis", redis_url, "--redis-prefix", "t1", str(path)])
-    assert again.lines() == []
-    assert "read 400, written 0, dropped 400" in again.stderr
-
-
-def test_redis_refuses_other_parameters(redis_url: str) -> None:
-    run_still(["dedup", "--redis", redis_url, "--redis-prefix", "t2"], stdin='{"query": "a b c"}\n')
-    res = run_still(["dedup", "--redis", redis_url, "--redis-prefix", "t2", "--ngram", "3"], stdin="", code=1)
-    assert "other parameters" in res.stderr
-
-
-def test_redis_unreachable_is_a_clear_error() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    res = run_still(["dedup", "--redis", f"redis://127.0.0.1:{port}/0"], stdin='{"query": "a"}\n', code=1)
-    assert "cannot reach Redis" in res.stderr and "Traceback" not in res.stderr
-
-
-def test_state_and_redis_conflict() -> None:
-    res = run_still("dedup --state /tmp/x --redis redis://127.0.0.1:1/0", stdin="", code=2)
-    assert "choose one" in res.stderr
+def test_redis_is_retired_with_a_clear_pointer() -> None:
+    res = run_still("dedup --redis redis://127.0.0.1:1/0", stdin='{"query": "a"}\n', code=2)
+    assert "--redis is retired" in res.stderr and "--state" in res.stderr and "dedup plan" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_block_hashes_equal_reference_definitions() -> None:
@@ -493,22 +433,6 @@ def test_block_hashes_equal_reference_definitions() -> None:
     # the exact key ignores whitespace runs exactly when whitespace is collapsed
     assert _run(["a  b c", "a b\tc"], near=False) == _run(["a  b c"], near=False)
     assert len(_run(["a  b c", "a b\tc"], near=False, normalise=("lower",))) == 2
-
-
-def test_redis_workers_never_both_keep_an_exact_duplicate(tmp_path: Path, redis_url: str) -> None:
-    import collections
-
-    rows = [json.dumps({"query": f"shared question number {i % 300} about graphs"}) + "\n" for i in range(1200)]
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(rows))
-    cmd = [sys.executable, "-m", "still", "dedup", "-q", "--block-size", "16", "--redis", redis_url]
-    cmd += ["--redis-prefix", "t3", str(path)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
-    kept = [json.loads(line)["query"] for out, _ in outs for line in out.splitlines()]
-    counts = collections.Counter(kept)
-    assert len(counts) == 300 and max(counts.values()) == 1
 
 
 def test_exact_copies_of_a_near_duplicate_join_its_cluster() -> None:

@@ -72,13 +72,15 @@ def test_unknown_command_is_usage_error():
     assert "No such command" in res.stderr
 
 
-def test_missing_extra_gives_install_hint() -> None:
+def test_missing_extra_gives_install_hint(tmp_path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("method: linear\n")
     code = (
-        "import sys; sys.modules['redis'] = None; sys.argv = ['still', 'dedup', '--redis', 'redis://127.0.0.1:1/0'];"
-        "from still.cli import main; main()"
+        f"import sys; sys.modules['yaml'] = None; sys.argv = ['still', 'merge', '--spec', {str(spec)!r}, '-o', "
+        f"{str(tmp_path / 'out')!r}]; from still.cli import main; main()"
     )
-    res = subprocess.run([sys.executable, "-c", code], input=b'{"query": "a"}\n', capture_output=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert res.returncode == 1
     err = res.stderr.decode()
-    assert "pip install 'still[redis]'" in err and "Traceback" not in err
+    assert "pip install 'still[models]'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
