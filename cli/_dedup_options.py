@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -54,8 +55,23 @@ _INDEX_OPTIONS = [
 ]
 
 
+_NAMES = ("key", "threshold", "exact_only", "normalise", "ngram", "num_perm", "bands", "rows", "seed")
+
+
 def index_options(fn: F) -> F:
-    """--key, --threshold, --exact-only, --normalize, --ngram, --num-perm, --bands, --rows, --seed."""
+    """Add --key, --threshold, --exact-only, --normalize, --ngram, --num-perm, --bands, --rows and
+    --seed, passed to the callback as ``index``: DedupConfig keyword arguments."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from still.core import minhash as mh
+
+        given = {name: kwargs.pop(name) for name in _NAMES}
+        given["normalise"] = mh.Normaliser.parse(given["normalise"]).steps
+        given["near"] = not given.pop("exact_only")
+        return fn(*args, index=given, **kwargs)
+
+    out: Any = wrapper
     for decorator in reversed(_INDEX_OPTIONS):
-        fn = decorator(fn)
-    return fn
+        out = decorator(out)
+    return cast(F, out)

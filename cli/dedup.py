@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import click
 
@@ -81,16 +81,8 @@ _GROUP = cast(click.Group, command)
 @stream_options
 def run(
     stream: StreamOptions,
-    key: str,
+    index: dict[str, Any],
     keep: str,
-    threshold: float,
-    exact_only: bool,
-    normalise: str,
-    ngram: int,
-    num_perm: int,
-    bands: int,
-    rows: int,
-    seed: int,
     max_per_key: int,
     mark: bool,
     clusters_path: str | None,
@@ -127,16 +119,8 @@ def run(
             "--workers N. docs/dedup.md says which to use when.",
         )
     config = DedupConfig(
-        key=key,
+        **index,
         keep=keep,
-        threshold=threshold,
-        num_perm=num_perm,
-        bands=bands,
-        rows=rows,
-        ngram=ngram,
-        seed=seed,
-        normalise=mh.Normaliser.parse(normalise).steps,
-        near=not exact_only,
         max_per_key=max_per_key,
         mark=mark,
         clusters_path=clusters_path,
@@ -148,7 +132,7 @@ def run(
     )
     if explain:
         b, r = config.lsh_params()
-        click.echo(mh.explain(threshold, num_perm, b, r), err=True)
+        click.echo(mh.explain(config.threshold, config.num_perm, b, r), err=True)
         return
     # --state is saved only after the output has been written and renamed (on_success).
     pending: list[Callable[[], None]] = []

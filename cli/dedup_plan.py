@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from still.cli._dedup_options import index_options
@@ -42,37 +44,17 @@ _INPUTS = click.argument("inputs", nargs=-1, required=True, type=click.Path(exis
 def sign(
     shard: str,
     buckets: int,
-    key: str,
-    threshold: float,
-    exact_only: bool,
-    normalise: str,
-    ngram: int,
-    num_perm: int,
-    bands: int,
-    rows: int,
-    seed: int,
+    index: dict[str, Any],
     block_size: int,
     plan_dir: str,
     inputs: tuple[str, ...],
 ) -> None:
     """Exact keys, shingle sets and LSH band keys of this shard's files, written by band bucket."""
     from still.core import dedup_plan as dp
-    from still.core import minhash as mh
     from still.core.dedup import DedupConfig
     from still.core.stats import RunStats
 
-    config = DedupConfig(
-        key=key,
-        threshold=threshold,
-        num_perm=num_perm,
-        bands=bands,
-        rows=rows,
-        ngram=ngram,
-        seed=seed,
-        normalise=mh.Normaliser.parse(normalise).steps,
-        near=not exact_only,
-        block_size=block_size,
-    )
+    config = DedupConfig(**index, block_size=block_size)
     stats = RunStats("dedup plan sign")
     dp.sign(plan_dir, inputs, dp.Shard.parse(shard), dp.PlanParams(config, buckets), stats)
     click.echo(f"dedup plan sign {shard}: {stats.read} records signed", err=True)
