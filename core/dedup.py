@@ -369,12 +369,22 @@ def earlier_neighbours(band_keys: np.ndarray, eligible: np.ndarray) -> dict[int,
     return out
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    # sets signed by this version are sorted and unique already (a linear check); older --state
+    # directories may hold them in n-gram order with repeats
+    return a if a.size < 2 or bool((a[1:] > a[:-1]).all()) else np.unique(a)
+
+
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Exact Jaccard similarity of two shingle-hash multisets taken as sets."""
-    a, b = np.unique(a), np.unique(b)
+    a, b = _sorted_unique(a), _sorted_unique(b)
     if a.size == 0 or b.size == 0:
         return 1.0 if a.size == b.size else 0.0
-    inter = np.intersect1d(a, b, assume_unique=True).size
+    if a.size > b.size:
+        a, b = b, a
+    at = np.searchsorted(b, a)
+    at[at == b.size] = 0
+    inter = int(np.count_nonzero(b[at] == a))
     return float(inter / (a.size + b.size - inter))
 
 
@@ -401,9 +411,8 @@ class Deduper:
         """With --key query, the hash of the record's response (None: no response, or another key)."""
         if self.config.key != "query":
             return None
-        try:
-            text = self.fields.response(rec)
-        except BadInput:
+        text = self.fields.response_or_none(rec)
+        if text is None:
             return None
         return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
 

@@ -118,6 +118,13 @@ class Fields:
     id_path: str = "id"
 
     def _text(self, rec: Record, path: str | None, fallbacks: tuple[str, ...], role: str) -> str:
+        text = self._find(rec, path, fallbacks, role)
+        if text is not None:
+            return text
+        kind = "query" if role == "user" else "response"
+        raise BadInput(rec.source, rec.line, missing_field_message(kind, rec.data, path, fallbacks))
+
+    def _find(self, rec: Record, path: str | None, fallbacks: tuple[str, ...], role: str) -> str | None:
         data = rec.data
         candidates = (path,) if path else fallbacks
         for name in candidates:
@@ -130,14 +137,17 @@ class Fields:
                     return text
                 continue
             return value if isinstance(value, str) else str(value)
-        kind = "query" if role == "user" else "response"
-        raise BadInput(rec.source, rec.line, missing_field_message(kind, data, path, fallbacks))
+        return None
 
     def query(self, rec: Record) -> str:
         return self._text(rec, self.query_path, QUERY_FALLBACKS, "user")
 
     def response(self, rec: Record) -> str:
         return self._text(rec, self.response_path, RESPONSE_FALLBACKS, "assistant")
+
+    def response_or_none(self, rec: Record) -> str | None:
+        """The response, or None without one (cheap: no error message is built)."""
+        return self._find(rec, self.response_path, RESPONSE_FALLBACKS, "assistant")
 
     def record_id(self, rec: Record) -> str:
         """The record's id, or a stable id derived from its normalised query."""
