@@ -369,15 +369,13 @@ def earlier_neighbours(band_keys: np.ndarray, eligible: np.ndarray) -> dict[int,
     return out
 
 
-def _sorted_unique(a: np.ndarray) -> np.ndarray:
-    # sets signed by this version are sorted and unique already (a linear check); older --state
-    # directories may hold them in n-gram order with repeats
-    return a if a.size < 2 or bool((a[1:] > a[:-1]).all()) else np.unique(a)
-
-
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact Jaccard similarity of two shingle-hash multisets taken as sets."""
-    a, b = _sorted_unique(a), _sorted_unique(b)
+    """Exact Jaccard similarity of two shingle-hash multisets taken as sets.
+
+    Sorting every set once in the workers would make this a plain merge, but costs more than
+    it saves below ~3 workers (measured: +50% signing time for -20% of the parent's), so only
+    candidates are sorted, here."""
+    a, b = np.unique(a), np.unique(b)
     if a.size == 0 or b.size == 0:
         return 1.0 if a.size == b.size else 0.0
     if a.size > b.size:

@@ -69,8 +69,6 @@ class FeatureMaker:
         exact = np.zeros(n, dtype=np.uint64)
         if token_keys or p.near:
             sets, keys = self.shingler.shingles_and_keys(norms, keys=token_keys)
-            # sorted and unique here, in the workers: the parent's Jaccard checks then need no sort
-            sets = [np.unique(s) for s in sets]
             if token_keys:
                 exact = keys.astype(np.uint64, copy=False)
         if not token_keys:
