@@ -342,12 +342,18 @@ def filter_shard(plan: str, inputs: Sequence[str], shard: Shard, out_dir: str, s
         raise StillError(f"{plan}: no clusters yet; run still dedup plan clusters first")
     removed = np.load(path)
     near = np.load(os.path.join(plan, "clusters", "near.npy"))
+    metas = {int(m["file"]): m for m in _signed(plan)[0]}
     written = []
     os.makedirs(out_dir, exist_ok=True)
     for k, source in shard.files(inputs):
+        meta = metas.get(k)
+        same_name = meta is not None and os.path.basename(meta["source"]) == os.path.basename(source)
+        if meta is None or not same_name or meta["files"] != len(inputs):
+            raise UsageError(f"{source}: give filter the inputs sign had, in the same order")
         target = os.path.join(out_dir, f"{k:05d}-{os.path.basename(source)}")
         base = np.uint64(k) << np.uint64(ID_SHIFT)
         with AtomicOutput(target) as out:
+            ordinal = -1
             for ordinal, rec in enumerate(read_records([source], stats, ErrorPolicy())):
                 doc = base + np.uint64(ordinal)
                 at = int(np.searchsorted(removed, doc))
@@ -356,5 +362,7 @@ def filter_shard(plan: str, inputs: Sequence[str], shard: Shard, out_dir: str, s
                     continue
                 out.write(rec.to_bytes())
                 stats.written += 1
+            if ordinal + 1 != meta["records"]:  # the file changed since sign: its ids mean nothing
+                raise StillError(f"{source}: {ordinal + 1} records now, {meta['records']} when signed; sign again")
         written.append(target)
     return written

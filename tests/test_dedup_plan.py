@@ -95,3 +95,5 @@ def test_cli_plan_stages_rerun_and_default_command(tmp_path: Path) -> None:
     named = tmp_path / "plan.jsonl"
     named.write_bytes(Path(paths[0]).read_bytes())
     assert run_still(["dedup", str(named)]).stdout == run_still(["dedup", "run", paths[0]]).stdout
+    res = run_still(["dedup", "plan", "filter", "--shard", "0/1", "-o", out, plan, *reversed(paths)], code=2)
+    assert "same order" in res.stderr
