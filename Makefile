@@ -22,6 +22,7 @@ demo: venv
 	rm -rf $(DEMO_DIR)
 	$(PY) examples/make_sample.py --seed 7 --out $(DEMO_DIR)
 	bash examples/pipeline.sh $(DEMO_DIR) $(STILL) $(PY)
+	bash examples/models.sh $(DEMO_DIR) $(STILL) $(PY)
 
 lint: venv
 	$(VENV)/bin/ruff check .
