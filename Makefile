@@ -13,7 +13,7 @@ DEMO_DIR ?= demo-out
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,models,serving]'
+	$(PIP) install -q -e '.[dev,models,serving,train]'
 	touch $@
 
 venv: $(VENV)/.installed
