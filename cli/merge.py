@@ -52,11 +52,14 @@ def command(models: tuple[str, ...], method: str | None, spec: str | None, out: 
       still merge --method ties --base base/ --density 0.5 math/ code/ -o merged/
       still merge --spec tinyr1.yaml -o merged/
     """
+    import importlib.util
+
     import orjson
 
-    from still.core.errors import UsageError, require
+    from still.core.errors import MissingExtra, UsageError
 
-    require("torch", "models", "still merge")
+    if importlib.util.find_spec("torch") is None:  # found, not imported: refusals stay fast
+        raise MissingExtra("torch", "models", "still merge")
     from still.core.merge import MergePlan, merge, progress_printer
     from still.core.merge_spec import parse_size, run_spec
 
