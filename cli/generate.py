@@ -32,7 +32,14 @@ def _engine_options(engine: str, opts: dict[str, Any]) -> dict[str, Any]:
     if engine == "hf":
         keys = ("dtype", "device", "batch_size", "template")
     elif engine == "vllm":
-        keys = ("dtype", "template", "tensor_parallel_size", "data_parallel_size")
+        keys = (
+            "dtype",
+            "template",
+            "tensor_parallel_size",
+            "data_parallel_size",
+            "enforce_eager",
+            "kv_cache_memory_bytes",
+        )
     else:
         keys = ("base_urls", "api_key_env", "concurrency", "timeout_s", "retries", "template", "extra_body")
     return {k: opts[k] for k in keys if opts.get(k) not in (None, ())}
@@ -115,6 +122,8 @@ def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
 @click.option("--retries", type=click.IntRange(min=0), default=None, help="openai: retries per request.")
 @click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=None, help="vllm: GPUs per replica.")
 @click.option("--data-parallel-size", type=click.IntRange(min=1), default=None, help="vllm: replicas.")
+@click.option("--kv-cache-mb", type=click.IntRange(min=1), default=None, help="vllm: KV cache size (needed on CPU).")
+@click.option("--enforce-eager", is_flag=True, default=None, help="vllm: no CUDA graphs / compilation (starts faster).")
 @click.option(
     "--until-verified",
     type=click.IntRange(min=1),
@@ -156,6 +165,8 @@ def command(stream: StreamOptions, **opts: Any) -> int:
     from still.core.verify import VerifyConfig
 
     engine = opts["engine"]
+    if opts["kv_cache_mb"]:
+        opts["kv_cache_memory_bytes"] = opts["kv_cache_mb"] * 1024 * 1024
     opts["extra_body"] = _json_object(opts["extra_body"], "--extra-body")
     if len(set(opts["models"])) != len(opts["models"]):
         raise UsageError("--model: each model once (use -k for more samples)")

@@ -17,9 +17,16 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from still.core.engines import EngineBase, FinishReason, GenerationRequest, GenerationResult, cut_at_stop
+from still.core.engines import (
+    EngineBase,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    cut_at_stop,
+    render_request,
+)
 from still.core.errors import require
-from still.core.models import read_template, render_chat, resolve_model
+from still.core.models import read_template, resolve_model
 
 
 class VLLMEngine(EngineBase):
@@ -65,33 +72,17 @@ class VLLMEngine(EngineBase):
         if template is not None:
             self.tokenizer.chat_template = read_template(template)
 
-    def _prompt(self, request: GenerationRequest) -> str:
-        if request.prompt is not None:
-            return request.prompt
-        assert request.messages is not None
-        return render_chat(self.tokenizer, request.messages, request.prefill)
-
     def _params(self, request: GenerationRequest) -> Any:
-        p = request.params
-        options: dict[str, Any] = {
-            "n": 1,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "max_tokens": p.max_tokens,
-            "seed": request.seed,
-        }
-        if p.top_k is not None:
-            options["top_k"] = p.top_k
-        if p.stop:
-            options["stop"] = list(p.stop)
-        return self._vllm.SamplingParams(**options)
+        return self._vllm.SamplingParams(n=1, **request.params.as_request(request.seed))
 
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[tuple[GenerationRequest, GenerationResult]]:
         todo = list(requests)
         if not todo:
             return
         started = time.perf_counter()
-        outputs = self.llm.generate([self._prompt(r) for r in todo], [self._params(r) for r in todo], use_tqdm=False)
+        outputs = self.llm.generate(
+            [render_request(self.tokenizer, r) for r in todo], [self._params(r) for r in todo], use_tqdm=False
+        )
         latency = round(time.perf_counter() - started, 4)
         for request, output in zip(todo, outputs):
             completion = output.outputs[0]
