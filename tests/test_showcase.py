@@ -50,6 +50,8 @@ def test_showcase_reduced_every_stage_accounted(tmp_path: Path) -> None:
     still = str(Path(sys.executable).with_name("still"))
     args = ["make", "-f", str(ROOT / "examples" / "branch_merge" / "Makefile"), f"OUT={out}"]
     args += [f"STILL={still}", f"PY={sys.executable}", *(f"{k}={v}" for k, v in REDUCED.items())]
+    # a teacher trained for seconds solves nothing: REDI's positives are the rule-made solutions
+    args += [f"REDI_EXTRA={out / 'reference-verified.jsonl'}"]
     run = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "MAKEFLAGS": ""})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -84,7 +86,9 @@ def test_showcase_reduced_every_stage_accounted(tmp_path: Path) -> None:
     assert stats["train-base"]["read"] == selected
     for domain in ("add", "sort"):
         assert stats[f"train-branch-{domain}"]["read"] == lines(out / f"selected-{domain}.jsonl")
-    assert stats["train-branch-sort-redi"]["read"] == lines(out / "pairs-sort.jsonl")
+    redi_in = lines(out / "pairs-sort.jsonl") + lines(out / "reference-verified.jsonl")
+    assert stats["train-branch-sort-redi"]["read"] == redi_in
+    assert stats["verify-reference"]["read"] == lines(data / "fresh-reference.jsonl") == 2 * int(REDUCED["FRESH"])
     for method in ("linear", "ties"):
         assert (out / "models" / f"merge-{method}" / "config.json").exists()
         assert json.loads((out / "stats" / f"merge-{method}.json").read_text())

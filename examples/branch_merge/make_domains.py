@@ -9,6 +9,8 @@ leading zero can hide a mistake).
 Writes to DIR:
   teacher-train.jsonl  correct rule-made traces of both domains (the teacher's SFT data)
   fresh.jsonl          new problems for the teacher to answer (plus --planted eval problems)
+  fresh-reference.jsonl  rule-made solutions of the new fresh problems (same ids; the reduced
+                       test's REDI positives, where its barely trained teacher solves nothing)
   eval-add.jsonl, eval-sort.jsonl   held-out problems (question, answer), none seen in training
 Eval and fresh problems are distinct and never in the teacher's traces, except the planted
 copies of eval problems in fresh.jsonl that `still decontam` must find.
@@ -63,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
-    teacher, fresh = [], []
+    teacher, fresh, reference = [], [], []
     makers: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
         "add": add_problem,
         "sort": lambda rng: sort_problem(rng, args.sort_len),
@@ -83,8 +85,11 @@ def main() -> None:
             args.out / f"eval-{domain}.jsonl",
             [{"id": f"{domain}-eval-{i}", "question": q, "answer": a} for i, (q, _, a) in enumerate(held_out)],
         )
-        for i, (q, _, a) in enumerate(new + held_out[: args.planted]):
-            fresh.append({"id": f"{domain}-f-{i}", "domain": domain, "query": f"{q}\n{R1_INSTRUCTION}", "answer": a})
+        for i, (q, r, a) in enumerate(new + held_out[: args.planted]):
+            row = {"id": f"{domain}-f-{i}", "domain": domain, "query": f"{q}\n{R1_INSTRUCTION}", "answer": a}
+            fresh.append(row)
+            if i < len(new):  # never the planted eval problems' solutions
+                reference.append({**row, "response": r})
         # the teacher's traces: any other problem (repeats allowed where the domain is small)
         i = 0
         while i < args.teacher_train:
@@ -96,6 +101,7 @@ def main() -> None:
     rng.shuffle(teacher)
     write(args.out / "teacher-train.jsonl", teacher)
     write(args.out / "fresh.jsonl", fresh)
+    write(args.out / "fresh-reference.jsonl", reference)
 
 
 if __name__ == "__main__":
