@@ -6,7 +6,9 @@ PIP := $(VENV)/bin/pip
 STILL := $(VENV)/bin/still
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint typecheck pytest prereqs venv docs clean bench test-vllm
+SHOWCASE_DIR ?= showcase-out
+
+.PHONY: showcase demo test lint typecheck pytest prereqs venv docs clean bench test-vllm
 
 # The venv is (re)built when missing or when pyproject.toml changes. torch==2.13.0 comes first
 # where no torch is present, so nothing later can pull a multi-GB CUDA build from PyPI.
@@ -23,6 +25,10 @@ demo: venv
 	$(PY) examples/make_sample.py --seed 7 --out $(DEMO_DIR)
 	bash examples/pipeline.sh $(DEMO_DIR) $(STILL) $(PY)
 	bash examples/models.sh $(DEMO_DIR) $(STILL) $(PY)
+
+# TinyR1's branch-merge at toy scale, every step a still command (examples/branch_merge/Makefile)
+showcase: venv
+	$(MAKE) -f examples/branch_merge/Makefile OUT=$(SHOWCASE_DIR) STILL=$(abspath $(STILL)) PY=$(abspath $(PY))
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -66,4 +72,4 @@ bench: venv
 	for b in bench/*.py; do $(PY) $$b; done
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(DEMO_DIR) $(SHOWCASE_DIR) .pytest_cache .mypy_cache .ruff_cache

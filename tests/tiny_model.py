@@ -4,7 +4,8 @@ A byte-level BPE tokenizer trained with ``tokenizers`` on a small generated corp
 template, and a Llama-shaped model (hidden 64, head_dim 32, a few layers) with random weights, saved
 as a normal Hugging Face directory so that every test loads it through the real loading code.
 
-    python tests/tiny_model.py OUT_DIR [--seed 0] [--layers 2] [--tied] [--dtype float32]
+    python tests/tiny_model.py OUT_DIR [--seed 0] [--layers 2] [--hidden 64] [--heads 2] [--vocab-size 512]
+                               [--tied] [--dtype float32]
 
 Llama config on purpose: with a ``qwen2`` config, transformers 5 hands back Qwen's own pre-tokenizer
 and the ids no longer match the trained tokenizer.json.
@@ -131,11 +132,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--vocab-size", type=int, default=512, help="263 = bytes and special tokens only")
     parser.add_argument("--tied", action="store_true")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     path = build_tiny_model(
-        args.out, seed=args.seed, layers=args.layers, hidden=args.hidden, tied=args.tied, dtype=args.dtype
+        args.out,
+        seed=args.seed,
+        layers=args.layers,
+        hidden=args.hidden,
+        heads=args.heads,
+        tied=args.tied,
+        dtype=args.dtype,
+        vocab_size=args.vocab_size,
     )
     print(path)
 
