@@ -33,6 +33,13 @@ from still.cli._common import StreamOptions, run_stream, stream_options
 @click.option(
     "--ngram", type=click.IntRange(min=1), default=4, show_default=True, help="n of the repeated n-gram share."
 )
+@click.option(
+    "--top-ngram",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="n of top_ngram_count, the most frequent n-gram's count (the 20-gram rule of 'Not All Correct Answers').",
+)
 @click.option("--template", type=click.Path(dir_okay=False), metavar="FILE.jinja", help="Chat template to use.")
 @click.option("--key", default="score", show_default=True, help="Field the statistics are written under.")
 @stream_options
@@ -45,16 +52,18 @@ def command(
     batch_size: int,
     max_length: int,
     ngram: int,
+    top_ngram: int,
     template: str | None,
     key: str,
 ) -> None:
     """Per-response statistics from a reference model, under one key.
 
     Each record gets score: {model, n_tokens, logprob_mean, ppl, chunks, n_words, rep_ngram_frac,
-    rep_ngram_n, longest_repeat}: the mean log-probability and perplexity of the response given the
-    chat-templated query (teacher forcing), its length in the model's tokens and in words, the share
-    of repeated word n-grams and the longest repeated word span. A separate command rather than a
-    grade option: it annotates each response, while grade aggregates responses per query.
+    rep_ngram_n, top_ngram_count, top_ngram_n, longest_repeat}: the mean log-probability and
+    perplexity of the response given the chat-templated query (teacher forcing), its length in the
+    model's tokens and in words, the share of repeated word n-grams, the count of the most frequent
+    20-gram and the longest repeated word span. A separate command rather than a grade option: it
+    annotates each response, while grade aggregates responses per query.
     See docs/score.md.
 
     \b
@@ -72,6 +81,7 @@ def command(
         batch_size=batch_size,
         max_length=max_length,
         ngram=ngram,
+        top_ngram=top_ngram,
         template=template,
         key=key,
         fields=stream.fields(),

@@ -6,6 +6,8 @@ so ``x=1`` is three words):
 
 * ``rep_ngram_frac``: of the text's word n-grams, the share that repeat an n-gram seen earlier
   (``1 - distinct / total``); 0 for no repetition, approaching 1 for a loop.
+* ``top_ngram_count``: how often the most frequent word ``top_n``-gram occurs ("Not All Correct
+  Answers Are Equal" drops a response whose 20-gram appears more than 20 times).
 * ``longest_repeat``: the length in words of the longest span that occurs at least twice (the two
   occurrences may overlap, as in ``a b a b a``).
 
@@ -33,6 +35,15 @@ def repeated_ngram_fraction(tokens: list[str], n: int) -> float:
         return 0.0
     distinct = len({tuple(tokens[i : i + n]) for i in range(total)})
     return 1.0 - distinct / total
+
+
+def top_ngram_count(tokens: list[str], n: int) -> int:
+    """Occurrences of the most frequent n-gram of ``tokens`` (0 when there is none)."""
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i : i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+    return max(counts.values(), default=0)
 
 
 def _repeat_of_length(ids: list[int], k: int) -> bool:
@@ -69,12 +80,14 @@ def longest_repeat(tokens: list[str]) -> int:
     return lo
 
 
-def repetition(text: str, n: int = 4) -> dict[str, float | int]:
-    """``{n_words, rep_ngram_frac, rep_ngram_n, longest_repeat}`` of ``text``."""
+def repetition(text: str, n: int = 4, top_n: int = 20) -> dict[str, float | int]:
+    """``{n_words, rep_ngram_frac, rep_ngram_n, top_ngram_count, top_ngram_n, longest_repeat}`` of ``text``."""
     tokens = words(text)
     return {
         "n_words": len(tokens),
         "rep_ngram_frac": round(repeated_ngram_fraction(tokens, n), 6),
         "rep_ngram_n": n,
+        "top_ngram_count": top_ngram_count(tokens, top_n),
+        "top_ngram_n": top_n,
         "longest_repeat": longest_repeat(tokens),
     }

@@ -2,7 +2,8 @@
 
 For every record, under one key (``score`` by default)::
 
-    {model, n_tokens, logprob_mean, ppl, chunks, n_words, rep_ngram_frac, rep_ngram_n, longest_repeat}
+    {model, n_tokens, logprob_mean, ppl, chunks,
+     n_words, rep_ngram_frac, rep_ngram_n, top_ngram_count, top_ngram_n, longest_repeat}
 
 * ``logprob_mean``: the mean natural-log probability of the response's tokens given the
   chat-templated query and the response tokens before them (teacher forcing), in float32 from
@@ -165,6 +166,7 @@ class ScoreConfig:
     batch_size: int = 8
     max_length: int = 4096
     ngram: int = 4
+    top_ngram: int = 20
     template: str | None = None
     key: str = "score"
     fields: Fields = field(default_factory=Fields)
@@ -175,8 +177,8 @@ class ScoreConfig:
             raise UsageError(f"--engine must be one of {', '.join(SCORE_ENGINES)}")
         if self.max_length < 2:
             raise UsageError("--max-length must be at least 2")
-        if self.ngram < 1:
-            raise UsageError("--ngram must be at least 1")
+        if self.ngram < 1 or self.top_ngram < 1:
+            raise UsageError("--ngram and --top-ngram must be at least 1")
 
     def open(self) -> TokenScorer:
         if self.engine == "vllm":
@@ -253,7 +255,7 @@ class _Scoring:
             logprobs = [v for part in values[at : at + n] for v in part]
             at += n
             out = {"model": self.config.model, **response_stats(logprobs), "chunks": n}
-            out.update(repetition(response, self.config.ngram))
+            out.update(repetition(response, self.config.ngram, self.config.top_ngram))
             rec.changed()[self.config.key] = out
             self.counts["scored"] += 1
             self.counts["tokens"] += len(logprobs)

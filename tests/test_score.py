@@ -13,7 +13,7 @@ import orjson
 import pytest
 from conftest import run_still
 
-from still.core.repetition import longest_repeat, repeated_ngram_fraction, repetition, words
+from still.core.repetition import longest_repeat, repeated_ngram_fraction, repetition, top_ngram_count, words
 
 RECORDS = [
     {"id": "a", "query": "What is 2 + 3?", "response": "<think>\n2 + 3 = 5\n</think>\nThe answer is \\boxed{5}."},
@@ -117,7 +117,16 @@ def _naive_longest(tokens: list[str]) -> int:
 def test_repetition_on_constructed_strings() -> None:
     assert words("x=1, y") == ["x", "=", "1", ",", "y"]
     r = repetition("a b c d a b c d", n=4)
-    assert r == {"n_words": 8, "rep_ngram_frac": 0.2, "rep_ngram_n": 4, "longest_repeat": 4}
+    assert r == {
+        "n_words": 8,
+        "rep_ngram_frac": 0.2,
+        "rep_ngram_n": 4,
+        "top_ngram_count": 0,
+        "top_ngram_n": 20,
+        "longest_repeat": 4,
+    }
+    assert repetition("a b c d a b c d", n=4, top_n=3)["top_ngram_count"] == 2
+    assert repetition("go " * 25, top_n=20)["top_ngram_count"] == 6
     assert longest_repeat("a b a b a".split()) == 3  # overlapping occurrences count
     assert repetition("one two three", n=2)["rep_ngram_frac"] == 0.0
     assert repetition("one two three")["longest_repeat"] == 0
@@ -134,6 +143,7 @@ def test_repetition_on_constructed_strings() -> None:
         grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
         want = 1 - len(set(grams)) / len(grams) if grams else 0.0
         assert repeated_ngram_fraction(tokens, n) == pytest.approx(want)
+        assert top_ngram_count(tokens, n) == max((grams.count(g) for g in grams), default=0)
 
 
 def test_sample_where_filters_numeric_fields(tmp_path: Path) -> None:
