@@ -114,9 +114,16 @@ def embed_texts(texts: list[str], config: SemanticConfig) -> Any:
         out = st.encode(texts, batch_size=config.batch_size, normalize_embeddings=True, convert_to_numpy=True)
         return np.asarray(out, dtype=np.float32)
     import torch
+    from transformers.utils import logging
 
     tok = load_tokenizer(path, padding_side="right")
-    model = load_model("AutoModel", path, dtype=config.dtype, device=config.device)
+    hf_logging: Any = logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a causal LM's directory loads as its base model: the LM head is unused
+    try:
+        model = load_model("AutoModel", path, dtype=config.dtype, device=config.device)
+    finally:
+        hf_logging.set_verbosity(level)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     result: Any = None
     for b in range(0, len(order), config.batch_size):

@@ -46,13 +46,32 @@ echo "== 7. sample: the queries the teacher finds hard (pass rate 0.25..0.75), a
 run "$still" sample --pass-rate 0.25..0.75 --difficulty-weights 2=1,3=1,4=1 -n 30 --seed 7 \
   "$dir/5-graded.jsonl" -o "$dir/7-hard.jsonl"
 
-echo "== 6. distill-train: a few SFT steps of a tiny random model on the selected traces (metrics on stdout)"
+echo "== 8. distill-train: a few SFT steps of a tiny random model on the selected traces (metrics on stdout)"
 py="$(dirname "$still")/python"
 [ -x "$py" ] || py=python3
 "$py" "$(dirname "$0")/../tests/tiny_model.py" "$dir/tiny-model" > /dev/null
 "$still" distill-train --model "$dir/tiny-model" --out "$dir/6-student" --max-steps 3 --log-steps 1 \
-  --lr 1e-3 --max-length 1024 --truncate truncate "$dir/5-sample.jsonl" > "$dir/6-metrics.jsonl"
+  --lr 1e-3 --max-length 1024 --truncate truncate "$dir/6-sample.jsonl" > "$dir/6-metrics.jsonl"
 cat "$dir/6-metrics.jsonl"
+
+echo
+echo "== 9. models that judge data (tiny random models here: the numbers show the plumbing, not quality)"
+echo "   score: perplexity under a reference model, length and repetition; sample --where filters on them"
+run "$still" score -m "$dir/tiny-model" --max-length 512 --batch-size 4 "$dir/6-sample.jsonl" -o "$dir/9-scored.jsonl"
+run "$still" sample --where 'score.rep_ngram_frac<0.5' --where 'score.top_ngram_count<=20' \
+  "$dir/9-scored.jsonl" -o "$dir/9-low-repetition.jsonl"
+echo "   verify --reward-model: responses with no reference answer or tests scored by a reward model"
+"$py" "$(dirname "$0")/../tests/tiny_model.py" "$dir/tiny-reward" --reward > /dev/null
+"$py" -c 'import json, sys
+for q, r in [("Write a haiku about sums", "numbers meet and add"), ("Explain carrying", "carry the one"),
+             ("Say hi", "hi")]:
+    print(json.dumps({"query": q, "response": r, "domain": "other"}))' > "$dir/9-open.jsonl"
+run "$still" verify --reward-model "$dir/tiny-reward" --reward-threshold 0.5 "$dir/9-open.jsonl" \
+  -o "$dir/9-rewarded.jsonl"
+echo "   dedup --semantic: SemDeDup over a model's embeddings, after the exact and MinHash stages"
+echo "   (a random model's embeddings are all alike: a real embedding model keeps the default threshold)"
+run "$still" dedup --semantic "$dir/tiny-model" --semantic-threshold 0.995 --embeddings "$dir/9-embeddings.npz" \
+  "$dir/6-sample.jsonl" -o "$dir/9-semantic.jsonl"
 
 echo
 echo "demo outputs in $dir/:"

@@ -23,31 +23,9 @@ RECORDS = [
 def reward_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama with a one-output classification head on the tiny model's tokenizer."""
     pytest.importorskip("transformers")
-    import torch
-    from tiny_model import build_tokenizer
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from tiny_model import build_tiny_reward_model
 
-    out = tmp_path_factory.mktemp("tiny-reward")
-    tok = build_tokenizer(out)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(7)
-    model = LlamaForSequenceClassification(config)
-    with torch.no_grad():  # a larger head so the scores spread over (0, 1) and both verdicts occur
-        model.score.weight.mul_(40)
-    model.save_pretrained(str(out))
-    return out
+    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-reward"), seed=7)
 
 
 def _direct_scores(model_dir: Path) -> dict[str, float]:
