@@ -215,7 +215,9 @@ def kmeans(x: Any, k: int, iterations: int, seed: int) -> Any:
             break
         labels = new
         sums = np.zeros_like(centres)
-        np.add.at(sums, labels, x)
+        by_label = np.argsort(labels, kind="stable")
+        for members in np.split(by_label, np.flatnonzero(np.diff(labels[by_label])) + 1):
+            sums[labels[members[0]]] = x[members].sum(axis=0)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         empty = norms[:, 0] == 0
         centres = np.where(empty[:, None], centres, sums / np.where(norms == 0, 1, norms))
@@ -234,28 +236,34 @@ def _assign(x: Any, centres: Any, block: int = 65536) -> Any:
 def within_cluster_duplicates(
     emb: Any, order: list[int], labels: Any, threshold: float
 ) -> dict[int, tuple[int, float]]:
-    """``{dropped: (kept representative, cosine)}``: greedy in ``order`` (best first) per cluster."""
+    """``{dropped: (kept representative, cosine)}``: greedy in ``order`` (best first) per cluster.
+
+    A member with no earlier member above the threshold is kept whatever was kept before it, so
+    only the members with such a neighbour (few: the duplicates) go through the sequential check."""
     import numpy as np
 
     rank = np.empty(len(order), dtype=np.int64)
     rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    by_cluster = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[by_cluster])) + 1
     dropped: dict[int, tuple[int, float]] = {}
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
+    for members in np.split(by_cluster, bounds):
         members = members[np.argsort(rank[members], kind="stable")]
         vecs = emb[members]
         kept = np.zeros(len(members), dtype=bool)
         for s in range(0, len(members), 1024):  # similarity rows in blocks: memory 1024 × cluster size
-            sims = vecs[s : s + 1024] @ vecs.T
-            for r in range(sims.shape[0]):
-                row = sims[r]
-                if kept.any():
-                    masked = np.where(kept, row, -np.inf)
-                    j = int(masked.argmax())
-                    if masked[j] > threshold:
-                        dropped[int(members[s + r])] = (int(members[j]), float(masked[j]))
-                        continue
-                kept[s + r] = True
+            e = min(s + 1024, len(members))
+            sims = vecs[s:e] @ vecs[:e].T
+            earlier = np.arange(e)[None, :] < np.arange(s, e)[:, None]
+            suspects = np.flatnonzero((np.where(earlier, sims, -np.inf) > threshold).any(axis=1))
+            kept[s:e] = True
+            for r in suspects:
+                pos = s + int(r)
+                masked = np.where(kept[:pos], sims[r, :pos], -np.inf)
+                j = int(masked.argmax())
+                if masked[j] > threshold:
+                    kept[pos] = False
+                    dropped[int(members[pos])] = (int(members[j]), float(masked[j]))
     return dropped
 
 
