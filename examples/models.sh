@@ -57,5 +57,25 @@ run "$still" eval --model "$m/merged" --bench "demo=$m/bench10.jsonl" -k 2 --max
 head -n 3 "$m/14-report.md"
 
 echo
-echo "model outputs in $m/: 9-generated.jsonl, 11-student-graded.jsonl, student-sft/, merged/, 14-report.md, 14-pass-at-k.png"
+echo "== 15. models that judge data (tiny random models: the numbers show the plumbing, not quality)"
+echo "   score: perplexity under a reference model, length and repetition; sample --where filters on them"
+run "$still" score -m "$m/tiny-0" --max-length 512 --batch-size 4 "$dir/6-sample.jsonl" -o "$m/15-scored.jsonl"
+run "$still" sample --where 'score.rep_ngram_frac<0.5' --where 'score.top_ngram_count<=20' \
+  "$m/15-scored.jsonl" -o "$m/15-low-repetition.jsonl"
+echo "   verify --reward-model: responses with no reference answer or tests scored by a reward model"
+"$python" "$here/tests/tiny_model.py" "$m/tiny-reward" --reward > /dev/null 2>&1
+"$python" -c 'import json
+for q, r in [("Write a haiku about sums", "numbers meet and add"), ("Explain carrying", "carry the one"),
+             ("Say hi", "hi")]:
+    print(json.dumps({"query": q, "response": r, "domain": "other"}))' > "$m/15-open.jsonl"
+run "$still" verify --reward-model "$m/tiny-reward" --reward-threshold 0.5 "$m/15-open.jsonl" \
+  -o "$m/15-rewarded.jsonl"
+echo "   dedup --semantic: SemDeDup over a model's embeddings, after the exact and MinHash stages"
+echo "   (a random model's embeddings are all alike: a real embedding model keeps the default threshold)"
+run "$still" dedup --semantic "$m/tiny-0" --semantic-threshold 0.995 --embeddings "$m/15-embeddings.npz" \
+  "$dir/6-sample.jsonl" -o "$m/15-semantic.jsonl"
+
+echo
+echo "model outputs in $m/: 9-generated.jsonl, 11-student-graded.jsonl, student-sft/, merged/, 14-report.md, 14-pass-at-k.png,
+15-scored.jsonl, 15-rewarded.jsonl, 15-semantic.jsonl"
 echo "(random models: expect truncated/no_answer verdicts and 0% accuracy; \`make showcase\` shows learning)"
