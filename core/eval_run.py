@@ -91,6 +91,8 @@ def score_command(request: ScoreRequest, fields: Fields) -> tuple[Processor, Cal
         ),
         k=request.k,
         benchmark_field=request.benchmark_field,
+        # lines without a benchmark name answer the one benchmark given, if there is one
+        default_benchmark=benches[0].name if len(benches) == 1 else "bench",
         problem_field=fields.id_path,
         seed=request.seed,
         resamples=request.resamples,

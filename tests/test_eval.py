@@ -313,3 +313,26 @@ def test_eval_run_killed_then_resumed_has_no_duplicates_or_gaps(tiny_model: Path
     assert not journal.exists()
     keys = [(x["id"], x["sample_idx"]) for x in map(json.loads, out.read_bytes().splitlines()[:-1])]
     assert len(keys) == len(set(keys)) == 10
+
+
+def test_score_a_code_benchmark_runs_its_tests_in_the_sandbox(tmp_path: Path) -> None:
+    """HumanEval problems from --bench: tests and entry point come from the benchmark by task id;
+    canonical solutions pass, a broken one fails, all in the sandbox."""
+    rows = [json.loads(line) for line in data_file("code/humaneval.jsonl").read_text().splitlines()[:3]]
+    bench = tmp_path / "he.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = []
+    for r in rows:
+        good = "```python\n" + r["prompt"] + r["canonical_solution"] + "```"
+        bad = "```python\n" + r["prompt"] + "    return None\n```"
+        samples += [{"task_id": r["task_id"], "sample_idx": 0, "response": good}]
+        samples += [{"task_id": r["task_id"], "sample_idx": 1, "response": bad}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+    res = run_still(
+        ["eval", "score", "--bench", f"humaneval={bench}", "--id-field", "task_id", str(tmp_path / "s.jsonl")]
+    )
+    lines = [json.loads(line) for line in res.lines()]
+    verdicts = [x["verify"]["verdict"] for x in lines[:-1]]
+    assert verdicts[0::2] == ["pass"] * 3 and all(v != "pass" for v in verdicts[1::2])
+    s = lines[-1]
+    assert s["benchmark"] == "humaneval" and s["k"] == 2 and s["avg_at_k"] == 0.5 and s["pass_at_k"]["2"] == 1.0
