@@ -584,7 +584,7 @@ def _addition_trace(a: int, b: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=False,
+    run=False,  # ~10 CPU-minutes for a known shortfall: run it with `pytest --runxfail -k it_learns`
     reason="measured 74/100 held-out right with this setup (600 traces, 10 epochs, hidden 128, 2 layers); "
     "the issue's bar is 90: model size / data / schedule still to tune",
 )
