@@ -3,7 +3,7 @@
 # Usage: examples/models.sh DEMO_DIR STILL [PYTHON]
 # The models are tiny and RANDOM (tests/tiny_model.py: 2 layers, hidden 64, a tokenizer trained
 # here), so every answer is noise: this shows each model command's plumbing and accounting on a
-# CPU in about a minute, not accuracy (`make showcase` trains models that learn).
+# CPU in about a minute, not accuracy (`make showcase` trains models that are meant to learn).
 set -euo pipefail
 dir=${1:-demo-out}
 still=${2:-still}
