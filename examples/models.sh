@@ -78,4 +78,4 @@ run "$still" dedup --semantic "$m/tiny-0" --semantic-threshold 0.995 --embedding
 echo
 echo "model outputs in $m/: 9-generated.jsonl, 11-student-graded.jsonl, student-sft/, merged/, 14-report.md, 14-pass-at-k.png,
 15-scored.jsonl, 15-rewarded.jsonl, 15-semantic.jsonl"
-echo "(random models: expect truncated/no_answer verdicts and 0% accuracy; \`make showcase\` shows learning)"
+echo "(random models: expect truncated/no_answer verdicts and 0% accuracy; \`make showcase\` trains models that are meant to learn)"
