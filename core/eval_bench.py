@@ -16,8 +16,6 @@ file format or key order.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from still.core.decontam.benchmarks import parse_against, rows_from_file
-from still.core.errors import BadInput, StillError, UsageError
+from still.core.decontam.benchmarks import load_hub_split, parse_against, rows_from_file
+from still.core.errors import BadInput, UsageError
 
 QUESTION_FIELDS = ("problem", "question", "query", "prompt", "Question")
 ANSWER_FIELDS = ("answer", "final_answer", "gold", "target")
@@ -169,26 +167,13 @@ def problems_from_rows(
     return problems, digest.hexdigest()
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def load_builtin(name: str, question_field: str | None, answer_field: str | None) -> Benchmark:
     spec = BUILTINS[name]
     hint = (
         f"built-in benchmark {name!r} ({spec.dataset}) needs network access and the 'hub' extra "
         f"(pip install 'still[hub]'){{why}}; or pass a local copy: --bench path/to/{name}.jsonl"
     )
-    if importlib.util.find_spec("datasets") is None:
-        raise StillError(hint.format(why=" (datasets is not installed)"))
-    if _offline():
-        raise StillError(hint.format(why=" (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"))
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
-    except Exception as exc:  # noqa: BLE001 - network, auth and hub errors all end here
-        raise StillError(hint.format(why=f" (loading failed: {type(exc).__name__})")) from exc
+    ds = load_hub_split(spec.dataset, spec.config, spec.split, None, hint, " (datasets is not installed)")
     source = f"hf:{spec.dataset}" + (f"/{spec.config}" if spec.config else "") + f":{spec.split}"
     problems, sha = problems_from_rows(enumerate(ds, 1), source, question_field, answer_field)
     return Benchmark(name, source, sha, problems)

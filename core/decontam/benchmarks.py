@@ -141,24 +141,34 @@ def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def load_hub_split(
+    dataset: str, config: str | None, split: str, revision: str | None, hint: str, missing_why: str
+) -> Any:
+    """One split of a hub dataset through ``datasets``, or a StillError from ``hint`` (a format string
+    with ``{why}``) saying why not: the package missing, offline, or the load failed. Shared by the
+    built-in benchmarks of ``decontam`` and ``eval``."""
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        raise StillError(hint.format(why=missing_why))
+    if _offline():
+        raise StillError(hint.format(why=" (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"))
+    try:
+        import datasets
+
+        return datasets.load_dataset(dataset, config, split=split, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - network, auth and hub errors all end here
+        raise StillError(hint.format(why=f" (loading failed: {type(exc).__name__})")) from exc
+
+
 def load_builtin(name: str) -> Benchmark:
     spec = BUILTINS[name]
     hint = (
         f"built-in benchmark {name!r} ({spec.dataset}) needs the 'datasets' package and network access"
         f"{{why}}; pass a local copy instead: --against path/to/{name}.jsonl (JSONL, JSON or Parquet)"
     )
-    import importlib.util
-
-    if importlib.util.find_spec("datasets") is None:
-        raise StillError(hint.format(why=" (datasets is not installed: pip install 'still[hub]')"))
-    if _offline():
-        raise StillError(hint.format(why=" (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"))
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split, revision=spec.revision)
-    except Exception as exc:  # noqa: BLE001 - network, auth and hub errors all end here
-        raise StillError(hint.format(why=f" (loading failed: {type(exc).__name__})")) from exc
+    missing = " (datasets is not installed: pip install 'still[hub]')"
+    ds = load_hub_split(spec.dataset, spec.config, spec.split, spec.revision, hint, missing)
     items: list[tuple[Any, str]] = []
     digest = hashlib.sha256()
     for index, row in enumerate(ds):
