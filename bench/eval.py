@@ -1,6 +1,7 @@
-"""Benchmark `still eval score` on existing responses: throughput and what scoring costs over verify.
+"""Benchmark `still eval`: scoring throughput, and its overhead over the raw engine.
 
-    python bench/eval.py [--rows 100000] [--k 4]
+    python bench/eval.py [--rows 100000] [--k 4]        # eval score on existing responses
+    python bench/eval.py --overhead [--problems 32]     # eval run vs a plain transformers loop
 
 Rows: the carried MATH-500, AIME 2024 and AMC 2023 problems, k samples each, repeated under fresh
 benchmark names until --rows lines: ~60% boxed correct answers, the rest boxed wrong answers,
@@ -11,6 +12,11 @@ same file:
 - ``still verify`` on the same file (what eval score adds on top of verification);
 - a lighteval-style loop: math-verify ``parse`` + ``verify`` per sample, then avg@k by hand, on a
   subset (it is slow), reported per row.
+
+With ``--overhead``: ``still eval --engine hf`` (generate, verify, score, summary) against the
+batched transformers ``generate`` loop of bench/generate.py on the same requests (the first
+--problems GSM8K questions, k samples each, R1 prompt), on a random model built here: the ratio
+is what everything around the engine costs.
 
 Prints rows/s and ratios. Not a test: timings depend on the machine (say if it was loaded).
 """
@@ -98,12 +104,41 @@ def lighteval_style(path: Path, limit: int) -> float:
     return (time.perf_counter() - start) / limit
 
 
+def overhead(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from generate import HF_ANCHOR, report, timed_pair
+    from tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="still-bench-eval-") as tmp:
+        model = build_tiny_model(Path(tmp) / "model", hidden=args.hidden, layers=args.layers)
+        rows = (DATA / "gsm8k_test.jsonl").read_text().splitlines()[: args.problems]
+        bench, queries = Path(tmp) / "bench.jsonl", Path(tmp) / "q.jsonl"
+        bench.write_text("\n".join(rows) + "\n")
+        queries.write_text("".join(json.dumps({"query": json.loads(r)["question"]}) + "\n" for r in rows))
+        ours = [sys.executable, "-m", "still", "eval", "-q", "--model", str(model), "--bench", f"gsm={bench}"]
+        ours += ["-k", str(args.k), "--max-tokens", str(args.max_tokens), "--batch-size", "8", "--dtype", "float32"]
+        anchor = [sys.executable, "-c", HF_ANCHOR, str(model), str(queries), str(args.k), str(args.max_tokens), "8"]
+        print(f"{args.problems} problems x {args.k} samples, {args.max_tokens} new tokens, best of {args.repeats}")
+        t_ours, t_anchor = timed_pair(ours, anchor, args.repeats)
+        report("still eval (hf)", "transformers loop", t_ours, t_anchor, args.problems * args.k)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--lighteval-rows", type=int, default=2000)
+    parser.add_argument("--overhead", action="store_true", help="eval run vs a plain transformers loop")
+    parser.add_argument("--problems", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    if args.overhead:
+        overhead(args)
+        return
     still = [sys.executable, "-m", "still"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "responses.jsonl"

@@ -120,7 +120,7 @@ def main() -> None:
             return
         from serving import transformers_servers
 
-        with transformers_servers(model, 1, Path(tmp)) as (server,):
+        with transformers_servers([model], Path(tmp)) as (server,):
             body = json.dumps({"generation_config": '{"do_sample": true}'})
             http_ours = [*still, *common, "--engine", "openai", "--base-url", server.url, "--extra-body", body]
             http_ours += ["--concurrency", str(args.concurrency)]

@@ -27,16 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import mergekit_env  # noqa: E402
+from sample import WRAPPER  # noqa: E402  (bench/sample.py: time and peak RSS of one fresh process)
 
 VOCAB, HIDDEN, MLP, HEADS, KV_HEADS = 151936, 896, 4864, 14, 2
-WRAPPER = r"""
-import resource, subprocess, sys, time
-t = time.perf_counter()
-rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
-dt = time.perf_counter() - t
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(rc, dt, ru.ru_utime + ru.ru_stime, ru.ru_maxrss)
-"""
 
 
 def parse_params(text: str) -> int:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grade": ("grade", "command"),
     "merge": ("merge", "command"),
     "sample": ("sample", "command"),
+    "score": ("score", "command"),
     "verify": ("verify", "command"),
 }
 

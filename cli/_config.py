@@ -2,9 +2,11 @@
 
 The file is ``--config FILE`` (or ``STILL_CONFIG``), else ``still.toml`` in the working
 directory. Top-level keys apply to every command that has the option; a ``[dedup]`` (etc.)
-table to that command only. Keys are long option names without dashes in front
-(``query-field``, ``max-per-key``). Precedence, highest first: command line, environment
-variable, this file, built-in default (click's own order for ``default_map``).
+table to that command only (for a command with subcommands, such as ``dedup [run] | plan ...``,
+to each subcommand that has the option; ``[dedup.plan.sign]`` to one subcommand). Keys are long
+option names without dashes in front (``query-field``, ``max-per-key``). Precedence, highest
+first: command line, environment variable, this file, built-in default (click's own order for
+``default_map``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,47 @@ def _param_names(command: click.Command) -> dict[str, str]:
     return names
 
 
+def _defaults(
+    command: click.Command, where: str, top: dict[str, Any], table: dict[str, Any], path: str
+) -> dict[str, Any]:
+    """The default_map of ``command`` (nested for groups such as ``still dedup [run] | plan ...``).
+
+    Top-level keys and the command's table apply to every subcommand that has the option (so
+    ``[dedup] key = "response"`` means the same in ``dedup run`` and ``dedup plan sign``); a
+    ``[dedup.plan.sign]`` table to that subcommand only, over them. A table key that no (sub)command
+    has is an error.
+    """
+    from still.core.errors import UsageError
+
+    settings = {key: value for key, value in table.items() if not isinstance(value, dict)}
+    subtables = {key: value for key, value in table.items() if isinstance(value, dict)}
+    commands = command.commands if isinstance(command, click.Group) else {}
+    for name in subtables:
+        if name not in commands:
+            raise UsageError(f"{path}: [{where}.{name}]: still {where.replace('.', ' ')} has no subcommand {name}")
+    names = _param_names(command)
+    default_map = {names[key]: value for key, value in {**top, **settings}.items() if key in names}
+    used = set(settings) & set(names)
+    for name, sub in commands.items():
+        inherited = {**top, **settings}
+        sub_defaults = _defaults(sub, f"{where}.{name}", inherited, subtables.get(name, {}), path)
+        used |= set(settings) & _option_spellings(sub)
+        if sub_defaults:
+            default_map[name] = sub_defaults
+    for key in settings:
+        if key not in used:
+            raise UsageError(f"{path}: [{where}] {key}: still {where.replace('.', ' ')} has no option --{key}")
+    return default_map
+
+
+def _option_spellings(command: click.Command) -> set[str]:
+    """Every option spelling of ``command`` and of its subcommands."""
+    spellings = set(_param_names(command))
+    for sub in command.commands.values() if isinstance(command, click.Group) else ():
+        spellings |= _option_spellings(sub)
+    return spellings
+
+
 def option_defaults(config_path: str | None, command_name: str, command: click.Command | None) -> dict[str, Any]:
     """The default_map for ``command_name`` from the config file (empty when there is none)."""
     from still.core.errors import UsageError
@@ -58,18 +101,8 @@ def option_defaults(config_path: str | None, command_name: str, command: click.C
     if path is None or command is None:
         return {}
     data = _load(path)
-    names = _param_names(command)
-    defaults: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            continue  # a [command] table
-        if key in names:  # a top-level key applies where the command has the option
-            defaults[names[key]] = value
+    top = {key: value for key, value in data.items() if not isinstance(value, dict)}
     table = data.get(command_name, {})
     if not isinstance(table, dict):
         raise UsageError(f"{path}: {command_name} must be a table ([{command_name}])")
-    for key, value in table.items():
-        if key not in names:
-            raise UsageError(f"{path}: [{command_name}] {key}: still {command_name} has no option --{key}")
-        defaults[names[key]] = value
-    return defaults
+    return _defaults(command, command_name, top, table, path)

@@ -77,6 +77,38 @@ _GROUP = cast(click.Group, command)
     show_default=True,
     help="Processes that normalise, shingle and sign blocks (0: every core); the output is the same for every N.",
 )
+@click.option(
+    "--semantic",
+    "semantic_model",
+    metavar="MODEL",
+    help="Then drop semantic duplicates: SemDeDup over MODEL's embeddings (a local embedding model); "
+    "see docs/dedup.md.",
+)
+@click.option("--semantic-only", is_flag=True, help="With --semantic: skip the exact and MinHash stages.")
+@click.option(
+    "--semantic-threshold",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    help="Semantic duplicates: cosine similarity above this (SemDeDup's 1 - eps with eps 0.05).",
+)
+@click.option(
+    "--semantic-clusters",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="k-means clusters [default 0: one per 1000 distinct texts].",
+)
+@click.option(
+    "--embeddings",
+    "embeddings_path",
+    metavar="FILE",
+    help="Cache the embeddings here (.npz); reused when the texts, model and settings are unchanged.",
+)
+@click.option(
+    "--embed-batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Texts per model pass."
+)
+@click.option("--embed-device", default="auto", show_default=True, help="Embedding model device: cpu, cuda, cuda:N.")
 @click.option("--explain", is_flag=True, help="Print the LSH bands/rows and P(candidate | J) on stderr, then exit.")
 @stream_options
 def run(
@@ -93,6 +125,13 @@ def run(
     block_size: int,
     workers: int,
     explain: bool,
+    semantic_model: str | None,
+    semantic_only: bool,
+    semantic_threshold: float,
+    semantic_clusters: int,
+    embeddings_path: str | None,
+    embed_batch_size: int,
+    embed_device: str,
 ) -> None:
     """Remove exact and near-duplicate records.
 
@@ -108,6 +147,7 @@ def run(
       still dedup < traces.jsonl > unique.jsonl
       still dedup --key query --max-per-key 16 --state ~/.cache/still/dedup new.jsonl.gz
       still dedup --mark --clusters clusters.jsonl data.jsonl | jq -c .dedup
+      still dedup --semantic ./embedder --embeddings emb.npz data.jsonl   # + "semantic duplicate"
     """
     from still.core import minhash as mh
     from still.core.dedup import DedupConfig, dedup
@@ -141,7 +181,45 @@ def run(
         for save in pending:
             save()
 
-    run_stream("dedup", stream, lambda records, stats: dedup(records, config, stats, pending), on_success=commit)
+    process: Callable[[Any, Any], Any] = lambda records, stats: dedup(records, config, stats, pending)  # noqa: E731
+    if semantic_model is not None:
+        process = _with_semantic(
+            process,
+            config,
+            semantic_only,
+            model=semantic_model,
+            threshold=semantic_threshold,
+            clusters=semantic_clusters,
+            embeddings_path=embeddings_path,
+            batch_size=embed_batch_size,
+            device=embed_device,
+            seed=index["seed"],
+        )
+    elif semantic_only:
+        from still.core.errors import UsageError
+
+        raise UsageError("--semantic-only needs --semantic MODEL")
+    run_stream("dedup", stream, process, on_success=commit)
+
+
+def _with_semantic(
+    earlier: Callable[[Any, Any], Any], config: Any, semantic_only: bool, **options: Any
+) -> Callable[[Any, Any], Any]:
+    """The exact/MinHash stages (unless --semantic-only), then the semantic stage on what they keep."""
+    from still.core.errors import UsageError
+    from still.core.semantic_dedup import SemanticConfig, semantic_dedup
+
+    if config.mark or config.state_dir:
+        raise UsageError("--semantic does not combine with --mark or --state yet")
+    semantic = SemanticConfig(
+        key=config.key, keep=config.keep, fields=config.fields, group_identical=not semantic_only, **options
+    )
+    semantic.validate()
+
+    def process(records: Any, stats: Any) -> Any:
+        return semantic_dedup(records if semantic_only else earlier(records, stats), semantic, stats)
+
+    return process
 
 
 _GROUP.add_command(plan)

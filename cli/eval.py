@@ -165,7 +165,15 @@ def score(
 @click.option("--base-url", "base_urls", multiple=True, metavar="URL", help="openai: server(s), repeatable.")
 @click.option("--template", metavar="FILE.jinja", help="Chat template to use instead of the model's.")
 @click.option("--question-field", metavar="NAME", help="Question field of the benchmark files [default: detected].")
-@click.option("-o", "--output", metavar="FILE", help="Write here (atomically) instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Write here (atomically) instead of stdout; every sample is journalled in FILE.journal as it finishes.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue a killed run from FILE.journal (same options): only what is missing runs."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
 @_report_options
 def run(
@@ -183,6 +191,7 @@ def run(
     template: str | None,
     question_field: str | None,
     output: str | None,
+    resume: bool,
     quiet: bool,
     k: int | None,
     report_path: str | None,
@@ -237,6 +246,7 @@ def run(
         engine_options=tuple(sorted((key, v) for key, v in options.items() if v is not None)),
         question_field=question_field,
         answer_field=answer_field,
+        resume=resume,
     )
     score_request = ScoreRequest(
         report_path=report_path,
@@ -250,6 +260,11 @@ def run(
     )
     stats = run_eval(run_request, score_request, Fields(), output)
     if not quiet:
+        if stats.extra.get("resumed"):
+            click.echo(
+                f"still eval: resumed {stats.extra['resumed']} of {stats.extra['samples']} samples from the journal",
+                err=True,
+            )
         click.echo(stats.summary(), err=True)
 
 

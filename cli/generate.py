@@ -32,10 +32,38 @@ def _engine_options(engine: str, opts: dict[str, Any]) -> dict[str, Any]:
     if engine == "hf":
         keys = ("dtype", "device", "batch_size", "template")
     elif engine == "vllm":
-        keys = ("dtype", "template", "tensor_parallel_size", "data_parallel_size")
+        keys = (
+            "dtype",
+            "template",
+            "tensor_parallel_size",
+            "data_parallel_size",
+            "enforce_eager",
+            "kv_cache_memory_bytes",
+        )
     else:
         keys = ("base_urls", "api_key_env", "concurrency", "timeout_s", "retries", "template", "extra_body")
     return {k: opts[k] for k in keys if opts.get(k) not in (None, ())}
+
+
+def _split_urls(values: tuple[str, ...], models: tuple[str, ...]) -> tuple[list[str], dict[str, list[str]]]:
+    """Shared URLs, and URLs bound to one model (``MODEL=URL``)."""
+    from still.core.errors import UsageError
+
+    shared: list[str] = []
+    bound: dict[str, list[str]] = {}
+    for value in values:
+        eq, scheme = value.find("="), value.find("://")
+        if 0 < eq < scheme:
+            model, url = value[:eq], value[eq + 1 :]
+            if model not in models:
+                raise UsageError(f"--base-url {value}: {model!r} is not one of the --model values")
+            bound.setdefault(model, []).append(url)
+        else:
+            shared.append(value)
+    for model in models:
+        if not shared and model not in bound:
+            raise UsageError(f"--model {model} has no server: add --base-url URL or --base-url {model}=URL")
+    return shared, bound
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
@@ -76,7 +104,13 @@ def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="hf: rows per batch.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=None, help="hf/vllm.")
 @click.option("--device", default=None, metavar="DEV", help="hf: cpu, cuda, cuda:1 [default: GPU if any].")
-@click.option("--base-url", "base_urls", multiple=True, metavar="URL", help="openai: server(s), e.g. http://h:8000/v1.")
+@click.option(
+    "--base-url",
+    "base_urls",
+    multiple=True,
+    metavar="[MODEL=]URL",
+    help="openai: a server, e.g. http://h:8000/v1 (repeatable); MODEL=URL serves only that --model.",
+)
 @click.option("--api-key-env", default=None, metavar="VAR", help="openai: env variable with the key [OPENAI_API_KEY].")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="openai: requests in flight per URL.")
 @click.option("--request-timeout", "timeout_s", type=click.FloatRange(min=0.1), default=None, help="openai: seconds.")
@@ -88,6 +122,8 @@ def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
 @click.option("--retries", type=click.IntRange(min=0), default=None, help="openai: retries per request.")
 @click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=None, help="vllm: GPUs per replica.")
 @click.option("--data-parallel-size", type=click.IntRange(min=1), default=None, help="vllm: replicas.")
+@click.option("--kv-cache-mb", type=click.IntRange(min=1), default=None, help="vllm: KV cache size (needed on CPU).")
+@click.option("--enforce-eager", is_flag=True, default=None, help="vllm: no CUDA graphs / compilation (starts faster).")
 @click.option(
     "--until-verified",
     type=click.IntRange(min=1),
@@ -129,7 +165,11 @@ def command(stream: StreamOptions, **opts: Any) -> int:
     from still.core.verify import VerifyConfig
 
     engine = opts["engine"]
+    if opts["kv_cache_mb"]:
+        opts["kv_cache_memory_bytes"] = opts["kv_cache_mb"] * 1024 * 1024
     opts["extra_body"] = _json_object(opts["extra_body"], "--extra-body")
+    if len(set(opts["models"])) != len(opts["models"]):
+        raise UsageError("--model: each model once (use -k for more samples)")
     if opts["until_verified"] and opts["samples"] != 1:
         raise UsageError("--until-verified N replaces -k: give one of them")
     if opts["base_urls"] and engine != "openai":
@@ -143,10 +183,16 @@ def command(stream: StreamOptions, **opts: Any) -> int:
     if opts["resume"] and not journalled:
         raise UsageError("--resume needs -o FILE (a regular file): the journal lives next to it")
 
+    model_options: dict[str, dict[str, Any]] = {}
+    if engine == "openai":
+        shared, bound = _split_urls(opts["base_urls"], opts["models"])
+        opts["base_urls"] = tuple(shared)
+        model_options = {model: {"base_urls": shared + urls} for model, urls in bound.items()}
     config = GenerateConfig(
         models=tuple(opts["models"]),
         engine=engine,
         engine_options=_engine_options(engine, opts),
+        model_options=model_options,
         samples=opts["samples"],
         params=SamplingParams(
             temperature=opts["temperature"],

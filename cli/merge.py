@@ -24,7 +24,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
 @click.option("--normalize/--no-normalize", default=None, help="Divide by the weight sum [default: linear, ties].")
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="Compute dtype [default: the inputs' dtype].")
 @click.option("--out-dtype", type=click.Choice(DTYPE_NAMES), help="Output dtype [default: the compute dtype].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of DARE's masks and Arcee Fusion's samples.")
+@click.option("--seed", type=int, help="Seed of DARE's masks and Arcee Fusion's samples [default: 0, or the spec's].")
 @click.option(
     "--tokenizer-policy",
     type=click.Choice(["refuse", "base"]),
@@ -52,20 +52,28 @@ def command(models: tuple[str, ...], method: str | None, spec: str | None, out: 
       still merge --method ties --base base/ --density 0.5 math/ code/ -o merged/
       still merge --spec tinyr1.yaml -o merged/
     """
+    import importlib.util
+
     import orjson
 
-    from still.core.errors import UsageError, require
+    from still.core.errors import MissingExtra, UsageError
 
-    require("torch", "models", "still merge")
+    if importlib.util.find_spec("torch") is None:  # found, not imported: refusals stay fast
+        raise MissingExtra("torch", "models", "still merge")
     from still.core.merge import MergePlan, merge, progress_printer
     from still.core.merge_spec import parse_size, run_spec
 
     shard_bytes = parse_size(options.pop("max_shard_size"))
     show = (lambda label: progress_printer(f"still merge {label}")) if not quiet else None
     if spec:
-        if method or models or options["base"]:
-            raise UsageError("--spec names the models and methods; give no MODELS, --method or --base with it")
-        overrides = {k: options[k] for k in ("dtype", "out_dtype") if options[k]}
+        unset: dict[str, Any] = {"base": None, "weight": (), "density": (), "normalize": None, "lam": 1.0, "t": 0.5}
+        given = [k for k, default in unset.items() if options[k] != default]
+        if method or models or given:
+            raise UsageError(
+                "--spec names the models, methods and their parameters: give no MODELS, --method, --base, "
+                "--weight, --density, --lambda, --t or --normalize with it"
+            )
+        overrides = {k: options[k] for k in ("dtype", "out_dtype", "seed") if options[k] is not None}
         manifest = run_spec(spec, out, force=force, overrides=overrides, progress=show)
     else:
         if not method:
@@ -81,7 +89,7 @@ def command(models: tuple[str, ...], method: str | None, spec: str | None, out: 
             normalize=options["normalize"],
             dtype=options["dtype"],
             out_dtype=options["out_dtype"],
-            seed=options["seed"],
+            seed=0 if options["seed"] is None else options["seed"],
             tokenizer_policy=options["tokenizer_policy"],
             max_shard_bytes=shard_bytes,
         )

@@ -116,9 +116,18 @@ if TYPE_CHECKING:
 )
 @click.option("--stages", type=click.IntRange(min=1), metavar="N", help="Split the selection into N curriculum files.")
 @click.option("--stage-by", default="difficulty", show_default=True, metavar="PATH", help="Field ordering the stages.")
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="'PATH OP X'",
+    help="Keep records whose numeric field passes, e.g. 'score.ppl<20' (OP: < <= > >= == !=; repeatable, all "
+    "must hold; a missing field fails). Applied before every other rule.",
+)
 @stream_options  # type: ignore[untyped-decorator,unused-ignore]
 def command(
     stream: StreamOptions,
+    where: tuple[str, ...],
     seed: int,
     total: int | None,
     per_query: int | None,
@@ -165,9 +174,13 @@ def command(
       still sample --preset deepdistill-stage1 --cv-threshold math=0.3,code=0.2,*=0.25
       still sample --preset openthoughts --length-top 0.25 --per-query 16
       still sample --stages 2 --stage-by difficulty -o curriculum   # curriculum.stage1.jsonl ...
+      still score -m ref < sft.jsonl | still sample --where 'score.ppl<20' --where 'score.rep_ngram_frac<0.2'
     """
     from still.core.errors import UsageError
     from still.core.sample import SampleConfig, parse_band, parse_mapping, parse_quota
+    from still.core.where import parse_condition
+
+    conditions = [parse_condition(w) for w in where]
 
     if stages is not None and not stream.output:
         raise UsageError("--stages needs -o PREFIX (files PREFIX.stage1.jsonl ... are written)")
@@ -227,16 +240,16 @@ def command(
         passing_only=passing_only,
     )
     config.validate()
-    if not config.selects and stages is None and not stream.quiet:
+    if not config.selects and not conditions and stages is None and not stream.quiet:
         click.echo(
             "still sample: no selection option (-n, --per-query, --quota, --pass-rate, --cv-min, --passing, "
             "--length-top, --preset, ...): every record passes through",
             err=True,
         )
-    _run(stream, config, stages, stage_by)
+    _run(stream, config, stages, stage_by, conditions)
 
 
-def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) -> None:
+def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str, conditions: list[Any]) -> None:
     import contextlib
     import dataclasses
     import os
@@ -264,6 +277,10 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
         fields = stream.fields()
         reader = _as_stdin(read_records(inputs, stats, stream.policy(), max_bytes), spooled)
         records = shard_filter(reader, shard, fields, stats)
+        if conditions:
+            from still.core.where import filter_where
+
+            records = filter_where(records, conditions, stats)
         if config.groups_by_query is not None:
             from still.core.fields import check_query_ids
 
@@ -275,6 +292,10 @@ def _run(stream: StreamOptions, config: Any, stages: int | None, stage_by: str) 
             scratch = RunStats("sample")
             first_reader = _as_stdin(read_records(inputs, scratch, quiet_policy, max_bytes), spooled)
             first_pass = shard_filter(first_reader, shard, fields, scratch)
+            if conditions:
+                from still.core.where import filter_where
+
+                first_pass = filter_where(first_pass, conditions, scratch)
         # only curriculum stages look at the selected records' fields; the writer needs their bytes
         config = dataclasses.replace(config, parse_selected=stages is not None)
         selected = run_sample(records, config, stats, first_pass)

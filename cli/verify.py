@@ -103,10 +103,43 @@ from still.cli._engine import ENGINE_KEYS, EngineChoice, engine_options, refuse_
 )
 @click.option("--judge-all", is_flag=True, help="Judge every answer, also those the rules found correct.")
 @click.option("--judge-seed", type=int, default=0, show_default=True, help="Seed of the judge's samples.")
+@click.option(
+    "--reward-model",
+    metavar="MODEL",
+    help="Score records with no answer, tests or choices (the 'other' category) with this sequence-classification "
+    "reward model; see docs/verify.md.",
+)
+@click.option(
+    "--reward-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.7,
+    show_default=True,
+    help="Verdict correct when the reward score (sigmoid of the logit) is above it (DeepDistill's 'other' 0.7).",
+)
+@click.option(
+    "--reward-batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Reward model batch."
+)
+@click.option(
+    "--reward-max-length",
+    type=click.IntRange(min=2),
+    default=4096,
+    show_default=True,
+    help="Tokens per query+response; longer pairs are cut (counted, marked in verify.reward).",
+)
+@click.option("--reward-dtype", default="auto", show_default=True, help="Reward model dtype.")
+@click.option("--reward-device", default="auto", show_default=True, help="Reward model device: cpu, cuda, cuda:N.")
+@click.option("--reward-template", type=click.Path(dir_okay=False), metavar="FILE.jinja", help="Its chat template.")
 @engine_options("judge", max_tokens=2048, what="the judge")
 @stream_options
 def command(
     stream: StreamOptions,
+    reward_model: str | None,
+    reward_threshold: float,
+    reward_batch_size: int,
+    reward_max_length: int,
+    reward_dtype: str,
+    reward_device: str,
+    reward_template: str | None,
     judge_model: str | None,
     judge_samples: int,
     judge_aggregate: str,
@@ -148,8 +181,11 @@ def command(
       still verify --workers 4 --fallback last-number gsm8k.jsonl | jq -c .verify
       still verify -q --exit-status < one.jsonl && echo all correct
       still verify --strict traces.jsonl | jq -c 'select(.verify.verdict == "correct")' > sft.jsonl
+      still verify --reward-model ./reward-model mixed.jsonl   # 'other' records: reward score > 0.7
     """
-    from still.core.verify import VerifyConfig, all_passed, verify_records
+    import dataclasses
+
+    from still.core.verify import VerifyConfig, all_passed, has_no_reference, verify_records
     from still.core.verify_math import MathConfig
 
     config = VerifyConfig(
@@ -166,6 +202,11 @@ def command(
         code_timeout_s=code_timeout,
         code_memory_mb=memory_mb,
     )
+    if reward_model is not None:
+        config = dataclasses.replace(config, skip=lambda rec: has_no_reference(rec, config))
+    else:
+        reward_only = ("reward_threshold", "reward_batch_size", "reward_max_length", "reward_dtype", "reward_device")
+        refuse_unused((*reward_only, "reward_template"), "--reward-model MODEL")
     outcome = {"passed": True}
 
     def summarise(stats: object) -> None:
@@ -181,6 +222,10 @@ def command(
             if judge:
                 keys = ("judged", "overturned", "no_verdict", "unparsed_samples")
                 click.echo("still verify: judge: " + ", ".join(f"{k} {judge[k]}" for k in keys), err=True)
+            reward = stats.extra.get("reward")
+            if reward:
+                keys = ("scored", "correct", "wrong", "truncated")
+                click.echo("still verify: reward model: " + ", ".join(f"{k} {reward[k]}" for k in keys), err=True)
 
     if judge_model is None:
         judge_only = ("judge_samples", "judge_aggregate", "judge_all", "judge_seed")
@@ -188,6 +233,20 @@ def command(
 
     def process(records: Any, stats: Any) -> Any:
         verified = verify_records(records, config, stats)
+        if reward_model is not None:
+            from still.core.verify_reward import RewardConfig, reward_records
+
+            reward = RewardConfig(
+                model=reward_model,
+                threshold=reward_threshold,
+                dtype=reward_dtype,
+                device=reward_device,
+                batch_size=reward_batch_size,
+                max_length=reward_max_length,
+                template=reward_template,
+                fields=stream.fields(),
+            )
+            verified = reward_records(verified, reward, lambda rec: has_no_reference(rec, config), stats)
         if judge_model is None:
             return verified
         from still.core.verify_judge import JudgeConfig, judge_records

@@ -16,8 +16,6 @@ file format or key order.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from still.core.errors import BadInput, StillError, UsageError
+from still.core.decontam.benchmarks import load_hub_split, parse_against, rows_from_file
+from still.core.errors import BadInput, UsageError
 
 QUESTION_FIELDS = ("problem", "question", "query", "prompt", "Question")
 ANSWER_FIELDS = ("answer", "final_answer", "gold", "target")
@@ -121,32 +120,6 @@ def gold_answer(row: dict[str, Any], answer_field: str | None) -> str | None:
     return None
 
 
-def rows_from_file(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line or row number, row) pairs from JSONL, a JSON list, or Parquet."""
-    label = str(path)
-    if path.suffix == ".parquet":
-        from still.core.errors import require
-
-        require("pyarrow", "parquet", "Reading a Parquet benchmark file")
-        import pyarrow.parquet as pq
-
-        yield from enumerate(pq.read_table(path).to_pylist(), 1)
-        return
-    data = path.read_bytes()
-    if data.lstrip()[:1] == b"[":
-        try:
-            yield from enumerate(orjson.loads(data), 1)
-        except orjson.JSONDecodeError as exc:
-            raise BadInput(label, 0, f"invalid JSON: {str(exc).split(':', 1)[0]}") from exc
-        return
-    for i, line in enumerate(data.splitlines(), 1):
-        if line.strip():
-            try:
-                yield i, orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise BadInput(label, i, "invalid JSON") from None
-
-
 def _pick(row: dict[str, Any], wanted: str | None, names: tuple[str, ...]) -> str | None:
     if wanted:
         return wanted if isinstance(row.get(wanted), str) else None
@@ -194,52 +167,22 @@ def problems_from_rows(
     return problems, digest.hexdigest()
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def load_builtin(name: str, question_field: str | None, answer_field: str | None) -> Benchmark:
     spec = BUILTINS[name]
     hint = (
         f"built-in benchmark {name!r} ({spec.dataset}) needs network access and the 'hub' extra "
         f"(pip install 'still[hub]'){{why}}; or pass a local copy: --bench path/to/{name}.jsonl"
     )
-    if importlib.util.find_spec("datasets") is None:
-        raise StillError(hint.format(why=" (datasets is not installed)"))
-    if _offline():
-        raise StillError(hint.format(why=" (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"))
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
-    except Exception as exc:  # noqa: BLE001 - network, auth and hub errors all end here
-        raise StillError(hint.format(why=f" (loading failed: {type(exc).__name__})")) from exc
+    ds = load_hub_split(spec.dataset, spec.config, spec.split, None, hint, " (datasets is not installed)")
     source = f"hf:{spec.dataset}" + (f"/{spec.config}" if spec.config else "") + f":{spec.split}"
     problems, sha = problems_from_rows(enumerate(ds, 1), source, question_field, answer_field)
     return Benchmark(name, source, sha, problems)
 
 
 def parse_bench_specs(specs: tuple[str, ...]) -> list[tuple[str, str]]:
-    """``--bench`` values (repeatable, comma-separated) as (name, path or built-in name)."""
-    out: list[tuple[str, str]] = []
-    for spec in specs:
-        for part in (p.strip() for p in spec.split(",")):
-            if not part:
-                continue
-            if "=" in part and re.fullmatch(r"[\w.-]+", part.split("=", 1)[0]):
-                name, target = part.split("=", 1)
-            elif part in BUILTINS and not Path(part).exists():
-                name, target = part, part
-            else:
-                name, target = Path(part).name.split(".", 1)[0], part
-            out.append((name, target))
-    if not out:
-        raise UsageError("--bench needs at least one benchmark file or name")
-    names = [n for n, _ in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise UsageError(f"benchmark name {dupes[0]!r} given twice; name them with NAME=PATH")
-    return out
+    """``--bench`` values (repeatable, comma-separated) as (name, path or built-in name), read the
+    way ``decontam --against`` reads its values (``NAME=PATH`` names one)."""
+    return parse_against(specs, "--bench", BUILTINS.keys())
 
 
 def load_benchmarks(

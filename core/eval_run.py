@@ -91,6 +91,8 @@ def score_command(request: ScoreRequest, fields: Fields) -> tuple[Processor, Cal
         ),
         k=request.k,
         benchmark_field=request.benchmark_field,
+        # lines without a benchmark name answer the one benchmark given, if there is one
+        default_benchmark=benches[0].name if len(benches) == 1 else "bench",
         problem_field=fields.id_path,
         seed=request.seed,
         resamples=request.resamples,
@@ -189,6 +191,7 @@ class RunRequest:
     engine_options: tuple[tuple[str, Any], ...] = ()
     question_field: str | None = None
     answer_field: str | None = None
+    resume: bool = False
 
 
 def weights_fingerprint(model: str) -> dict[str, Any]:
@@ -311,16 +314,40 @@ def run_eval(run: RunRequest, request: ScoreRequest, fields: Fields, output: str
     jobs = list(eval_requests(benches, k_of, run))
     where = {id(req): (bench, problem) for bench, problem, req in jobs}
     options = dict(run.engine_options)
+    fingerprint = {
+        "still_version": __version__,
+        "mode": "run",
+        **weights_fingerprint(run.model),
+        "engine": run.engine,
+        "engine_options": {k: v for k, v in sorted(options.items()) if k != "api_key_env"},
+        "libraries": library_versions(run.engine),
+        "seed": run.seed,
+        "prompt": _prompt_record(run),
+        "sampling_params": jobs[0][2].params.as_record() if jobs else {},
+    }
+    journal = _open_journal(output, run.resume, fingerprint, {b.name: b.sha256 for b in benches})
     made: dict[tuple[str, str, int], Record] = {}
-    with open_engine(run.engine, run.model, **options) as engine:
-        for req, result in engine.generate([req for _, _, req in jobs]):
-            bench, problem = where[id(req)]
-            made[(bench.name, problem.id, req.sample_idx)] = sample_record(
-                bench, problem, req, result, run.answer_field or "answer"
-            )
-    records = [made[(b.name, p.id, r.sample_idx)] for b, p, r in jobs]
+    try:
+        todo = [req for b, p, req in jobs if journal is None or (b.name, p.id, req.sample_idx) not in journal]
+        stats.extra["samples"] = len(jobs)
+        stats.extra["resumed"] = len(jobs) - len(todo)
+        if todo:
+            with open_engine(run.engine, run.model, **options) as engine:
+                for req, result in engine.generate(todo):
+                    bench, problem = where[id(req)]
+                    rec = sample_record(bench, problem, req, result, run.answer_field or "answer")
+                    key = (bench.name, problem.id, req.sample_idx)
+                    if journal is not None:
+                        journal.append(key, rec.to_bytes())
+                    made[key] = rec
+        records = [
+            made.get(key) or _journalled(journal, key) for key in ((b.name, p.id, r.sample_idx) for b, p, r in jobs)
+        ]
+    except BaseException:
+        if journal is not None:
+            journal.close()  # kept for --resume
+        raise
     stats.created += len(records)
-    first = jobs[0][2] if jobs else None
     config = ScoreConfig(
         verify=VerifyConfig(
             fields=fields,
@@ -331,17 +358,7 @@ def run_eval(run: RunRequest, request: ScoreRequest, fields: Fields, output: str
         k=None,
         seed=request.seed,
         resamples=request.resamples,
-        fingerprint={
-            "still_version": __version__,
-            "mode": "run",
-            **weights_fingerprint(run.model),
-            "engine": run.engine,
-            "engine_options": {k: v for k, v in sorted(options.items()) if k != "api_key_env"},
-            "libraries": library_versions(run.engine),
-            "seed": run.seed,
-            "prompt": _prompt_record(run),
-            "sampling_params": first.params.as_record() if first is not None else {},
-        },
+        fingerprint=fingerprint,
         checksums={b.name: b.sha256 for b in benches},
         excluded=excluded,
     )
@@ -356,8 +373,34 @@ def run_eval(run: RunRequest, request: ScoreRequest, fields: Fields, output: str
     with AtomicOutput(output) as sink:
         write_records(collect(score_records(records, config, stats)), sink, stats)
     stats.check_balance()
+    if journal is not None:
+        journal.remove()  # the output is in place: the journal has done its job
     write_outputs(summaries, request.report_path, request.plot_path)
     return stats
+
+
+def _open_journal(output: str | None, resume: bool, fingerprint: dict[str, Any], checksums: dict[str, str]) -> Any:
+    """With ``-o FILE``, every sample is journalled in FILE.journal as it finishes (see
+    core/journal.py); ``--resume`` continues a killed run, generating only what is missing."""
+    if output is None or output == "-":
+        if resume:
+            raise UsageError("--resume needs -o FILE (the journal lives next to it)")
+        return None
+    if Path(output).exists() and not Path(output).is_file():
+        return None  # a device or FIFO: nothing to resume into
+    from still.core.journal import Journal, journal_path
+
+    def key_of(line: bytes) -> tuple[str, str, int]:
+        data = orjson.loads(line)
+        return (str(data["benchmark"]), str(data["id"]), int(data["sample_idx"]))
+
+    run_id = {k: v for k, v in fingerprint.items() if k != "libraries"} | {"datasets": checksums}
+    return Journal(journal_path(output), run_id, key_of, resume=resume)
+
+
+def _journalled(journal: Any, key: tuple[str, str, int]) -> Record:
+    line: bytes = journal.get(key)
+    return Record(orjson.loads(line), None, str(journal.path), 0)
 
 
 def _prompt_record(run: RunRequest) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The statistics of ``still eval``: avg@k, unbiased pass@k, cons@k and honest intervals.
 
-Definitions (../shared/research/grade_sample_eval.md; Chen et al. 2021 for pass@k):
+Definitions (the R1 report and "Evaluation is All You Need"; Chen et al. 2021 for pass@k):
 
 - avg@k: the mean over problems of c_i / k, the share of a problem's k samples that are correct
   (the "pass@1 averaged over k samples" that R1 reports).

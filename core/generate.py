@@ -14,6 +14,9 @@ every attempt is written with its verdict.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
@@ -39,6 +42,7 @@ class GenerateConfig:
     models: tuple[str, ...]
     engine: str = "hf"
     engine_options: Mapping[str, Any] = field(default_factory=dict)
+    model_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per model, over engine_options
     samples: int = 1
     params: SamplingParams = field(default_factory=SamplingParams)
     seed: int = 0
@@ -123,7 +127,8 @@ class Generator:
 
     def engine(self, model: str) -> Engine:
         if model not in self.engines:
-            self.engines[model] = open_engine(self.config.engine, model, **self.config.engine_options)
+            options = {**self.config.engine_options, **self.config.model_options.get(model, {})}
+            self.engines[model] = open_engine(self.config.engine, model, **options)
         return self.engines[model]
 
     def close(self) -> None:
@@ -220,14 +225,13 @@ class Generator:
             by_model.setdefault(model, []).append(request)
             owner[id(request)] = query
         finished: list[tuple[_Query, str, int, Record]] = []
-        for model, requests in by_model.items():
-            for request, result in self.engine(model).generate(requests):
-                query = owner[id(request)]
-                rec = self._output(query, model, request, result)
-                if verify:
-                    finished.append((query, model, request.sample_idx, rec))
-                else:
-                    self._keep(query, model, request.sample_idx, rec)
+        for model, request, result in self._results(by_model):
+            query = owner[id(request)]
+            rec = self._output(query, model, request, result)
+            if verify:
+                finished.append((query, model, request.sample_idx, rec))
+            else:
+                self._keep(query, model, request.sample_idx, rec)
         if finished:
             # one verify pass per round: its math worker pool starts once, not once per response
             verified = self._verify([rec for _, _, _, rec in finished])
@@ -235,6 +239,51 @@ class Generator:
                 if _passed_record(rec):
                     query.passed.add(model)
                 self._keep(query, model, idx, rec)
+
+    def _results(
+        self, by_model: dict[str, list[GenerationRequest]]
+    ) -> Iterator[tuple[str, GenerationRequest, GenerationResult]]:
+        """Each model's results; models served over HTTP run at the same time (one thread each
+        drives its engine), local models one after the other (they share the device)."""
+        remote = self.config.engine == "openai" and len(by_model) > 1
+        if not remote:
+            for model, requests in by_model.items():
+                for request, result in self.engine(model).generate(requests):
+                    yield model, request, result
+            return
+        engines = {model: self.engine(model) for model in by_model}
+        results: queue.Queue[tuple[str, GenerationRequest, GenerationResult] | BaseException | None] = queue.Queue(64)
+        stop = threading.Event()
+
+        def drive(model: str, requests: list[GenerationRequest]) -> None:
+            try:
+                for request, result in engines[model].generate(requests):
+                    if stop.is_set():
+                        return
+                    results.put((model, request, result))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+                results.put(exc)
+            finally:
+                results.put(None)
+
+        threads = [threading.Thread(target=drive, args=item, daemon=True) for item in by_model.items()]
+        for thread in threads:
+            thread.start()
+        running = len(threads)
+        try:
+            while running:
+                item = results.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()
+            while any(t.is_alive() for t in threads):  # unblock producers waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    results.get(timeout=0.1)
 
     def _keep(self, query: _Query, model: str, idx: int, rec: Record) -> None:
         key = (query.qid, model, idx)

@@ -97,16 +97,22 @@ def read_template(path: str) -> str:
 
 def load_causal_lm(name: str, *, dtype: str = "auto", device: str = "auto", **kwargs: Any) -> Any:
     """The model in eval mode on ``device`` (``auto``: GPU when present) with ``dtype``."""
+    return load_model("AutoModelForCausalLM", name, dtype=dtype, device=device, **kwargs)
+
+
+def load_model(auto_class: str, name: str, *, dtype: str = "auto", device: str = "auto", **kwargs: Any) -> Any:
+    """A model through ``transformers.<auto_class>`` (AutoModelForCausalLM,
+    AutoModelForSequenceClassification, AutoModel), in eval mode on ``device`` with ``dtype``."""
     require("torch", "models", "loading a model")
     require("transformers", "models", "loading a model")
-    from transformers import AutoModelForCausalLM
+    import transformers
     from transformers.utils import logging
 
     hf_logging: Any = logging
     hf_logging.disable_progress_bar()  # commands draw their own progress; weights load in seconds
     device = pick_device(device)
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(
+        model: Any = getattr(transformers, auto_class).from_pretrained(
             name, dtype=torch_dtype(dtype, device), local_files_only=hub_offline(), **kwargs
         )
     except (OSError, ValueError) as exc:

@@ -61,7 +61,8 @@ class PromptStyle:
             last = turns[-1]
             content = last.get("content")
             text = content if isinstance(content, str) else _parts_text(content)
-            last["content"] = f"{text}\n{self.instruction}" if text else self.instruction
+            if self.instruction not in text:  # data that already carries it is not told twice
+                last["content"] = f"{text}\n{self.instruction}" if text else self.instruction
         if self.system is not None and not any(m["role"] == "system" for m in turns):
             turns.insert(0, {"role": "system", "content": self.system})
         return tuple(turns)

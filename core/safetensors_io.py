@@ -213,6 +213,7 @@ class ShardWriter:
         self.max_shard_bytes = max_shard_bytes
         self._pending: list[tuple[str, torch.Tensor]] = []
         self._pending_bytes = 0
+        self._data_total = 0
         self._written: list[tuple[str, WrittenShard, list[str]]] = []  # (temp name, shard, tensor names)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
@@ -244,6 +245,7 @@ class ShardWriter:
                 h.update(data)
         shard = WrittenShard(temp, 8 + len(raw) + offset, h.hexdigest())
         self._written.append((temp, shard, [n for n, _ in self._pending]))
+        self._data_total += offset
         self._pending, self._pending_bytes = [], 0
 
     def finish(self) -> list[WrittenShard]:
@@ -260,7 +262,7 @@ class ShardWriter:
             weight_map.update(dict.fromkeys(names, final))
         if total > 1:
             index = {
-                "metadata": {"total_size": sum(s.bytes for s in shards)},
+                "metadata": {"total_size": self._data_total},  # tensor bytes, as transformers writes it
                 "weight_map": dict(sorted(weight_map.items())),
             }
             (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")

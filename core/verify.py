@@ -96,6 +96,16 @@ def _mode_of(rec: Record, config: VerifyConfig) -> str:
     return "math"
 
 
+def has_no_reference(rec: Record, config: VerifyConfig) -> bool:
+    """A record of the "other" category: in auto mode, no tests, no choices and no reference answer."""
+    return (
+        config.mode == "auto"
+        and _tests(rec, config) is None
+        and _field(rec, config.choices_field) is None
+        and _field(rec, config.answer_field) is None
+    )
+
+
 def _annotate(rec: Record, result: dict[str, Any], counts: Counter[str]) -> Record:
     counts[str(result.get("verdict"))] += 1
     rec.changed()["verify"] = result

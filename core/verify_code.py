@@ -73,23 +73,17 @@ def _boot(module: str, box_inside: str) -> str:
 
 @functools.cache
 def _harness_files() -> dict[str, bytes]:
-    """The staged files: sources and bytecode (unchecked-hash .pyc, valid whatever the copies'
-    mtimes), so the four modules are not compiled again on every run."""
-    import importlib.util
+    """The staged files: the four modules as sourceless bytecode (``NAME.pyc``, which Python
+    imports when no ``NAME.py`` is next to it), compiled once per process instead of on every run;
+    no ``__pycache__`` directory either (each directory costs a slow rmdir after a run)."""
     import py_compile
 
     files: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="still-pyc-") as tmp:
         for name in _HARNESS_FILES:
-            source = Path(__file__).with_name(name)
-            files[name] = source.read_bytes()
-            staged = os.path.join(tmp, name)
-            Path(staged).write_bytes(files[name])
-            cached = importlib.util.cache_from_source(staged)
-            py_compile.compile(
-                staged, cfile=cached, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
-            )
-            files[os.path.relpath(cached, tmp)] = Path(cached).read_bytes()
+            compiled = os.path.join(tmp, name + "c")
+            py_compile.compile(str(Path(__file__).with_name(name)), cfile=compiled, doraise=True)
+            files[name + "c"] = Path(compiled).read_bytes()
     return files
 
 
@@ -561,8 +555,9 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
     sb = get_sandbox(config.sandbox)
     method = f"{kind}/{language}/{sb.backend}"
     with tempfile.TemporaryDirectory(prefix="still-code-") as work:
-        box = os.path.join(work, "box")
-        os.mkdir(box)
+        box = work if language == "python" else os.path.join(work, "box")  # C++ also needs out/
+        if box != work:
+            os.mkdir(box)
         if language == "python":
             program = assemble_humaneval(spec.prompt, code, spec.entry_point) if spec.kind == "assert" else code
             try:
@@ -578,7 +573,7 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
                 argv = [sys.executable, "-S", "-B", f"{inside}/launch.py"]
                 verdict, score, reason = _run_stdio(sb, argv, box, spec, config)
             else:
-                os.makedirs(os.path.join(box, "still", "__pycache__"))
+                os.mkdir(os.path.join(box, "still"))
                 for name, data in _harness_files().items():
                     _write(os.path.join(box, "still", name), data)
                 verdict, score, reason = _run_harness(sb, box, spec, config)

@@ -127,7 +127,8 @@ class _Judge:
         verify = rec.data.get("verify")
         if not isinstance(verify, dict) or verify.get("verdict") not in self.verdicts:
             return False
-        return str(verify.get("method", "")) != "code"
+        method = str(verify.get("method", ""))
+        return method != "code" and not method.startswith("reward/")  # no reference to judge against
 
     def requests(self, rec: Record) -> list[GenerationRequest]:
         cfg = self.config

@@ -46,14 +46,6 @@ echo "== 7. sample: the queries the teacher finds hard (pass rate 0.25..0.75), a
 run "$still" sample --pass-rate 0.25..0.75 --difficulty-weights 2=1,3=1,4=1 -n 30 --seed 7 \
   "$dir/5-graded.jsonl" -o "$dir/7-hard.jsonl"
 
-echo "== 6. distill-train: a few SFT steps of a tiny random model on the selected traces (metrics on stdout)"
-py="$(dirname "$still")/python"
-[ -x "$py" ] || py=python3
-"$py" "$(dirname "$0")/../tests/tiny_model.py" "$dir/tiny-model" > /dev/null
-"$still" distill-train --model "$dir/tiny-model" --out "$dir/6-student" --max-steps 3 --log-steps 1 \
-  --lr 1e-3 --max-length 1024 --truncate truncate "$dir/5-sample.jsonl" > "$dir/6-metrics.jsonl"
-cat "$dir/6-metrics.jsonl"
-
 echo
 echo "demo outputs in $dir/:"
 for f in "$dir"/[0-9]-[a-z]*.jsonl; do

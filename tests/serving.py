@@ -21,11 +21,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, log: Path) -> None:
+    def __init__(self, model: Path | None, log: Path) -> None:
+        """A server pinned to ``model``, or (None) one that loads the model each request names."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
-        argv = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model)]
+        argv = [sys.executable, "-m", "transformers.cli.transformers", "serve", *([str(model)] if model else [])]
         argv += ["--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         with open(log, "wb") as out:
@@ -56,11 +57,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def transformers_servers(model: Path, count: int, log_dir: Path) -> Iterator[list[Server]]:
-    """``count`` servers for ``model``, started together (each takes seconds to load)."""
+def transformers_servers(models: list[Path | None], log_dir: Path) -> Iterator[list[Server]]:
+    """One server per entry of ``models`` (None: not pinned to a model), started together."""
     servers: list[Server] = []
     try:
-        for i in range(count):
+        for i, model in enumerate(models):
             servers.append(Server(model, log_dir / f"serve-{i}.log"))
         for server in servers:
             server.wait_ready()

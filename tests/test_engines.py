@@ -39,6 +39,8 @@ def test_sampling_params_defaults_follow_r1_and_validate() -> None:
 def test_prompt_style_r1_default_and_nothinking() -> None:
     msgs = PromptStyle().from_query("What is 2+2?")
     assert msgs == ({"role": "user", "content": "What is 2+2?\n" + R1_INSTRUCTION},)
+    already = "Add 1 and 1. " + R1_INSTRUCTION
+    assert PromptStyle().from_query(already)[0]["content"] == already  # not told twice
     assert PromptStyle().prefill == "" and PromptStyle(think_prefill=True).prefill == "<think>\n"
     assert PromptStyle(no_thinking=True).prefill == NOTHINKING_PREFILL
     chat = [

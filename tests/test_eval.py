@@ -278,3 +278,61 @@ def test_eval_run_end_to_end_with_the_tiny_model(tiny_model: Path, tmp_path: Pat
     # per-sample seeds: another batch size gives the same samples
     again = run_still([*args, "--seed", "3", "--batch-size", "3"])
     assert [json.loads(line)["response"] for line in again.lines()[:-1]] == [x["response"] for x in samples]
+
+
+def test_eval_run_killed_then_resumed_has_no_duplicates_or_gaps(tiny_model: Path, tmp_path: Path) -> None:
+    """kill -9 mid-run leaves FILE.journal; --resume generates only what is missing and ends with
+    the output of an uninterrupted run (per-sample seeds make the samples the same)."""
+    import subprocess
+    import sys
+    import time
+
+    bench = tmp_path / "gsm5.jsonl"
+    bench.write_text("".join(data_file("benchmarks/gsm8k_test.jsonl").read_text().splitlines(True)[:5]))
+    args = ["eval", "--model", str(tiny_model), "--bench", f"gsm5={bench}", "-k", "2", "--max-tokens", "24"]
+    args += ["--batch-size", "1"]
+    whole = tmp_path / "whole.jsonl"
+    run_still([*args, "-o", str(whole)])
+    assert not (tmp_path / "whole.jsonl.journal").exists()
+
+    out, journal = tmp_path / "out.jsonl", tmp_path / "out.jsonl.journal"
+    proc = subprocess.Popen([sys.executable, "-m", "still", *args, "-o", str(out)], stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not (journal.exists() and journal.read_bytes().count(b"\n") >= 4):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -9 and not out.exists(), "the run ended before it could be killed"
+    done = journal.read_bytes().count(b"\n") - 1  # the first line describes the run
+    assert 3 <= done < 10
+
+    res = run_still([*args, "-o", str(out)], code=2)
+    assert "--resume" in res.stderr  # an existing journal is never silently overwritten
+    res = run_still([*args, "-o", str(out), "--resume"])
+    assert f"resumed {done} of 10 samples" in res.stderr
+    assert out.read_bytes() == whole.read_bytes()
+    assert not journal.exists()
+    keys = [(x["id"], x["sample_idx"]) for x in map(json.loads, out.read_bytes().splitlines()[:-1])]
+    assert len(keys) == len(set(keys)) == 10
+
+
+def test_score_a_code_benchmark_runs_its_tests_in_the_sandbox(tmp_path: Path) -> None:
+    """HumanEval problems from --bench: tests and entry point come from the benchmark by task id;
+    canonical solutions pass, a broken one fails, all in the sandbox."""
+    rows = [json.loads(line) for line in data_file("code/humaneval.jsonl").read_text().splitlines()[:3]]
+    bench = tmp_path / "he.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = []
+    for r in rows:
+        good = "```python\n" + r["prompt"] + r["canonical_solution"] + "```"
+        bad = "```python\n" + r["prompt"] + "    return None\n```"
+        samples += [{"task_id": r["task_id"], "sample_idx": 0, "response": good}]
+        samples += [{"task_id": r["task_id"], "sample_idx": 1, "response": bad}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+    res = run_still(
+        ["eval", "score", "--bench", f"humaneval={bench}", "--id-field", "task_id", str(tmp_path / "s.jsonl")]
+    )
+    lines = [json.loads(line) for line in res.lines()]
+    verdicts = [x["verify"]["verdict"] for x in lines[:-1]]
+    assert verdicts[0::2] == ["pass"] * 3 and all(v != "pass" for v in verdicts[1::2])
+    s = lines[-1]
+    assert s["benchmark"] == "humaneval" and s["k"] == 2 and s["avg_at_k"] == 0.5 and s["pass_at_k"]["2"] == 1.0

@@ -369,10 +369,13 @@ def test_json_spec_through_the_cli(models: dict[str, list[Path]], tmp_path: Path
         {"method": "task_arithmetic", "base": str(c), "models": ["ab"], "lambda": 0.5},
     ]
     spec.write_text(json.dumps({"seed": 1, "stages": stages}))
-    res = still(["merge", "--spec", str(spec), "-o", str(tmp_path / "out")])
+    res = still(["merge", "--spec", str(spec), "--seed", "5", "-o", str(tmp_path / "out")])
     (line,) = res.lines()
     manifest = json.loads(line)
     assert manifest["method"] == "task_arithmetic" and manifest["stages"][0]["parameters"]["weight"] == [1.0, 3.0]
+    assert manifest["seed"] == 5 and manifest["stages"][0]["seed"] == 5  # --seed overrides the spec's
+    res = still(["merge", "--spec", str(spec), "--density", "0.5", "-o", str(tmp_path / "o3")], code=2)
+    assert "give no MODELS" in res.stderr
     spec.write_text(json.dumps({"stages": [{"method": "linear", "models": [str(a)], "wieght": 1}]}))
     res = still(["merge", "--spec", str(spec), "-o", str(tmp_path / "out2")], code=3)
     assert "unknown stage key 'wieght'" in res.stderr and not (tmp_path / "out2").exists()

@@ -85,6 +85,27 @@ def test_field_mapping_from_config_file_and_precedence(tmp_path: Path):
     assert "no-such-option" in res.stderr
 
 
+def test_config_tables_reach_the_subcommands_of_a_group(tmp_path: Path):
+    """dedup, eval and decontam have subcommands: [dedup] applies to each that has the option,
+    [dedup.plan.sign] to one."""
+    data = jsonl(RENAMED, {**RENAMED, "id": "b"})
+    (tmp_path / "in.jsonl").write_text(jsonl({"id": "a", "query": "one two three four"}))
+    (tmp_path / "still.toml").write_text(
+        'query-field = "body.q"\n[dedup]\nmax-per-key = 2\nngram = 3\n[dedup.plan.sign]\nbuckets = 3\n'
+    )
+    assert len(run_still("dedup run", stdin=data, cwd=tmp_path).lines()) == 2
+    run_still("dedup plan sign --shard 0/1 plan in.jsonl", cwd=tmp_path)
+    params = json.loads((tmp_path / "plan/sign/f00000/meta.json").read_text())["params"]
+    assert (params["ngram"], params["buckets"]) == (3, 3)
+    for table, message in [
+        ("[dedup]\nnope = 1\n", "[dedup] nope: still dedup has no option --nope"),
+        ("[dedup.plan.sign]\nnope = 1\n", "[dedup.plan.sign] nope: still dedup plan sign has no option --nope"),
+        ("[dedup.plan.sgn]\nbuckets = 1\n", "still dedup plan has no subcommand sgn"),
+    ]:
+        (tmp_path / "still.toml").write_text(table)
+        assert message in run_still("dedup", stdin=data, cwd=tmp_path, code=2).stderr
+
+
 def test_verify_reads_code_tests_from_the_fallback_fields():
     kodcode = {
         "question": "Write f(x) returning x+1.",

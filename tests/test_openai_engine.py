@@ -23,7 +23,8 @@ SAMPLE = {"generation_config": '{"do_sample": true}'}
 def servers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[object]]:
     from serving import transformers_servers
 
-    with transformers_servers(tiny_model, 2, tmp_path_factory.mktemp("serve")) as running:
+    # the second server is not pinned: it loads whichever model a request names
+    with transformers_servers([tiny_model, None], tmp_path_factory.mktemp("serve")) as running:
         yield running
 
 
@@ -94,3 +95,23 @@ def test_prefill_renders_locally_and_uses_text_completions(tiny_model: Path, ser
     assert prompt.endswith("<|im_start|>assistant\n<think>\n")
     assert result.prompt_tokens == len(tok(prompt)["input_ids"])
     assert result.finish_reason == "length" and result.text
+
+
+def test_two_served_models_in_one_run_keep_the_line_order(
+    tiny_model: Path, servers: list, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path_factory.mktemp("tiny-model-other"), seed=2, layers=1)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"id": "a", "query": "1 + 1?"}\n{"id": "b", "query": "2 + 2?"}\n')
+    models = [str(tiny_model), str(other)]
+    args = ["generate", "--engine", "openai", "-m", models[0], "-m", models[1], "--max-tokens", "4", str(queries)]
+    args += ["--extra-body", orjson.dumps(SAMPLE).decode()]
+    # the first server is pinned to the tiny model: the other model may only go to the second
+    urls = ["--base-url", f"{models[0]}={servers[0].url}", "--base-url", f"{models[1]}={servers[1].url}"]
+    lines = [orjson.loads(x) for x in run_still(args + urls).lines()]
+    assert [(d["id"], d["model"]) for d in lines] == [(q, m) for q in "ab" for m in models]
+    assert all(d["n_tokens"] == 4 and d["finish_reason"] == "length" for d in lines)
+    res = run_still([*args, "--base-url", f"{models[1]}={servers[1].url}"], code=2)
+    assert "has no server" in res.stderr

@@ -91,7 +91,8 @@ def test_judge_through_the_hf_engine_accounts_for_every_record(tiny_model: Path,
     rows = [
         {"id": "a", "query": "What is 2+2?", "response": "It is four.", "answer": "4"},
         {"id": "b", "query": "What is 3+3?", "response": "\\boxed{6}", "answer": "6"},
-        {"id": "c", "query": "Capital of France?", "response": "Paris", "answer": "Paris"},
+        # prose the rules cannot read ("Paris" alone is now confirmed by the rules, not judged)
+        {"id": "c", "query": "Capital of France?", "response": "The city of light, of course.", "answer": "Paris"},
     ]
     stats = tmp_path / "stats.json"
     args = ["verify", "--judge", str(tiny_model), "--judge-samples", "2", "--judge-max-tokens", "8"]
@@ -137,7 +138,7 @@ def test_judge_and_grade_through_the_openai_engine(tiny_model: Path, tmp_path: P
         {"id": "b", "query": "What is 3+3?", "response": "\\boxed{6}", "answer": "6", "domain": "math"},
     ]
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    with transformers_servers(tiny_model, 1, tmp_path) as (server,):
+    with transformers_servers([tiny_model], tmp_path) as (server,):
         url = server.url  # type: ignore[attr-defined]
         judge = ["verify", "--judge", str(tiny_model), "--judge-engine", "openai", "--judge-base-url", url]
         res = run_still([*judge, "--judge-samples", "2", "--judge-max-tokens", "8"], stdin=text)

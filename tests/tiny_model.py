@@ -4,7 +4,9 @@ A byte-level BPE tokenizer trained with ``tokenizers`` on a small generated corp
 template, and a Llama-shaped model (hidden 64, head_dim 32, a few layers) with random weights, saved
 as a normal Hugging Face directory so that every test loads it through the real loading code.
 
-    python tests/tiny_model.py OUT_DIR [--seed 0] [--layers 2] [--tied] [--dtype float32]
+    python tests/tiny_model.py OUT_DIR [--seed 0] [--layers 2] [--hidden 64] [--heads 2] [--vocab-size 512]
+                               [--tied] [--dtype float32]
+    python tests/tiny_model.py OUT_DIR --reward [--seed 7]     # a reward model (classification head)
 
 Llama config on purpose: with a ``qwen2`` config, transformers 5 hands back Qwen's own pre-tokenizer
 and the ids no longer match the trained tokenizer.json.
@@ -125,17 +127,60 @@ def build_tiny_model(
     return out
 
 
+def build_tiny_reward_model(out: str | Path, *, seed: int = 7, head_scale: float = 40.0) -> Path:
+    """Write a random Llama with a one-output classification head (a reward model) on the tiny
+    tokenizer to ``out``; the head is scaled so that scores spread over (0, 1)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():
+        model.score.weight.mul_(head_scale)
+    model.save_pretrained(str(out))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--vocab-size", type=int, default=512, help="263 = bytes and special tokens only")
     parser.add_argument("--tied", action="store_true")
+    parser.add_argument("--reward", action="store_true", help="a reward model (one-output classification head)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
+    if args.reward:
+        print(build_tiny_reward_model(args.out, seed=args.seed))
+        return
     path = build_tiny_model(
-        args.out, seed=args.seed, layers=args.layers, hidden=args.hidden, tied=args.tied, dtype=args.dtype
+        args.out,
+        seed=args.seed,
+        layers=args.layers,
+        hidden=args.hidden,
+        heads=args.heads,
+        tied=args.tied,
+        dtype=args.dtype,
+        vocab_size=args.vocab_size,
     )
     print(path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ def _item_id(row: dict[str, Any], index: int) -> Any:
     return index
 
 
-def _rows_from_file(path: Path) -> Iterator[tuple[int, Any]]:
+def rows_from_file(path: Path) -> Iterator[tuple[int, Any]]:
     """(line or row number, row) pairs from JSONL, a JSON list, or Parquet."""
     label = str(path)
     if path.suffix == ".parquet":
@@ -123,7 +123,7 @@ def load_benchmark_file(path: Path, name: str, bench_field: str | None) -> Bench
         raise UsageError(f"--against {path}: no such file")
     items: list[tuple[Any, str]] = []
     field_name: str | None = None
-    for index, (line, row) in enumerate(_rows_from_file(path)):
+    for index, (line, row) in enumerate(rows_from_file(path)):
         if not isinstance(row, dict):
             raise BadInput(str(path), line, f"expected a JSON object, got {type(row).__name__}")
         if field_name is None:
@@ -141,24 +141,34 @@ def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def load_hub_split(
+    dataset: str, config: str | None, split: str, revision: str | None, hint: str, missing_why: str
+) -> Any:
+    """One split of a hub dataset through ``datasets``, or a StillError from ``hint`` (a format string
+    with ``{why}``) saying why not: the package missing, offline, or the load failed. Shared by the
+    built-in benchmarks of ``decontam`` and ``eval``."""
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        raise StillError(hint.format(why=missing_why))
+    if _offline():
+        raise StillError(hint.format(why=" (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"))
+    try:
+        import datasets
+
+        return datasets.load_dataset(dataset, config, split=split, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - network, auth and hub errors all end here
+        raise StillError(hint.format(why=f" (loading failed: {type(exc).__name__})")) from exc
+
+
 def load_builtin(name: str) -> Benchmark:
     spec = BUILTINS[name]
     hint = (
         f"built-in benchmark {name!r} ({spec.dataset}) needs the 'datasets' package and network access"
         f"{{why}}; pass a local copy instead: --against path/to/{name}.jsonl (JSONL, JSON or Parquet)"
     )
-    import importlib.util
-
-    if importlib.util.find_spec("datasets") is None:
-        raise StillError(hint.format(why=" (datasets is not installed: pip install 'still[hub]')"))
-    if _offline():
-        raise StillError(hint.format(why=" (offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"))
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split, revision=spec.revision)
-    except Exception as exc:  # noqa: BLE001 - network, auth and hub errors all end here
-        raise StillError(hint.format(why=f" (loading failed: {type(exc).__name__})")) from exc
+    missing = " (datasets is not installed: pip install 'still[hub]')"
+    ds = load_hub_split(spec.dataset, spec.config, spec.split, spec.revision, hint, missing)
     items: list[tuple[Any, str]] = []
     digest = hashlib.sha256()
     for index, row in enumerate(ds):
@@ -173,8 +183,11 @@ def load_builtin(name: str) -> Benchmark:
     return Benchmark(name, source, digest.hexdigest(), spec.text_field, items)
 
 
-def parse_against(specs: Iterable[str]) -> list[tuple[str, str]]:
-    """``--against`` values (repeatable, comma-separated) as (name, file path or built-in name)."""
+def parse_against(
+    specs: Iterable[str], flag: str = "--against", builtins: Collection[str] = BUILTINS.keys()
+) -> list[tuple[str, str]]:
+    """``--against`` values (repeatable, comma-separated) as (name, file path or built-in name);
+    ``still eval --bench`` reads its values the same way (``flag``, ``builtins``)."""
     out: list[tuple[str, str]] = []
     for spec in specs:
         for part in spec.split(","):
@@ -183,13 +196,13 @@ def parse_against(specs: Iterable[str]) -> list[tuple[str, str]]:
                 continue
             if "=" in part and re.fullmatch(r"[\w.-]+", part.split("=", 1)[0]):
                 name, target = part.split("=", 1)
-            elif part in BUILTINS and not Path(part).exists():
+            elif part in builtins and not Path(part).exists():
                 name, target = part, part
             else:
                 name, target = Path(part).name.split(".", 1)[0], part
             out.append((name, target))
     if not out:
-        raise UsageError("--against needs at least one benchmark file or name")
+        raise UsageError(f"{flag} needs at least one benchmark file or name")
     names = [n for n, _ in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

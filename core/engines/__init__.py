@@ -75,6 +75,18 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def as_request(self, seed: int | None) -> dict[str, Any]:
+        """The parameters as vLLM's ``SamplingParams`` and OpenAI-style request bodies name them
+        (``top_k``, ``stop`` and ``seed`` only when set)."""
+        out: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if seed is not None:
+            out["seed"] = seed
+        if self.top_k is not None:
+            out["top_k"] = self.top_k
+        if self.stop:
+            out["stop"] = list(self.stop)
+        return out
+
     def as_record(self) -> dict[str, Any]:
         """The parameters as written on every output line (unset options left out)."""
         out = asdict(self)
@@ -206,6 +218,17 @@ def open_engine(kind: str, model: str, **options: Any) -> Engine:
     return engine
 
 
+def render_request(tokenizer: Any, request: GenerationRequest) -> str:
+    """The prompt text of a request: its ``prompt`` as is, or its chat through the tokenizer's
+    chat template with the prefill after the generation prompt."""
+    if request.prompt is not None:
+        return request.prompt
+    from still.core.models import render_chat
+
+    assert request.messages is not None
+    return render_chat(tokenizer, request.messages, request.prefill)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
     """The text before the earliest stop string, or None when none occurs (servers differ on
     whether they leave the stop text in; every backend cuts it the same way)."""
@@ -232,6 +255,7 @@ __all__ = [
     "R1_TOP_P",
     "SamplingParams",
     "cut_at_stop",
+    "render_request",
     "open_engine",
     "request_seed",
     "sort_by_length",

@@ -24,16 +24,10 @@ from still.core.engines import (
     GenerationRequest,
     GenerationResult,
     cut_at_stop,
+    render_request,
     sort_by_length,
 )
-from still.core.models import eos_token_ids, load_causal_lm, load_tokenizer, render_chat, resolve_model
-
-
-def prompt_text(tokenizer: Any, request: GenerationRequest) -> str:
-    if request.prompt is not None:
-        return request.prompt
-    assert request.messages is not None
-    return render_chat(tokenizer, request.messages, request.prefill)
+from still.core.models import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model
 
 
 class RowSampler:
@@ -119,7 +113,9 @@ class HFEngine(EngineBase):
         todo = list(requests)
         if not todo:
             return
-        encoded = [self.tokenizer(prompt_text(self.tokenizer, r), add_special_tokens=False)["input_ids"] for r in todo]
+        encoded = [
+            self.tokenizer(render_request(self.tokenizer, r), add_special_tokens=False)["input_ids"] for r in todo
+        ]
         order = sort_by_length(todo, [len(ids) for ids in encoded])
         order.sort(key=lambda i: todo[i].params.max_tokens)  # stable: length order within each limit
         batch: list[int] = []

@@ -26,7 +26,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from still.core.engines import EngineBase, FinishReason, GenerationRequest, GenerationResult, cut_at_stop
+from still.core.engines import (
+    EngineBase,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    cut_at_stop,
+    render_request,
+)
 from still.core.errors import StillError, UsageError
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -97,31 +104,14 @@ class OpenAIEngine(EngineBase):
     # -- prompts ---------------------------------------------------------------------------
 
     def _render(self, request: GenerationRequest) -> str:
-        if request.prompt is not None:
-            return request.prompt
-        if self._tokenizer is None:
+        if self._tokenizer is None and request.prompt is None:
             from still.core.models import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.model, template=self.template)
-        from still.core.models import render_chat
-
-        assert request.messages is not None
-        return render_chat(self._tokenizer, request.messages, request.prefill)
+        return render_request(self._tokenizer, request)
 
     def _body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
-        params = request.params
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-        }
-        if request.seed is not None:
-            body["seed"] = request.seed
-        if params.top_k is not None:
-            body["top_k"] = params.top_k
-        if params.stop:
-            body["stop"] = list(params.stop)
+        body: dict[str, Any] = {"model": self.model, **request.params.as_request(request.seed)}
         body.update(self.extra_body)
         if request.messages is not None and not request.prefill and self.template is None:
             body["messages"] = [dict(m) for m in request.messages]

