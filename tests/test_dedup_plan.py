@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, run_still
 
 from still.core.dedup import DedupConfig, dedup
+from still.core.dedup_executor import LocalExecutor, PlanRun, RayExecutor, run_plan
 from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, filter_shard, replay_clusters, sign, verify_edges
 from still.core.jsonl import read_records
 from still.core.stats import RunStats
@@ -97,3 +98,57 @@ def test_cli_plan_stages_rerun_and_default_command(tmp_path: Path) -> None:
     assert run_still(["dedup", str(named)]).stdout == run_still(["dedup", "run", paths[0]]).stdout
     res = run_still(["dedup", "plan", "filter", "--shard", "0/1", "-o", out, plan, *reversed(paths)], code=2)
     assert "same order" in res.stderr
+
+
+def _run_whole_plan(tmp_path: Path, paths: list[str], shards: int, executor: object, name: str) -> list[bytes]:
+    plan, out = tmp_path / f"plan-{name}", tmp_path / f"out-{name}"
+    run = PlanRun(str(plan), tuple(paths), shards, PlanParams(DedupConfig(block_size=97), 3), str(out))
+    stats = RunStats("dedup plan run")
+    run_plan(run, executor, stats)  # type: ignore[arg-type]
+    stats.check_balance()
+    return [line for p in sorted(out.iterdir()) for line in p.read_bytes().splitlines(keepends=True)]
+
+
+def test_whole_plan_in_local_processes_keeps_what_one_process_keeps(tmp_path: Path) -> None:
+    paths = _inputs(tmp_path, n=600)
+    expected = _one_process(paths, DedupConfig(block_size=97))
+    executor = LocalExecutor(2)
+    try:
+        for shards in (1, 2, 4):
+            assert _run_whole_plan(tmp_path, paths, shards, executor, f"local{shards}") == expected
+    finally:
+        executor.close()
+
+
+@pytest.mark.slow
+def test_whole_plan_on_ray_keeps_what_one_process_keeps(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'still[ray]'")
+    paths = _inputs(tmp_path, n=600)
+    expected = _one_process(paths, DedupConfig(block_size=97))
+    executor = RayExecutor(None, 2)  # a local Ray instance with 2 CPUs, stopped by close()
+    try:
+        for shards in (1, 2, 4):
+            assert _run_whole_plan(tmp_path, paths, shards, executor, f"ray{shards}") == expected
+    finally:
+        executor.close()
+
+
+def test_cli_plan_run_and_a_missing_ray(tmp_path: Path) -> None:
+    paths = _inputs(tmp_path, files=2, n=300, seed=4)
+    out = tmp_path / "out"
+    expected = run_still(["dedup", *paths]).stdout
+    res = run_still(
+        ["dedup", "plan", "run", "--jobs", "2", "--buckets", "2", "-o", str(out), str(tmp_path / "p"), *paths]
+    )
+    assert b"".join(p.read_bytes() for p in sorted(out.iterdir())) == expected
+    assert "dropped" in res.stderr
+    # without Ray installed, --executor ray says how to get it (no traceback)
+    blocker = tmp_path / "noray"
+    (blocker / "ray").mkdir(parents=True)
+    (blocker / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    res = run_still(
+        ["dedup", "plan", "run", "--executor", "ray", "-o", str(out), str(tmp_path / "p2"), *paths],
+        code=2,
+        env={"PYTHONPATH": str(blocker)},
+    )
+    assert "still[ray]" in res.stderr and "Traceback" not in res.stderr
