@@ -9,7 +9,9 @@ at least 0.85 (threshold 0.8 + 0.05), plus drops of records that are not such du
 Not a test: timings depend on the machine. rensa is optional (pip install rensa).
 
 Then, on two cores (taskset -c 0,1): `still dedup --workers 1` vs `--workers 2`, the staged plan
-(`still dedup plan`, the corpus as 2 files, each stage's jobs 2 at once) and, as its anchor,
+(`still dedup plan`, the corpus as 2 files, each stage's jobs 2 at once; then the same as one
+`still dedup plan run` with 2 local processes, and on a local Ray instance with 2 CPUs, its start
+included; pip install ray) and, as its anchor,
 datatrove's MinHash pipeline (local executor, 2 tasks; pip install datatrove spacy, bench only):
 wall and CPU time, peak RSS, recall, false drops, and whether the kept set equals one process's.
 `--scale-only` runs just that part.
@@ -209,6 +211,16 @@ def scale_out(data: Path, work: Path, ids: list[str], reference: set[str], truth
         secs, rss, cpu = _run_usage(cores + _still("-q", "--workers", str(workers), str(data), "-o", str(out)))
         rows.append((f"--workers {workers}", secs, rss, cpu, _ids(out)))
     rows.append(staged(data, work, cores))
+    parts = [str(p) for p in sorted(work.glob("part*.jsonl"))]  # the 2 files staged() wrote
+    for executor in ("local", "ray"):
+        if executor == "ray" and subprocess.run([sys.executable, "-c", "import ray"], capture_output=True).returncode:
+            print("plan run --executor ray: skipped (pip install 'still[ray]')")
+            continue
+        out = work / f"run-{executor}"
+        cmd = _still("plan", "run", "--executor", executor, "--jobs", "2", "--buckets", "2", "-o", str(out))
+        secs, rss, cpu = _run_usage(cores + cmd + [str(work / f"plan-{executor}"), *parts])
+        kept = set().union(*(_ids(path) for path in out.iterdir()))
+        rows.append((f"plan run --executor {executor}", secs, rss, cpu, kept))
     if subprocess.run([sys.executable, "-c", "import datatrove"], capture_output=True).returncode == 0:
         out = work / "datatrove.txt"
         cmd = [sys.executable, __file__, "--tool", "datatrove MinHash pipeline", "--input", str(data)]
@@ -227,9 +239,14 @@ def scale_out(data: Path, work: Path, ids: list[str], reference: set[str], truth
             f"{name:28s} {secs:7.2f} {len(ids) / secs:8.0f} {speed:8.2f} {rss:8.0f}M {cpu:7.2f} {recall:7.4f} "
             f"{len(dropped & low):11d} {kept == reference!s:>11s}"
         )
+    anchor = [r for r in rows if r[0].startswith("datatrove")]
+    for name, secs, *_ in rows[2:] if anchor else []:
+        if not name.startswith("datatrove"):
+            print(f"datatrove's wall time / {name}'s: {anchor[0][1] / secs:.2f}x")
     share = rows[1][3] / rows[0][3]
     print(
-        f"(--workers 2: CPU s is the parent's alone, the workers are a forkserver's children.) The parent "
+        "(--workers 2 and plan run: CPU s is the parent's alone, its workers are a forkserver's or Ray's "
+        f"children.) The parent "
         f"does {share:.2f} of the one-process CPU work; with enough workers it is the bottleneck, so "
         f"16 cores (15 workers) give at most min(15, 1/{share:.2f}) = {min(15.0, 1 / share):.1f}x"
     )
