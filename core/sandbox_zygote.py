@@ -50,6 +50,10 @@ def enabled(sb: Sandbox) -> bool:
     )
 
 
+class ZygoteGone(StillError):
+    """The zygote was gone before the run started (nothing ran: the caller may run it elsewhere)."""
+
+
 class Zygote:
     """One warm zygote process and the staging directory it sees at /tmp/box."""
 
@@ -148,7 +152,15 @@ class Zygote:
         return {self.proc.pid}
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is None or self.proc.poll() is not None or self.sock.fileno() < 0:
+            return False
+        # between runs the zygote sends nothing: a readable socket means it closed its end
+        if select.select([self.sock], [], [], 0)[0]:
+            try:
+                return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            except OSError:
+                return False
+        return True
 
     def close(self) -> None:
         """End the zygote (closing its socket ends it; kill as a backstop) and remove its files."""
@@ -216,7 +228,7 @@ class Zygote:
                 socket.send_fds(self.sock, [json.dumps(request).encode()], [in_r, out_w, err_w])
             except OSError as exc:
                 os.close(in_w)
-                raise StillError(f"the warm sandbox zygote is gone ({exc}): {self._log_tail()}") from None
+                raise ZygoteGone(f"the warm sandbox zygote is gone ({exc}): {self._log_tail()}") from None
             finally:
                 for fd in (in_r, out_w, err_w):
                     os.close(fd)

@@ -494,8 +494,11 @@ def _run_harness(
         # pytest mode imports these on every run: the zygote imports them once instead
         preload = ["inspect", "ast", "unittest", *(["pytest"] if "pytest" in spec.test_code else [])]
         preload = preload if spec.kind == "pytest" else []
-        res = zygote.run(argv[-1:], limits=_limits(config, wall), box_dir=box, stdin=stdin, preload=preload)
-    else:
+        try:
+            res = zygote.run(argv[-1:], limits=_limits(config, wall), box_dir=box, stdin=stdin, preload=preload)
+        except sandbox_zygote.ZygoteGone:
+            zygote = None  # (the next check starts a fresh one) this one gets a sandbox of its own
+    if zygote is None:
         res = sb.run(argv, limits=_limits(config, wall), box_dir=box, stdin=stdin)
     if _digest(box) != before:
         return "error", 0.0, "the staged files changed during the run (sandbox breach?): not trusted"
