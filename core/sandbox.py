@@ -641,7 +641,8 @@ _HOW_TO_ENABLE = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and "
     "allow unprivileged user namespaces (sysctl -w kernel.unprivileged_userns_clone=1 on older Debian; "
     "on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile "
-    "for bwrap; in Docker run with --security-opt seccomp=unconfined or use a VM). "
+    "for bwrap; user.max_user_namespaces must be above 0; in Docker run with --security-opt "
+    "seccomp=unconfined or use a VM). "
     "To run code without isolation anyway (unsafe), pass --sandbox none"
 )
 
