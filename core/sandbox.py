@@ -13,11 +13,14 @@ Isolation comes from the kernel, not from Python-level guards (which untrusted P
   unprivileged uid/gid per run (``setpriv``), with no capabilities and ``no_new_privs``, so it is
   not root on the host even if a namespace were escaped, and ``RLIMIT_NPROC`` applies (the kernel
   ignores it for uid 0) to this run alone.
-- **unshare** (util-linux, fallback when bubblewrap is missing): user/net/pid/ipc/uts/mount
-  namespaces; every inherited mount is remounted read-only, tmpfs covers ``/tmp`` (the writable
-  place), ``/root``, ``/home``, ``/run``, ``/mnt``, ``/media`` and ``$HOME`` (the Python
-  installation is bound back read-only when it lives there); capabilities are dropped before the
-  code runs.
+- **unshare** (util-linux, fallback when bubblewrap is missing): net/pid/ipc/uts/mount
+  namespaces (and a user namespace for an unprivileged caller); the same fresh root as bwrap
+  (system and Python dirs read-only, fresh ``/dev``, ``/proc`` and size-capped ``/tmp``) built by a
+  shell script, ``pivot_root`` into it, the host tree detached; capabilities are dropped (and, for
+  root, the leased uid taken) before the code runs.
+- For root callers, assert/pytest code checks run through a **warm zygote** per checking thread
+  (``sandbox_zygote.py``, ``code_zygote.py``): started once in the backend's sandbox, it forks each
+  run into fresh mount/pid/net/ipc/uts namespaces with a fresh ``/tmp`` and the same limits.
 - **none**: no isolation at all, rlimits only; only when explicitly asked for, with a loud warning.
 
 Limits (every backend): ``RLIMIT_CPU``, ``RLIMIT_AS`` (memory), ``RLIMIT_NPROC`` (set inside the
@@ -108,9 +111,6 @@ _STDERR_KEEP = 64 * 1024
 
 # Directories bound read-only into a bwrap sandbox (those that exist; symlinks are recreated).
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-# Directories covered by an empty tmpfs in the unshare backend (the root stays visible there).
-_HIDDEN_DIRS = ("/root", "/home", "/run", "/mnt", "/media", "/srv", "/var/tmp", "/var/log", "/var/mail")
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -267,8 +267,7 @@ class Sandbox:
     def _unshare_argv(
         self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None, zygote: bool = False
     ) -> list[str]:
-        lines = self._unshare_root_script(box_dir, out_dir, limits, zygote) if self.drop_to_uid else []
-        lines = lines or self._unshare_userns_script(box_dir, out_dir, limits)
+        lines = self._unshare_root_script(box_dir, out_dir, limits, zygote)
         # The shell stays pid 1 of the new pid namespace and runs the code in a session of its own:
         # the code is never pid 1 (whose getppid() is 0, so kill(getppid(), 9) would signal the
         # caller's whole process group, the host-side unshare included), and pid 1 ignores kills
@@ -285,9 +284,10 @@ class Sandbox:
         return ["env", "-i", *env_args, "unshare", *namespaces, "--", "/bin/sh", "-c", "\n".join(lines), "sandbox"]
 
     def _unshare_root_script(self, box_dir: str | None, out_dir: str | None, limits: Limits, zygote: bool) -> list[str]:
-        """Real root: build a fresh root holding only the system and Python dirs (read-only), a
-        fresh /dev, /proc and size-capped /tmp, pivot into it and drop the old tree, as bwrap
-        does; the code then runs as a leased unprivileged uid with no capabilities."""
+        """Build a fresh root holding only the system and Python dirs (read-only), a fresh /dev,
+        /proc and size-capped /tmp, pivot into it and drop the old tree, as bwrap does. Run as
+        real root, or as root of a new user namespace (an unprivileged caller): the same view.
+        The code then runs with no capabilities (as a leased unprivileged uid for real root)."""
         root = next(d for d in ("/mnt", "/media", "/srv", "/opt", "/run") if os.path.isdir(d))
 
         def q(path: str) -> str:
@@ -330,46 +330,11 @@ class Sandbox:
         if zygote:
             lines.append(f"mkdir -p {q(root + ZYGOTE_STASH)}")
         lines += [
-            f"mount -o remount,ro,nosuid,nodev {q(root)}",
+            f"mount -o remount,bind,ro,nosuid,nodev {q(root)}",  # (bind: per-mount flags, as a user ns allows)
             f"cd {q(root)}",
             f"{q(shutil.which('pivot_root') or 'pivot_root')} . .old",
             "cd /",
             "umount -l /.old",
-            "cd /tmp",
-            "set +e",
-        ]
-        return lines
-
-    def _unshare_userns_script(self, box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
-        # Unprivileged caller: a shell script run as root of a fresh user namespace builds the
-        # view (the host tree read-only, hidden dirs covered), then drops every capability.
-        home = os.path.expanduser("~")
-        hidden = [d for d in dict.fromkeys((*_HIDDEN_DIRS, home)) if d != "/" and os.path.isdir(d)]
-        # a Python under a hidden dir or under /tmp (both get covered by a tmpfs) must stay visible
-        keep = [d for d in self.python_dirs if any(d.startswith(h + "/") or d == h for h in (*hidden, "/tmp"))]
-        # Stage what must stay visible (the staged box/out dirs, a Python under a hidden dir) on a
-        # scratch tmpfs first, because the tmpfs over /tmp and the hidden dirs would cover it.
-        stage = next(d for d in ("/run", "/mnt", "/media", "/srv", "/var/tmp") if os.path.isdir(d))
-        moves: list[tuple[str, str]] = [(d, d) for d in keep]
-        if box_dir is not None:
-            moves.append((box_dir, BOX))
-        if out_dir is not None:
-            moves.append((out_dir, OUT))
-        lines = ["set -e", f"mount -t tmpfs -o size=1m,mode=755 tmpfs {stage}"]
-        for i, (src, _) in enumerate(moves):
-            lines += [f"mkdir -p {stage}/.keep/{i}", f"mount --rbind '{src}' {stage}/.keep/{i}"]
-        lines.append(f"mount -t tmpfs -o size={limits.tmp_mb}m,mode=1777 tmpfs /tmp")
-        for d in hidden:
-            if d != stage:
-                lines.append(f"mount -t tmpfs -o size=1m,mode=755 tmpfs '{d}'")
-        for i, (_, dst) in enumerate(moves):
-            lines += [f"mkdir -p '{dst}'", f"mount --move {stage}/.keep/{i} '{dst}'"]
-        lines += [
-            # Read-only everywhere except /tmp (the fresh tmpfs), /tmp/out, /proc and /dev.
-            "awk '{print $5}' /proc/self/mountinfo | while read -r m; do "
-            f'case "$m" in /tmp|{OUT}|{OUT}/*|/proc|/proc/*|/dev|/dev/*) continue;; esac; '
-            'mount -o remount,bind,ro "$m" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$m" 2>/dev/null '
-            '|| mount -o remount,bind,ro,nosuid,nodev,noexec "$m" 2>/dev/null || true; done',
             "cd /tmp",
             "set +e",
         ]

@@ -151,9 +151,11 @@ for path in (os.path.join(sys.argv[2], "escape"), "/var/tmp/escape-%d" % os.getp
 open("/tmp/inside", "w").write("x")
 res["tmp_ok"] = os.path.exists("/tmp/inside")
 res["shadow"] = os.access("/etc/shadow", os.R_OK)
+res["visible"] = [p for p in sys.argv[2:] if os.path.exists(p)]
 print(__import__("json").dumps(res))
 '''
-res = sb.run([PY, "-c", probe, str(port), outside], limits=Limits())
+# the caller's data (readable by it) must not be visible: only system and Python dirs are there
+res = sb.run([PY, "-c", probe, str(port), outside, REPO_DATA], limits=Limits())
 out["probe"] = json.loads(res.stdout.decode().splitlines()[-1]) if res.exit_code == 0 else res.stderr.decode()[-500:]
 res = sb.run(["/bin/cat", "/proc/self/limits"], limits=Limits(wall_s=3.0, max_procs=32, memory_mb=256, file_size_mb=8))
 out["limits"] = res.stdout.decode()
@@ -190,7 +192,8 @@ def test_sandbox_holds_for_an_unprivileged_caller(backend, can_become_nobody):
     try:
         code = ISOLATION.replace(
             "backend, port, outside = sys.argv[1], int(sys.argv[2]), sys.argv[3]",
-            f"backend, port, outside = {backend!r}, {listener.getsockname()[1]}, {outside!r}",
+            f"backend, port, outside = {backend!r}, {listener.getsockname()[1]}, {outside!r}\n"
+            f"REPO_DATA = {str(ROOT / 'tests' / 'data')!r}",
         )
         out = _nobody_python(code)
         assert out["uid"] == NOBODY and out["drop"] is False  # the unprivileged path, no uid lease
@@ -200,6 +203,7 @@ def test_sandbox_holds_for_an_unprivileged_caller(backend, can_become_nobody):
         with pytest.raises(socket.timeout):
             listener.accept()
         assert probe["wrote"] == [] and probe["tmp_ok"] is True and probe["shadow"] is False
+        assert probe["visible"] == [], probe["visible"]
         assert sorted(os.listdir(outside)) == ["caller"]  # the caller could write there; the code could not
         limits = {ln[:26].strip(): ln[26:].split()[:2] for ln in out["limits"].splitlines()[1:]}
         assert limits["Max processes"] == ["32", "32"] and limits["Max core file size"] == ["0", "0"]
