@@ -68,6 +68,7 @@ BOX = "/tmp/box"  # the zygote's own staged files here; each run's box at the sa
 RUNS = BOX + "/runs"  # the boxes of runs, staged by the host (only the zygote's view has them)
 STASH = "/.still-stash"  # an empty mount point where a run's box waits while /tmp is replaced
 EXIT_SETUP = 71  # a run's namespaces or drop failed (the host reports it as a sandbox error)
+SETUP_FAILED = "still sandbox: setting up the run failed"  # the same in sandbox_zygote.py
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -137,7 +138,7 @@ def _set_limits(limits: dict[str, int]) -> None:
 
 def _fail(stderr_fd: int, exc: BaseException) -> NoReturn:
     try:
-        os.write(stderr_fd, f"still sandbox: setting up the run failed: {exc}\n".encode())
+        os.write(stderr_fd, f"{SETUP_FAILED}: {exc}\n".encode())
     finally:
         os._exit(EXIT_SETUP)
 
@@ -183,12 +184,15 @@ def _monitor(req: dict[str, Any], fds: list[int], zygote: int, last_cap: int) ->
     if pid == 0:
         os.close(life_w)
         _supervisor(req, life_r, last_cap)
-    os.close(life_r)
-    for fd in (0, 1, 2):
-        os.close(fd)  # only the supervisor holds the pipes: the host sees EOF when the run is over
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(128 - code if code < 0 else code)
+    code = EXIT_SETUP
+    try:
+        os.close(life_r)
+        for fd in (0, 1, 2):
+            os.close(fd)  # only the supervisor holds the pipes: the host sees EOF when the run is over
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    finally:
+        os._exit(128 - code if code < 0 else code)
 
 
 def _supervisor(req: dict[str, Any], life_r: int, last_cap: int) -> NoReturn:
@@ -210,8 +214,14 @@ def _supervisor(req: dict[str, Any], life_r: int, last_cap: int) -> NoReturn:
         import code_harness
     except BaseException as exc:
         _fail(2, exc)
-    code_harness.main()
-    os._exit(70)  # main() never returns
+    try:
+        code_harness.main()  # ends in os._exit()
+    except BaseException:
+        import traceback
+
+        os.write(2, traceback.format_exc()[-2000:].encode())
+    finally:
+        os._exit(70)  # never back into the zygote's loop in this process
 
 
 def _wait_run(sock: socket.socket, pid: int, run: Any) -> int:
@@ -271,7 +281,10 @@ def main() -> None:
             continue
         pid = os.fork()
         if pid == 0:
-            _monitor(req, fds, zygote, last_cap)
+            try:
+                _monitor(req, fds, zygote, last_cap)
+            finally:
+                os._exit(EXIT_SETUP)  # never back into this loop in the child
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"id": req.get("id"), "exit": _wait_run(sock, pid, req.get("id"))}).encode())

@@ -112,6 +112,7 @@ _STDERR_KEEP = 64 * 1024
 # Directories bound read-only into a bwrap sandbox (those that exist; symlinks are recreated).
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits for one sandboxed run."""

@@ -38,6 +38,9 @@ from still.core.sandbox import SANDBOX_PATH, Limits, RunResult, Sandbox, lease_u
 
 BOOT = "import sys; sys.path[0] = '/tmp/box/still'; import code_harness; import code_zygote; code_zygote.main()"
 START_TIMEOUT_S = 60.0
+# what code_zygote.py says when a run's set-up fails (only the trusted processes write there)
+EXIT_SETUP = 71
+SETUP_FAILED = b"still sandbox: setting up the run failed"
 EXIT_GRACE_S = 5.0  # after the pipes close or a kill: how long the zygote may take to report
 
 
@@ -52,6 +55,10 @@ def enabled(sb: Sandbox) -> bool:
 
 class ZygoteGone(StillError):
     """The zygote was gone before the run started (nothing ran: the caller may run it elsewhere)."""
+
+
+class RunSetupFailed(StillError):
+    """The run's namespaces, mounts or privilege drop failed: nothing untrusted ran."""
 
 
 class Zygote:
@@ -251,6 +258,8 @@ class Zygote:
             self.close()
             raise StillError(f"the warm sandbox zygote stopped answering: {self._log_tail()}")
         rc = reply["exit"]
+        if rc == EXIT_SETUP and err.startswith(SETUP_FAILED):
+            raise RunSetupFailed(err.decode("utf-8", "replace").strip()[:500])
         sig = rc - 128 if 128 < rc < 128 + 65 else None
         return RunResult(rc, sig, out, err, timed_out, exceeded, time.monotonic() - start)
 

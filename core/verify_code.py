@@ -498,6 +498,8 @@ def _run_harness(
             res = zygote.run(argv[-1:], limits=_limits(config, wall), box_dir=box, stdin=stdin, preload=preload)
         except sandbox_zygote.ZygoteGone:
             zygote = None  # (the next check starts a fresh one) this one gets a sandbox of its own
+        except sandbox_zygote.RunSetupFailed as exc:
+            return "error", 0.0, f"the sandbox could not be set up for this run: {exc}"
     if zygote is None:
         res = sb.run(argv, limits=_limits(config, wall), box_dir=box, stdin=stdin)
     if _digest(box) != before:

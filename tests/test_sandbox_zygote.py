@@ -229,3 +229,17 @@ def test_a_dead_zygote_is_replaced(backend):
         time.sleep(0.05)
     assert _check(ok, test, backend)["verdict"] == "pass"
     assert _zygote_pid() != first
+
+
+def test_a_run_whose_sandbox_cannot_be_built_is_a_sandbox_error_and_the_zygote_goes_on(backend):
+    from still.core.sandbox import Limits, get_sandbox
+    from still.core.verify_code import _harness_files, site_dirs
+
+    zygote = sandbox_zygote.zygote_for(get_sandbox(backend), _harness_files(), site_dirs())
+    with zygote.box() as box:
+        shutil.rmtree(box)  # the run's box is gone: binding it fails before anything runs
+        with pytest.raises(sandbox_zygote.RunSetupFailed, match="setting up the run failed"):
+            zygote.run([""], limits=Limits(), box_dir=box, stdin=b"{}")
+        os.mkdir(box)
+    ok = _check("def probe():\n    return 1\n", "def check(candidate):\n    assert candidate() == 1\n", backend)
+    assert ok["verdict"] == "pass" and sandbox_zygote._local.zygote is zygote
