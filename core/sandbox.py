@@ -13,11 +13,14 @@ Isolation comes from the kernel, not from Python-level guards (which untrusted P
   unprivileged uid/gid per run (``setpriv``), with no capabilities and ``no_new_privs``, so it is
   not root on the host even if a namespace were escaped, and ``RLIMIT_NPROC`` applies (the kernel
   ignores it for uid 0) to this run alone.
-- **unshare** (util-linux, fallback when bubblewrap is missing): user/net/pid/ipc/uts/mount
-  namespaces; every inherited mount is remounted read-only, tmpfs covers ``/tmp`` (the writable
-  place), ``/root``, ``/home``, ``/run``, ``/mnt``, ``/media`` and ``$HOME`` (the Python
-  installation is bound back read-only when it lives there); capabilities are dropped before the
-  code runs.
+- **unshare** (util-linux, fallback when bubblewrap is missing): net/pid/ipc/uts/mount
+  namespaces (and a user namespace for an unprivileged caller); the same fresh root as bwrap
+  (system and Python dirs read-only, fresh ``/dev``, ``/proc`` and size-capped ``/tmp``) built by a
+  shell script, ``pivot_root`` into it, the host tree detached; capabilities are dropped (and, for
+  root, the leased uid taken) before the code runs.
+- For root callers, assert/pytest code checks run through a **warm zygote** per checking thread
+  (``sandbox_zygote.py``, ``code_zygote.py``): started once in the backend's sandbox, it forks each
+  run into fresh mount/pid/net/ipc/uts namespaces with a fresh ``/tmp`` and the same limits.
 - **none**: no isolation at all, rlimits only; only when explicitly asked for, with a loud warning.
 
 Limits (every backend): ``RLIMIT_CPU``, ``RLIMIT_AS`` (memory), ``RLIMIT_NPROC`` (set inside the
@@ -44,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from still.core.errors import StillError, UsageError
@@ -103,12 +106,11 @@ RUN_TAG = f"{os.getpid()}-{secrets.token_hex(6)}"
 BOX = "/tmp/box"  # read-only staged files, inside the sandbox
 OUT = "/tmp/out"  # optional read-write output dir, inside the sandbox
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+ZYGOTE_STASH = "/.still-stash"  # an empty mount point in a zygote's root (code_zygote.py)
 _STDERR_KEEP = 64 * 1024
 
 # Directories bound read-only into a bwrap sandbox (those that exist; symlinks are recreated).
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-# Directories covered by an empty tmpfs in the unshare backend (the root stays visible there).
-_HIDDEN_DIRS = ("/root", "/home", "/run", "/mnt", "/media", "/srv", "/var/tmp", "/var/log", "/var/mail")
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,9 @@ class Sandbox:
             "MKL_NUM_THREADS": "1",
         }
 
-    def _bwrap_argv(self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None) -> list[str]:
+    def _bwrap_argv(
+        self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None, zygote: bool = False
+    ) -> list[str]:
         argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
         if not self.drop_to_uid:
             # Unprivileged caller: a user namespace is how bwrap gets to build the mounts; no more
@@ -247,22 +251,31 @@ class Sandbox:
             argv += ["--ro-bind", box_dir, BOX]
         if out_dir is not None:
             argv += ["--bind", out_dir, OUT]
+        if zygote:
+            argv += ["--dir", ZYGOTE_STASH]
         argv += ["--remount-ro", "/", "--chdir", "/tmp"]
-        if self.drop_to_uid:
+        if zygote:
+            # the warm zygote keeps root's capabilities to build each run's namespaces; every run
+            # drops them (and becomes a leased uid) before any untrusted code (code_zygote.py)
+            argv += ["--cap-add", "ALL", "--"]
+        elif self.drop_to_uid:
             assert uid is not None
             argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--", *_setpriv(uid)]
         else:
             argv += ["--"]
         return argv
 
-    def _unshare_argv(self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None) -> list[str]:
-        lines = self._unshare_root_script(box_dir, out_dir, limits, uid) if self.drop_to_uid else []
-        lines = lines or self._unshare_userns_script(box_dir, out_dir, limits)
+    def _unshare_argv(
+        self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None, zygote: bool = False
+    ) -> list[str]:
+        lines = self._unshare_root_script(box_dir, out_dir, limits, zygote)
         # The shell stays pid 1 of the new pid namespace and runs the code in a session of its own:
         # the code is never pid 1 (whose getppid() is 0, so kill(getppid(), 9) would signal the
         # caller's whole process group, the host-side unshare included), and pid 1 ignores kills
         # from inside its namespace.
         drop = _setpriv(uid) if self.drop_to_uid and uid is not None else _setpriv(None)
+        if zygote:
+            drop = []  # see _bwrap_argv
         # (a background job's stdin would be /dev/null: hand it the real one through fd 3)
         lines += ["exec 3<&0", f'setsid {" ".join(drop)} -- "$@" 0<&3 3<&- &', "exec 3<&-", "wait $!", "exit $?"]
         env_args = [f"{k}={v}" for k, v in self._env("/tmp").items()]
@@ -271,12 +284,11 @@ class Sandbox:
             namespaces = ["--user", "--map-root-user", *namespaces, "--mount-proc"]
         return ["env", "-i", *env_args, "unshare", *namespaces, "--", "/bin/sh", "-c", "\n".join(lines), "sandbox"]
 
-    def _unshare_root_script(
-        self, box_dir: str | None, out_dir: str | None, limits: Limits, uid: int | None
-    ) -> list[str]:
-        """Real root: build a fresh root holding only the system and Python dirs (read-only), a
-        fresh /dev, /proc and size-capped /tmp, pivot into it and drop the old tree, as bwrap
-        does; the code then runs as a leased unprivileged uid with no capabilities."""
+    def _unshare_root_script(self, box_dir: str | None, out_dir: str | None, limits: Limits, zygote: bool) -> list[str]:
+        """Build a fresh root holding only the system and Python dirs (read-only), a fresh /dev,
+        /proc and size-capped /tmp, pivot into it and drop the old tree, as bwrap does. Run as
+        real root, or as root of a new user namespace (an unprivileged caller): the same view.
+        The code then runs with no capabilities (as a leased unprivileged uid for real root)."""
         root = next(d for d in ("/mnt", "/media", "/srv", "/opt", "/run") if os.path.isdir(d))
 
         def q(path: str) -> str:
@@ -316,47 +328,14 @@ class Sandbox:
             lines += bind_ro(box_dir, BOX)
         if out_dir is not None:
             lines += [f"mkdir -p {q(root + OUT)}", f"mount --bind {q(out_dir)} {q(root + OUT)}"]
+        if zygote:
+            lines.append(f"mkdir -p {q(root + ZYGOTE_STASH)}")
         lines += [
-            f"mount -o remount,ro,nosuid,nodev {q(root)}",
+            f"mount -o remount,bind,ro,nosuid,nodev {q(root)}",  # (bind: per-mount flags, as a user ns allows)
             f"cd {q(root)}",
             f"{q(shutil.which('pivot_root') or 'pivot_root')} . .old",
             "cd /",
             "umount -l /.old",
-            "cd /tmp",
-            "set +e",
-        ]
-        return lines
-
-    def _unshare_userns_script(self, box_dir: str | None, out_dir: str | None, limits: Limits) -> list[str]:
-        # Unprivileged caller: a shell script run as root of a fresh user namespace builds the
-        # view (the host tree read-only, hidden dirs covered), then drops every capability.
-        home = os.path.expanduser("~")
-        hidden = [d for d in dict.fromkeys((*_HIDDEN_DIRS, home)) if d != "/" and os.path.isdir(d)]
-        # a Python under a hidden dir or under /tmp (both get covered by a tmpfs) must stay visible
-        keep = [d for d in self.python_dirs if any(d.startswith(h + "/") or d == h for h in (*hidden, "/tmp"))]
-        # Stage what must stay visible (the staged box/out dirs, a Python under a hidden dir) on a
-        # scratch tmpfs first, because the tmpfs over /tmp and the hidden dirs would cover it.
-        stage = next(d for d in ("/run", "/mnt", "/media", "/srv", "/var/tmp") if os.path.isdir(d))
-        moves: list[tuple[str, str]] = [(d, d) for d in keep]
-        if box_dir is not None:
-            moves.append((box_dir, BOX))
-        if out_dir is not None:
-            moves.append((out_dir, OUT))
-        lines = ["set -e", f"mount -t tmpfs -o size=1m,mode=755 tmpfs {stage}"]
-        for i, (src, _) in enumerate(moves):
-            lines += [f"mkdir -p {stage}/.keep/{i}", f"mount --rbind '{src}' {stage}/.keep/{i}"]
-        lines.append(f"mount -t tmpfs -o size={limits.tmp_mb}m,mode=1777 tmpfs /tmp")
-        for d in hidden:
-            if d != stage:
-                lines.append(f"mount -t tmpfs -o size=1m,mode=755 tmpfs '{d}'")
-        for i, (_, dst) in enumerate(moves):
-            lines += [f"mkdir -p '{dst}'", f"mount --move {stage}/.keep/{i} '{dst}'"]
-        lines += [
-            # Read-only everywhere except /tmp (the fresh tmpfs), /tmp/out, /proc and /dev.
-            "awk '{print $5}' /proc/self/mountinfo | while read -r m; do "
-            f'case "$m" in /tmp|{OUT}|{OUT}/*|/proc|/proc/*|/dev|/dev/*) continue;; esac; '
-            'mount -o remount,bind,ro "$m" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$m" 2>/dev/null '
-            '|| mount -o remount,bind,ro,nosuid,nodev,noexec "$m" 2>/dev/null || true; done',
             "cd /tmp",
             "set +e",
         ]
@@ -376,6 +355,16 @@ class Sandbox:
         else:
             prefix = []
         return [*prefix, *self._limit_argv(limits), *argv]
+
+    def zygote_command(self, argv: Sequence[str], root_dir: str) -> list[str]:
+        """The command line that starts a warm zygote (code_zygote.py) with ``root_dir`` at
+        /tmp/box: the backend's view, but root keeps its capabilities and no limits apply yet."""
+        if not (self.drop_to_uid and self.backend in ("bwrap", "unshare")):
+            raise ValueError("a warm zygote needs a root caller and the bwrap or unshare backend")
+        limits = Limits()
+        if self.backend == "bwrap":
+            return [*self._bwrap_argv(root_dir, None, limits, None, zygote=True), *argv]
+        return [*self._unshare_argv(root_dir, None, limits, None, zygote=True), *argv]
 
     def inside(self, host_dir: str, role: str) -> str:
         """Where a staged host dir appears to the code (role: "box" or "out")."""
@@ -479,37 +468,76 @@ def _collect(
 ) -> tuple[bytes, bytes, bool, bool]:
     """Read stdout/stderr until EOF, the deadline or the output cap; kill on the last two."""
     assert proc.stdout is not None and proc.stderr is not None
+    stdin_fd = None
+    if proc.stdin is not None:
+        stdin_fd = os.dup(proc.stdin.fileno())  # pump closes it when fed
+        proc.stdin.close()
+    try:
+        out, err, timed_out, exceeded = pump(
+            stdin_fd,
+            proc.stdout.fileno(),
+            proc.stderr.fileno(),
+            stdin_data,
+            deadline,
+            max_bytes,
+            lambda: _kill(proc),
+        )
+        if not (timed_out or exceeded):
+            # Pipes closed; the program should be gone. Give it what is left of the deadline.
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 0.05)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill(proc)
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    return out, err, timed_out, exceeded
+
+
+def pump(
+    stdin_fd: int | None,
+    stdout_fd: int,
+    stderr_fd: int,
+    stdin_data: bytes | None,
+    deadline: float,
+    max_bytes: int,
+    kill: Callable[[], None],
+) -> tuple[bytes, bytes, bool, bool]:
+    """Feed stdin, read stdout/stderr until EOF, the deadline or the output cap; ``kill`` on the
+    last two. stdin_fd is closed here (EOF once fed); the caller closes the other two."""
     out = bytearray()
     err = bytearray()
     err_total = 0
     timed_out = exceeded = False
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, "out")
-    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    sel.register(stdout_fd, selectors.EVENT_READ, "out")
+    sel.register(stderr_fd, selectors.EVENT_READ, "err")
     pending = memoryview(stdin_data) if stdin_data is not None else None
-    if proc.stdin is not None:
-        os.set_blocking(proc.stdin.fileno(), False)
-        sel.register(proc.stdin, selectors.EVENT_WRITE, "in")
+    if stdin_fd is not None:
+        os.set_blocking(stdin_fd, False)
+        sel.register(stdin_fd, selectors.EVENT_WRITE, "in")
     try:
         while len(sel.get_map()) > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
-                _kill(proc)
+                kill()
                 break
             for key, _ in sel.select(remaining):
                 if key.data == "in":
-                    assert proc.stdin is not None and pending is not None
+                    assert stdin_fd is not None and pending is not None
                     try:
-                        n = os.write(proc.stdin.fileno(), pending[:65536])
+                        n = os.write(stdin_fd, pending[:65536])
                         pending = pending[n:]
                     except (BrokenPipeError, BlockingIOError) as exc:
                         if isinstance(exc, BlockingIOError):
                             continue
                         pending = pending[:0]
                     if len(pending) == 0:
-                        sel.unregister(proc.stdin)
-                        proc.stdin.close()
+                        sel.unregister(stdin_fd)
+                        os.close(stdin_fd)
+                        stdin_fd = None
                     continue
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
@@ -525,22 +553,15 @@ def _collect(
                     size = err_total
                 if size > max_bytes:
                     exceeded = True
-                    _kill(proc)
+                    kill()
                     del out[max_bytes:]
-                    sel.close()
-                    return bytes(out), bytes(err), timed_out, exceeded
-        if not timed_out:
-            # Pipes closed; the program should be gone. Give it what is left of the deadline.
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 0.05)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill(proc)
+                    break
+            if exceeded:
+                break
     finally:
         sel.close()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
+        if stdin_fd is not None:
+            os.close(stdin_fd)
     return bytes(out), bytes(err), timed_out, exceeded
 
 
@@ -586,7 +607,8 @@ _HOW_TO_ENABLE = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and "
     "allow unprivileged user namespaces (sysctl -w kernel.unprivileged_userns_clone=1 on older Debian; "
     "on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile "
-    "for bwrap; in Docker run with --security-opt seccomp=unconfined or use a VM). "
+    "for bwrap; user.max_user_namespaces must be above 0; in Docker run with --security-opt "
+    "seccomp=unconfined or use a VM). "
     "To run code without isolation anyway (unsafe), pass --sandbox none"
 )
 

@@ -40,8 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from still.core import sandbox_zygote
+from still.core.errors import StillError
 from still.core.fields import TESTS_FALLBACKS
 from still.core.sandbox import Limits, RunResult, Sandbox, get_sandbox
+from still.core.sandbox_zygote import Zygote
 
 CODE_VERDICTS = (
     "pass",
@@ -60,7 +63,7 @@ CPP_TAGS = {"cpp", "c++", "cc", "cxx", "hpp"}
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
 _OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*)\Z", re.S | re.M)
 # The trusted supervisor and what it needs, staged read-only in the box under still/.
-_HARNESS_FILES = ("code_harness.py", "code_remote.py", "code_wire.py", "code_worker.py")
+_HARNESS_FILES = ("code_harness.py", "code_remote.py", "code_wire.py", "code_worker.py", "code_zygote.py")
 
 
 def _boot(module: str, box_inside: str) -> str:
@@ -452,7 +455,9 @@ def _run_stdio(sb: Sandbox, argv: list[str], box: str, spec: _Spec, config: Code
     return first_fail[0], passed / total, f"{passed}/{total} cases passed; {first_fail[1]}{not_run}"
 
 
-def _run_harness(sb: Sandbox, box: str, spec: _Spec, config: CodeConfig) -> tuple[str, float, str]:
+def _run_harness(
+    sb: Sandbox, box: str, spec: _Spec, config: CodeConfig, zygote: Zygote | None
+) -> tuple[str, float, str]:
     """Run the trusted supervisor (code_harness.py) on the tests; the solution runs in its own process.
 
     The nonce and the reference tests go in on stdin, which the supervisor reads to the end before
@@ -484,7 +489,19 @@ def _run_harness(sb: Sandbox, box: str, spec: _Spec, config: CodeConfig) -> tupl
         os.pathsep.join(site_dirs()),
     ]
     before = _digest(box)
-    res = sb.run(argv, limits=_limits(config, wall), box_dir=box, stdin=json.dumps(request).encode())
+    stdin = json.dumps(request).encode()
+    if zygote is not None:
+        # pytest mode imports these on every run: the zygote imports them once instead
+        preload = ["inspect", "ast", "unittest", *(["pytest"] if "pytest" in spec.test_code else [])]
+        preload = preload if spec.kind == "pytest" else []
+        try:
+            res = zygote.run(argv[-1:], limits=_limits(config, wall), box_dir=box, stdin=stdin, preload=preload)
+        except sandbox_zygote.ZygoteGone:
+            zygote = None  # (the next check starts a fresh one) this one gets a sandbox of its own
+        except sandbox_zygote.RunSetupFailed as exc:
+            return "error", 0.0, f"the sandbox could not be set up for this run: {exc}"
+    if zygote is None:
+        res = sb.run(argv, limits=_limits(config, wall), box_dir=box, stdin=stdin)
     if _digest(box) != before:
         return "error", 0.0, "the staged files changed during the run (sandbox breach?): not trusted"
     summary = None
@@ -534,6 +551,23 @@ def _compile_cpp(sb: Sandbox, box: str, out: str, config: CodeConfig) -> RunResu
     return sb.run(argv, limits=limits, box_dir=box, out_dir=out)
 
 
+_zygote_warned = False
+
+
+def _warm_zygote(sb: Sandbox) -> Zygote | None:
+    """This thread's warm zygote for supervisor runs, when the host allows one (sandbox_zygote.py);
+    when it cannot start, say so once and give every check its own sandbox."""
+    global _zygote_warned
+    if not sandbox_zygote.enabled(sb) or _zygote_warned:
+        return None
+    try:
+        return sandbox_zygote.zygote_for(sb, _harness_files(), site_dirs())
+    except StillError as exc:
+        _zygote_warned = True
+        sys.stderr.write(f"still: {exc}; every code check starts its own sandbox instead (slower)\n")
+        return None
+
+
 def check_code(response_text: str, tests: Any, record: dict[str, Any], config: CodeConfig) -> dict[str, Any]:
     """Verify one response's code against reference tests; see the module docstring.
 
@@ -554,7 +588,8 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
         return _result("error", 0.0, code, method, "C++ is checked with stdin/stdout tests only")
     sb = get_sandbox(config.sandbox)
     method = f"{kind}/{language}/{sb.backend}"
-    with tempfile.TemporaryDirectory(prefix="still-code-") as work:
+    zygote = _warm_zygote(sb) if language == "python" and spec.kind != "stdio" else None
+    with zygote.box() if zygote is not None else tempfile.TemporaryDirectory(prefix="still-code-") as work:
         box = work if language == "python" else os.path.join(work, "box")  # C++ also needs out/
         if box != work:
             os.mkdir(box)
@@ -576,7 +611,7 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
                 os.mkdir(os.path.join(box, "still"))
                 for name, data in _harness_files().items():
                     _write(os.path.join(box, "still", name), data)
-                verdict, score, reason = _run_harness(sb, box, spec, config)
+                verdict, score, reason = _run_harness(sb, box, spec, config, zygote)
         else:
             out = os.path.join(work, "out")
             os.mkdir(out)

@@ -96,10 +96,14 @@ def processes_with(part: str, needle: bytes) -> list[int]:
 
 def sandbox_survivors() -> list[int]:
     """Processes this test run's sandboxes left alive, whatever uid they run under: every one
-    carries STILL_SANDBOX=<this process's tag> in its environment (root reads any environ)."""
+    carries STILL_SANDBOX=<this process's tag> in its environment (root reads any environ).
+    The warm zygotes (core/sandbox_zygote.py) and the sandbox processes above them stay alive
+    between runs by design and are not counted; every process of a run is."""
     from still.core.sandbox import RUN_TAG
+    from still.core.sandbox_zygote import infrastructure_pids
 
-    return processes_with("environ", f"STILL_SANDBOX={RUN_TAG}".encode())
+    tagged = processes_with("environ", f"STILL_SANDBOX={RUN_TAG}".encode())
+    return sorted(set(tagged) - infrastructure_pids()) if tagged else []
 
 
 def assert_no_sandbox_survivors(wait_s: float = 3.0) -> None:

@@ -8,6 +8,7 @@ harness. docs/verify-code.md says what each attack targets and why it cannot wor
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -167,6 +168,15 @@ ATTACKS = {
         "            os.kill(int(pid), signal.SIGSTOP)\n"
         "    except OSError:\n        pass\n"
     ),
+    # every signal to every process it can see, pid 1 (the supervisor, or the sandbox's init) included
+    "signal_everything": (
+        "import os, signal\n"
+        "for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):\n"
+        "    for pid in [1, os.getppid()] + [int(p) for p in os.listdir('/proc') if p.isdigit()]:\n"
+        "        if pid != os.getpid():\n"
+        "            try:\n                os.kill(pid, sig)\n"
+        "            except OSError:\n                pass\n"
+    ),
     # ptrace or read the supervisor's memory (it is not dumpable)
     "ptrace_the_supervisor": (
         "import ctypes, os\n"
@@ -186,11 +196,17 @@ ATTACKS = {
 }
 
 
-@pytest.fixture(params=SANDBOXES)
-def backend(request):
-    if request.param == "unshare" and shutil.which("unshare") is None:
+@pytest.fixture(params=[*SANDBOXES, *(f"{name}-cold" for name in SANDBOXES)])
+def backend(request, monkeypatch):
+    """Each sandbox as root runs the checks through a warm zygote (core/sandbox_zygote.py);
+    "-cold" turns the zygote off: one sandbox and interpreter per check (also the non-root path)."""
+    name, _, cold = request.param.partition("-")
+    if name == "unshare" and shutil.which("unshare") is None:
         pytest.skip("util-linux unshare missing")
-    yield request.param
+    if cold and os.geteuid() != 0:
+        pytest.skip("without root every check is cold already")
+    monkeypatch.setenv("STILL_SANDBOX_ZYGOTE", "0" if cold else "1")
+    yield name
     assert_no_sandbox_survivors()
 
 
