@@ -82,6 +82,12 @@ def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
     return value
 
 
+def _verify_config(stream: StreamOptions, opts: dict[str, Any]) -> Any:
+    from still.core.verify import VerifyConfig
+
+    return VerifyConfig(fields=stream.fields(), answer_field=opts["answer_field"])
+
+
 @click.command("generate")
 @click.option(
     "-m", "--model", "models", multiple=True, required=True, metavar="M", help="Model (repeatable: several teachers)."
@@ -162,7 +168,6 @@ def command(stream: StreamOptions, **opts: Any) -> int:
     from still.core.jsonl import AtomicOutput, read_records
     from still.core.prompts import PromptStyle
     from still.core.stats import RunStats
-    from still.core.verify import VerifyConfig
 
     engine = opts["engine"]
     if opts["kv_cache_mb"]:
@@ -211,7 +216,7 @@ def command(stream: StreamOptions, **opts: Any) -> int:
         ),
         fields=stream.fields(),
         until_verified=opts["until_verified"],
-        verify=VerifyConfig(fields=stream.fields(), answer_field=opts["answer_field"]),
+        verify=_verify_config(stream, opts) if opts["until_verified"] else None,
         window=opts["window"],
     )
     stats = RunStats("generate")

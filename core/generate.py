@@ -14,14 +14,13 @@ every attempt is written with its verdict.
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
+import itertools
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 
@@ -32,7 +31,12 @@ from still.core.journal import Journal
 from still.core.jsonl import Record
 from still.core.prompts import PromptStyle
 from still.core.stats import RunStats
-from still.core.verify import PASSING, VerifyConfig, verify_records
+
+if TYPE_CHECKING:
+    from still.core.engines.openai import OpenAIEngine
+
+    # the verify core compiles many regular expressions at import: loaded only for --until-verified
+    from still.core.verify import VerifyConfig
 
 Key = tuple[str, str, int]  # (query id, model, sample index)
 
@@ -72,6 +76,18 @@ class _Query:
     messages: tuple[dict[str, Any], ...]
     done: dict[Key, bytes] = field(default_factory=dict)  # finished lines not in the journal
     passed: set[str] = field(default_factory=set)  # models with a verified response
+
+
+# windows the openai engine keeps open at once: the finished lines of later windows wait in memory
+# (or in the journal) until the earliest window's slowest response is in
+REMOTE_WINDOWS = 4
+
+
+@dataclass
+class _OpenWindow:
+    queries: list[_Query]
+    remaining: int = 0  # requests sent, not yet answered
+    sealed: bool = False  # every request of the window has been sent
 
 
 class Progress:
@@ -159,22 +175,30 @@ class Generator:
         self.seen[qid] = rec.where
         return _Query(rec, qid, messages)
 
-    def run(self, records: Iterable[Record]) -> Iterator[bytes]:
-        """Yield the output lines, window by window, in the fixed order."""
+    def _windows(self, records: Iterable[Record]) -> Iterator[list[_Query]]:
         window: list[_Query] = []
         for rec in records:
             query = self._query(rec)
             if query is not None:
                 window.append(query)
             if len(window) >= self.config.window:
-                yield from self._window(window)
+                yield window
                 window = []
         if window:
-            yield from self._window(window)
+            yield window
+
+    def run(self, records: Iterable[Record]) -> Iterator[bytes]:
+        """Yield the output lines, window by window, in the fixed order."""
+        if self.config.engine == "openai" and not self.config.until_verified:
+            yield from self._run_remote(records)
+            return
+        for window in self._windows(records):
+            self._generate_window(window)
+            yield from self._lines(window)
 
     # -- one window ------------------------------------------------------------------------
 
-    def _window(self, queries: list[_Query]) -> Iterator[bytes]:
+    def _generate_window(self, queries: list[_Query]) -> None:
         config = self.config
         if config.until_verified:
             for attempt in range(config.until_verified):
@@ -183,9 +207,19 @@ class Generator:
                     break
                 self._fill([(q, m, attempt) for q, m in open_pairs], verify=True)
         else:
-            self._fill([(q, m, i) for q in queries for m in config.models for i in range(config.samples)], verify=False)
+            self._fill(self._wanted(queries), verify=False)
+
+    def _wanted(self, queries: list[_Query]) -> list[tuple[_Query, str, int]]:
+        """Every (query, model, sample index) of a window the journal lacks, in output order."""
+        wanted = [(q, m, i) for q in queries for m in self.config.models for i in range(self.config.samples)]
+        if self.journal is None:
+            return wanted
+        return [(q, m, i) for q, m, i in wanted if (q.qid, m, i) not in self.journal]
+
+    def _lines(self, queries: list[_Query]) -> Iterator[bytes]:
+        """The output lines of a finished window: input order, then model, then sample index."""
         for query in queries:
-            for model in config.models:
+            for model in self.config.models:
                 for key in self._keys(query, model):
                     yield query.done.pop(key) if key in query.done else self._journalled(key)
             self.stats.written += 1
@@ -202,6 +236,16 @@ class Generator:
         assert self.journal is not None
         return self.journal.get(key)
 
+    def _request(self, query: _Query, idx: int) -> GenerationRequest:
+        return GenerationRequest(
+            messages=query.messages,
+            prefill=self.config.style.prefill,
+            query_id=query.qid,
+            sample_idx=idx,
+            seed=request_seed(self.config.seed, query.qid, idx),
+            params=self.config.params,
+        )
+
     def _fill(self, wanted: list[tuple[_Query, str, int]], verify: bool) -> None:
         """Generate every wanted (query, model, index) the journal lacks; with ``verify``, mark
         the (query, model) pairs that passed (journalled attempts count too)."""
@@ -213,15 +257,7 @@ class Generator:
                 if verify and _passed(self.journal.get(key)):
                     query.passed.add(model)
                 continue
-            seed = request_seed(self.config.seed, query.qid, idx)
-            request = GenerationRequest(
-                messages=query.messages,
-                prefill=self.config.style.prefill,
-                query_id=query.qid,
-                sample_idx=idx,
-                seed=seed,
-                params=self.config.params,
-            )
+            request = self._request(query, idx)
             by_model.setdefault(model, []).append(request)
             owner[id(request)] = query
         finished: list[tuple[_Query, str, int, Record]] = []
@@ -243,47 +279,80 @@ class Generator:
     def _results(
         self, by_model: dict[str, list[GenerationRequest]]
     ) -> Iterator[tuple[str, GenerationRequest, GenerationResult]]:
-        """Each model's results; models served over HTTP run at the same time (one thread each
-        drives its engine), local models one after the other (they share the device)."""
-        remote = self.config.engine == "openai" and len(by_model) > 1
-        if not remote:
+        """Each model's results: local models one after the other (they share the device), models
+        served over HTTP all at once (their requests go out together from one loop)."""
+        if self.config.engine != "openai":
             for model, requests in by_model.items():
                 for request, result in self.engine(model).generate(requests):
                     yield model, request, result
             return
-        engines = {model: self.engine(model) for model in by_model}
-        results: queue.Queue[tuple[str, GenerationRequest, GenerationResult] | BaseException | None] = queue.Queue(64)
-        stop = threading.Event()
-
-        def drive(model: str, requests: list[GenerationRequest]) -> None:
-            try:
-                for request, result in engines[model].generate(requests):
-                    if stop.is_set():
-                        return
-                    results.put((model, request, result))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
-                results.put(exc)
-            finally:
-                results.put(None)
-
-        threads = [threading.Thread(target=drive, args=item, daemon=True) for item in by_model.items()]
-        for thread in threads:
-            thread.start()
-        running = len(threads)
+        work = ((model, request) for model, requests in by_model.items() for request in requests)
+        pending: dict[Future[GenerationResult], tuple[str, GenerationRequest]] = {}
         try:
-            while running:
-                item = results.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
+            while True:
+                for model, request in itertools.islice(work, max(self._remote_limit() - len(pending), 0)):
+                    pending[self._submit(model, request)] = (model, request)
+                if not pending:
+                    return
+                for (model, request), result in _completed(pending):
+                    yield model, request, result
         finally:
-            stop.set()
-            while any(t.is_alive() for t in threads):  # unblock producers waiting on a full queue
-                with contextlib.suppress(queue.Empty):
-                    results.get(timeout=0.1)
+            _cancel(pending)
+
+    # -- the openai engine: windows overlap ------------------------------------------------
+
+    def _submit(self, model: str, request: GenerationRequest) -> Future[GenerationResult]:
+        engine = cast("OpenAIEngine", self.engine(model))
+        return engine.submit(request)
+
+    def _remote_limit(self) -> int:
+        """Requests kept pending: twice the engines' slots, so no server waits for its next one."""
+        slots = sum(getattr(engine, "slots", 1) for engine in self.engines.values())
+        return 2 * max(slots, 1)
+
+    def _run_remote(self, records: Iterable[Record]) -> Iterator[bytes]:
+        """Windows overlap on the openai engine: the next windows' requests go out while a window
+        waits for its slowest responses, so no server idles at a window boundary (with reasoning
+        traces one straggler of 32k tokens would hold every other slot idle until it ends). Lines
+        still come window by window in the fixed order; at most ``REMOTE_WINDOWS`` are open."""
+        windows = self._windows(records)
+        open_windows: deque[_OpenWindow] = deque()
+        sending: Iterator[tuple[_Query, str, int]] = iter(())
+        pending: dict[Future[GenerationResult], tuple[_OpenWindow, _Query, str, GenerationRequest]] = {}
+        read_all = False
+        try:
+            while True:
+                while open_windows and open_windows[0].sealed and open_windows[0].remaining == 0:
+                    yield from self._lines(open_windows.popleft().queries)
+                while len(pending) < self._remote_limit():
+                    item = next(sending, None)
+                    if item is None:
+                        if open_windows:
+                            open_windows[-1].sealed = True
+                        if read_all or len(open_windows) >= REMOTE_WINDOWS:
+                            break
+                        queries = next(windows, None)
+                        if queries is None:
+                            read_all = True
+                            break
+                        open_windows.append(_OpenWindow(queries))
+                        sending = iter(self._wanted(queries))
+                        continue
+                    query, model, idx = item
+                    request = self._request(query, idx)
+                    open_windows[-1].remaining += 1
+                    pending[self._submit(model, request)] = (open_windows[-1], query, model, request)
+                if not pending:
+                    if read_all and not any(not w.sealed or w.remaining for w in open_windows):
+                        break
+                    continue
+                for (window, query, model, request), result in _completed(pending):
+                    self._keep(query, model, request.sample_idx, self._output(query, model, request, result))
+                    window.remaining -= 1
+        finally:
+            _cancel(pending)
+        while open_windows:
+            yield from self._lines(open_windows.popleft().queries)
 
     def _keep(self, query: _Query, model: str, idx: int, rec: Record) -> None:
         key = (query.qid, model, idx)
@@ -317,6 +386,8 @@ class Generator:
         return Record(data, None, query.rec.source, query.rec.line)
 
     def _verify(self, recs: list[Record]) -> list[Record]:
+        from still.core.verify import verify_records
+
         assert self.config.verify is not None
         sub = RunStats("verify")  # a record the verify core cannot use fails the run (BadInput)
         verified = list(verify_records(recs, self.config.verify, sub))
@@ -325,11 +396,30 @@ class Generator:
         return verified
 
 
+_T = TypeVar("_T")
+
+
+def _completed(pending: dict[Future[GenerationResult], _T]) -> Iterator[tuple[_T, GenerationResult]]:
+    """Wait for at least one pending request; each finished one, removed from ``pending``."""
+    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+    for future in done:
+        yield pending.pop(future), future.result()
+
+
+def _cancel(pending: dict[Future[GenerationResult], Any]) -> None:
+    for future in pending:
+        future.cancel()
+
+
 def _passed_record(rec: Record) -> bool:
+    from still.core.verify import PASSING
+
     return rec.data.get("verify", {}).get("verdict") in PASSING
 
 
 def _passed(line: bytes) -> bool:
+    from still.core.verify import PASSING
+
     data = orjson.loads(line)
     return isinstance(data, dict) and data.get("verify", {}).get("verdict") in PASSING
 

@@ -115,3 +115,42 @@ def test_two_served_models_in_one_run_keep_the_line_order(
     assert all(d["n_tokens"] == 4 and d["finish_reason"] == "length" for d in lines)
     res = run_still([*args, "--base-url", f"{models[1]}={servers[1].url}"], code=2)
     assert "has no server" in res.stderr
+
+
+def test_windows_overlap_and_a_journal_resumes_them(tiny_model: Path, servers: list, tmp_path: Path) -> None:
+    """One query per window: the next windows' requests are in flight while one waits (more in
+    flight than a window holds), lines keep the fixed order, and a run resumed from a journal
+    holding some of the windows sends only the rest, in the same order."""
+    from still.core.generate import GenerateConfig, Generator, journal_key
+    from still.core.journal import Journal
+    from still.core.jsonl import Record
+    from still.core.stats import RunStats
+
+    records = [Record({"id": f"q{i}", "query": f"What is {i} + 5?"}, None, "q.jsonl", i + 1) for i in range(6)]
+    config = GenerateConfig(
+        models=(str(tiny_model),),
+        engine="openai",
+        engine_options={"base_urls": [servers[0].url], "concurrency": 3, "extra_body": SAMPLE},
+        params=SamplingParams(max_tokens=4),
+        window=1,
+    )
+
+    def run(recs: list[Record], journal: Journal | None = None) -> tuple[list[bytes], int, int]:
+        before = servers[0].requests_served()
+        generator = Generator(config, RunStats("generate"), journal)
+        try:
+            lines = list(generator.run(recs))
+            in_flight = generator.engines[str(tiny_model)].max_in_flight  # type: ignore[attr-defined]
+        finally:
+            generator.close()
+        return lines, in_flight, servers[0].requests_served() - before
+
+    fresh, in_flight, sent = run(records)
+    assert [orjson.loads(x)["id"] for x in fresh] == [f"q{i}" for i in range(6)]
+    assert sent == 6 and in_flight > 1  # a window holds one request: several in flight = overlap
+    path = tmp_path / "out.jsonl.journal"
+    fingerprint = config.fingerprint()
+    first, _, _ = run(records[1:4], Journal(str(path), fingerprint, journal_key(config.fields), resume=False))
+    resumed, _, sent = run(records, Journal(str(path), fingerprint, journal_key(config.fields), resume=True))
+    assert sent == 3 and resumed[1:4] == first  # journalled lines reused as they are
+    assert [orjson.loads(x)["id"] for x in resumed] == [f"q{i}" for i in range(6)]

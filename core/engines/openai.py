@@ -219,9 +219,20 @@ class OpenAIEngine(EngineBase):
 
     # -- the interface ---------------------------------------------------------------------
 
+    @property
+    def slots(self) -> int:
+        """Requests this engine runs at once (all servers)."""
+        return self.concurrency * len(self.servers)
+
+    def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
+        """Start one request; the future holds its result. For callers that keep several engines
+        (models) or a stream longer than one batch busy from one loop; keep about ``2 * slots``
+        pending so every slot has its next request ready."""
+        return self._pool.submit(self._one, request)
+
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[tuple[GenerationRequest, GenerationResult]]:
         """Keep every server's slots busy; yield results as they complete."""
-        limit = 2 * self.concurrency * len(self.servers)
+        limit = 2 * self.slots
         pending: dict[Future[GenerationResult], GenerationRequest] = {}
         source = iter(requests)
         exhausted = False
@@ -232,7 +243,7 @@ class OpenAIEngine(EngineBase):
                     if request is None:
                         exhausted = True
                         break
-                    pending[self._pool.submit(self._one, request)] = request
+                    pending[self.submit(request)] = request
                 if not pending:
                     break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
