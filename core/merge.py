@@ -5,9 +5,10 @@
 
 Everything is checked before anything is written (``merge_checks``); the output is built in a
 temporary directory beside ``out`` and renamed into place at the end, so a killed run leaves no
-half-written model at ``out``. Peak memory: the inputs of one tensor (one read each, plus a cast
-when the compute dtype differs; small tensors are read one ahead), the method's scratch, and the
-output shard buffer.
+half-written model at ``out``. Peak memory: the inputs of one tensor (memory-mapped; linear and TIES
+cast them chunk by chunk, the other methods whole when the compute dtype differs), the method's
+scratch, its result, and the previous result while it is written (never beside a large tensor's
+work). There is no output shard buffer: each result streams to its shard.
 """
 
 from __future__ import annotations
@@ -35,8 +36,16 @@ from still.core.merge_checks import (
     read_config,
     source_name,
 )
-from still.core.merge_methods import METHODS, MethodParams, merge_tensor
-from still.core.safetensors_io import DTYPE_NAMES, ModelFiles, ShardWriter, TensorReader
+from still.core.merge_methods import METHODS, MethodParams, merge_tensor, result_dtype
+from still.core.safetensors_io import (
+    DTYPE_NAMES,
+    INT_DTYPES,
+    ModelFiles,
+    ShardWriter,
+    TensorReader,
+    WrittenShard,
+    plan_shards,
+)
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 TOKENIZER_POLICIES = ("refuse", "base")
@@ -230,64 +239,83 @@ def merge(
 
 def _merge_into(
     plan: MergePlan, checked: _Checked, tmp: Path, progress: Callable[[int, int], None] | None
-) -> tuple[list[Any], set[str]]:
+) -> tuple[list[WrittenShard], set[str]]:
     import torch
 
     params = plan.params()
     has_base = plan.base is not None
-    readers = [TensorReader(m) for m in checked.models]
-    writer = ShardWriter(tmp, plan.max_shard_bytes)
-    out_dtypes: set[str] = set()
     names = checked.names
+    sources = [[source_name(m, n) or n for m in checked.models] for n in names]
+    dtypes = [[_torch_name(m.tensors[s].dtype) for m, s in zip(checked.models, srcs)] for srcs in sources]
+    computes = [_compute_dtype(plan, d) for d in dtypes]
+    out_dtypes = [_output_dtype(plan, d, c) for d, c in zip(dtypes, computes)]
+    shapes = [checked.models[0].tensors[n].shape for n in names]
+    writer = ShardWriter(tmp, plan_shards(list(zip(names, out_dtypes, shapes)), plan.max_shard_bytes))
+    readers = [TensorReader(m) for m in checked.models]
 
-    def read(name: str) -> list[Any]:
-        return [r.get(source_name(m, name) or name) for r, m in zip(readers, checked.models)]
+    def drop(tensor: torch.Tensor) -> None:
+        for r in readers:
+            r.drop_pages(tensor)
 
-    # Read the next tensor while this one is computed, when both fit in the largest tensor's share
-    # of the memory bound (so never next to the embeddings).
-    size = {n: checked.models[0].tensors[n].end - checked.models[0].tensors[n].begin for n in names}
-    largest = max(size.values(), default=0)
+    size = [checked.models[0].tensors[n].end - checked.models[0].tensors[n].begin for n in names]
+    largest = max(size, default=0)
+    written = 0  # bytes of the result still being written
     # mergekit seeds once and walks tensors in name order; the same order gives the same random draws.
     torch.manual_seed(plan.seed)
-    with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as reader:
-        ahead = reader.submit(read, names[0]) if names else None
-        for i, name in enumerate(names):
-            assert ahead is not None
-            raw, ahead = ahead.result(), None
-            following = names[i + 1] if i + 1 < len(names) else None
-            if following is not None and size[name] + size[following] <= largest:
-                ahead = reader.submit(read, following)
-            if not raw[0].is_floating_point():
-                result = raw[0]  # integer buffers are copied from the base, as mergekit does
-            else:
-                compute = getattr(torch, plan.dtype) if plan.dtype else _promoted(raw)
-                models = [t.to(compute) for t in raw]
+    try:
+        with torch.inference_mode():
+            for i, name in enumerate(names):
+                if size[i] + written > largest:
+                    writer.drain()  # so the last result never waits beside a large tensor's scratch
+                raw = [r.get(s) for r, s in zip(readers, sources[i])]
+                compute_name = computes[i]
+                if compute_name is None:
+                    result = raw[0]  # integer buffers are copied from the base, as mergekit does
+                else:
+                    compute = getattr(torch, compute_name)
+                    base = raw.pop(0) if has_base else None
+                    # trim several task vectors at once where their scratch fits beside the largest tensor's
+                    workers = min(len(raw), os.cpu_count() or 1) if size[i] * len(raw) <= largest else 1
+                    result = merge_tensor(plan.method, base, raw, params, compute, drop, workers)  # empties raw
+                    del base
+                    result = result.to(getattr(torch, out_dtypes[i]))
                 del raw
-                base = models.pop(0) if has_base else None
-                # sort several task vectors at once where their scratch fits beside the largest tensor's
-                workers = min(len(models), os.cpu_count() or 1) if size[name] * len(models) <= largest else 1
-                result = merge_tensor(plan.method, base, models, params, workers)  # may empty ``models``
-                del base, models
-                result = result.to(getattr(torch, plan.out_dtype)) if plan.out_dtype else result
-            out_dtypes.add(str(result.dtype).removeprefix("torch."))
-            writer.add(name, result)
-            del result
-            if ahead is None and following is not None:
-                ahead = reader.submit(read, following)
-            if progress is not None:
-                progress(i + 1, len(names))
-    for r in readers:
-        r.close()
-    return writer.finish(), out_dtypes
+                writer.add(name, result)
+                written = result.numel() * result.element_size()
+                del result
+                if progress is not None:
+                    progress(i + 1, len(names))
+        return writer.finish(), set(out_dtypes)
+    finally:
+        writer.close()
+        for r in readers:
+            r.close()
 
 
-def _promoted(tensors: Sequence[Any]) -> Any:
+def _torch_name(safetensors_dtype: str) -> str:
+    return DTYPE_NAMES.get(safetensors_dtype) or INT_DTYPES[safetensors_dtype]
+
+
+def _compute_dtype(plan: MergePlan, dtypes: Sequence[str]) -> str | None:
+    """The dtype one tensor is merged in: --dtype, else the inputs' promoted dtype; None for integers."""
     import torch
 
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+    if dtypes[0] not in DTYPES:
+        return None
+    if plan.dtype:
+        return plan.dtype
+    promoted = getattr(torch, dtypes[0])
+    for name in dtypes[1:]:
+        promoted = torch.promote_types(promoted, getattr(torch, name))
+    return str(promoted).removeprefix("torch.")
+
+
+def _output_dtype(plan: MergePlan, dtypes: Sequence[str], compute: str | None) -> str:
+    import torch
+
+    if compute is None:
+        return dtypes[0]
+    return plan.out_dtype or str(result_dtype(plan.method, getattr(torch, compute))).removeprefix("torch.")
 
 
 def _copy_side_files(source: Path, dest: Path, config: dict[str, Any], out_dtypes: set[str]) -> None:

@@ -10,7 +10,6 @@ draws for DARE and Arcee Fusion) is what makes the results bit-identical to it, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,10 @@ if TYPE_CHECKING:
 _QUANTILE_SAMPLE = 1_000_000  # Arcee Fusion samples this many importance scores for its quantiles
 _SLERP_CHUNK = 1024 * 1024  # mergekit's slerp reduces in chunks of this many elements
 COMBINE_CHUNK = 4 * 1024 * 1024  # task-vector methods combine this many elements at a time
+# Element-wise passes run this many elements at a time: the scratch stays in cache, and below
+# torch's intra-op grain size (32768) each operation runs on the calling thread, without waking
+# (and, on a loaded machine, waiting for) the OpenMP pool thousands of times.
+ELEMENTWISE_CHUNK = 32000
 
 
 @dataclass(frozen=True)
@@ -52,36 +55,95 @@ class MethodParams:
     normalize: bool = True
 
 
-def linear(models: Sequence[torch.Tensor], p: MethodParams) -> torch.Tensor:
-    """Σ wᵢθᵢ (/ Σ wᵢ), accumulated in float32 (float64 for float64 inputs) with addcmul."""
+def linear(models: Sequence[torch.Tensor], p: MethodParams, compute: torch.dtype) -> torch.Tensor:
+    """Σ wᵢθᵢ (/ Σ wᵢ), accumulated in float32 (float64 for float64 inputs) with addcmul.
+
+    mergekit casts each input to ``compute``, then runs whole-tensor passes over a float32
+    accumulator; the same operations over ``ELEMENTWISE_CHUNK`` elements at a time give the same
+    bits (every step is per element) with a cache-sized accumulator, no full-size casts, and no
+    intra-op thread start-up per pass.
+    """
     import torch
 
     first = models[0]
-    acc = torch.float64 if first.dtype == torch.float64 else torch.float32
+    acc = torch.float64 if compute == torch.float64 else torch.float32
     weight = torch.tensor([list(p.weights)], dtype=acc)
-    shape = (1,) * first.ndim
-    result = torch.zeros_like(first, dtype=acc)
-    for tensor, coefficient in zip(models, weight.unbind(1)):
-        result.addcmul_(tensor, coefficient.reshape(shape))
-    if p.normalize:
-        result.div_(weight.sum(dim=1).reshape(shape))
-    return result.to(first.dtype)
+    coefficients = [c.reshape(1) for c in weight.unbind(1)]
+    denominator = weight.sum(dim=1).reshape(1)
+    flat = [m.reshape(-1) for m in models]
+    result = torch.empty(first.shape, dtype=compute)
+    out = result.reshape(-1)
+    chunk = min(ELEMENTWISE_CHUNK, max(1, first.numel()))
+    total = torch.empty(chunk, dtype=acc)
+    for start in range(0, first.numel(), chunk):
+        stop = min(start + chunk, first.numel())
+        a = total[: stop - start]
+        a.zero_()
+        for tensor, coefficient in zip(flat, coefficients):
+            a.addcmul_(tensor[start:stop].to(compute), coefficient)
+        if p.normalize:
+            a.div_(denominator)
+        out[start:stop].copy_(a)
+    return result
 
 
-def _magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the int(density·n) largest |δ| (mergekit's argsort, so ties break the same way)."""
+def _trimmed_delta(
+    base: torch.Tensor, model: torch.Tensor, density: float, compute: torch.dtype, drop: Callable[[torch.Tensor], None]
+) -> torch.Tensor:
+    """TIES' τ = θ − b (in ``compute``) keeping its int(density·n) largest |τ|, exactly as mergekit's argsort.
+
+    mergekit masks ``τ`` with the first k indices of ``argsort(|τ|.float(), descending=True)``, an
+    unstable sort (libstdc++'s introsort): which of several equal magnitudes at the threshold are kept
+    depends on the sort's moves, so no threshold or histogram rule reproduces it. Those moves depend
+    only on the comparisons, so sorting any keys that compare the same gives the same permutation:
+    here the bit patterns of |τ| (int16 for 16-bit dtypes, NaNs made one value as the float
+    comparator treats them), sorted in place. Memory: the keys (one input's size for 16-bit dtypes),
+    the int64 indices and the result; ``τ`` is computed twice, in chunks, and ``drop`` gives back the
+    inputs' pages while the sort runs.
+    """
     import torch
 
-    if density >= 1:
-        return delta
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
-    w = delta.abs().reshape(-1).float()
-    mask[torch.argsort(w, descending=True)[:k]] = 1
-    del w
-    return delta * mask.reshape_as(delta)
+    numel = base.numel()
+    flat_base, flat_model = base.reshape(-1), model.reshape(-1)
+    chunk = ELEMENTWISE_CHUNK
+
+    def delta(start: int) -> torch.Tensor:
+        stop = min(start + chunk, numel)
+        return flat_model[start:stop].to(compute) - flat_base[start:stop].to(compute)
+
+    out = torch.empty(numel, dtype=compute)
+    if density >= 1 or density <= 0 or numel == 0:
+        for start in range(0, numel, chunk):
+            out[start : start + chunk] = delta(start) if density >= 1 else 0
+        return out
+    k = max(1, int(density * numel))
+    narrow = compute.itemsize == 2
+    keys = torch.empty(numel, dtype=torch.int16 if narrow else torch.float32)
+    inf, nan = (_bits(compute, "inf"), _bits(compute, "nan")) if narrow else (0, 0)
+    for start in range(0, numel, chunk):
+        magnitude = delta(start).abs_()
+        if narrow:
+            bits = magnitude.view(torch.int16)
+            keys[start : start + chunk] = bits.masked_fill_(bits > inf, nan)
+        else:
+            keys[start : start + chunk] = magnitude
+    drop(model)
+    drop(base)
+    order = torch.empty(numel, dtype=torch.long)
+    torch.sort(keys, descending=True, out=(keys, order))
+    keys.zero_()
+    keys[order[:k]] = 1  # mergekit's mask, 1 at the k kept positions
+    del order
+    for start in range(0, numel, chunk):
+        torch.mul(delta(start), keys[start : start + chunk].to(compute), out=out[start : start + chunk])
+    return out
+
+
+def _bits(dtype: torch.dtype, value: str) -> int:
+    """The int16 bit pattern of +inf or of the positive NaN a 16-bit float dtype's abs gives."""
+    import torch
+
+    return int(torch.tensor(float(value), dtype=dtype).abs().view(torch.int16))
 
 
 def _bernoulli(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -106,45 +168,85 @@ def task_vectors(
     p: MethodParams,
     sparsify: Callable[[torch.Tensor, float], torch.Tensor] | None,
     consensus: bool,
-    workers: int = 1,
 ) -> torch.Tensor:
     """mergekit's generalized task arithmetic: sparsify τᵢ = θᵢ − b, weight, elect signs, combine.
 
-    Takes ownership of ``models`` (each input is dropped once its task vector exists), and combines
-    in chunks of ``COMBINE_CHUNK`` elements: every step after the sparsification is per element, so
-    chunking changes no result but keeps the sign election's scratch small.
+    Takes ownership of ``models`` (each input is dropped once its task vector exists).
     """
+    deltas: list[torch.Tensor] = []
+    while models:
+        delta = models.pop(0) - base
+        deltas.append((sparsify(delta, p.densities[len(deltas)]) if sparsify is not None else delta).reshape(-1))
+        del delta
+    return combine(base, deltas, p, consensus)
+
+
+def ties(
+    base: torch.Tensor,
+    models: list[torch.Tensor],
+    p: MethodParams,
+    compute: torch.dtype,
+    drop: Callable[[torch.Tensor], None],
+    workers: int = 1,
+) -> torch.Tensor:
+    """TIES on inputs in their stored dtype: trim each τᵢ (``_trimmed_delta``), elect signs, combine.
+
+    Takes ownership of ``models``. ``workers`` > 1 trims several task vectors at once (the sorts
+    dominate TIES' time and draw nothing random); the caller allows it only where their scratch is
+    small next to the largest tensor's, and then no input's pages are dropped (another thread may
+    be reading them).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
-    n = len(models)
-    deltas = base.new_empty((n, base.numel()))
-
-    def task_vector(i: int, tensor: torch.Tensor) -> None:
+    def trimmed(i: int, model: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():  # thread-local: a worker thread does not inherit the caller's
-            delta = tensor - base
-            if sparsify is not None:
-                delta = sparsify(delta, p.densities[i])
-            deltas[i] = delta.reshape(-1)
+            return _trimmed_delta(base, model, p.densities[i], compute, drop if workers == 1 else _keep)
 
-    if workers > 1 and sparsify is _magnitude:
-        # TIES' sorts dominate its time; each model's is independent and draws nothing random
+    deltas: list[torch.Tensor] = []
+    if workers > 1:
         tensors = list(models)
         models.clear()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(task_vector, range(n), tensors))
+            deltas.extend(pool.map(trimmed, range(len(tensors)), tensors))
         del tensors
     else:
-        for i in range(n):
-            task_vector(i, models.pop(0))
-    weights = torch.tensor(list(p.weights), dtype=deltas.dtype).unsqueeze_(-1)
-    deltas.mul_(weights)
+        while models:
+            deltas.append(trimmed(len(deltas), models.pop(0)))
+    return combine(base, deltas, p, consensus=True, compute=compute)
+
+
+def _keep(tensor: torch.Tensor) -> None:
+    """A ``drop`` that keeps the pages."""
+
+
+def combine(
+    base: torch.Tensor,
+    deltas: list[torch.Tensor],
+    p: MethodParams,
+    consensus: bool,
+    compute: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Weight the flat task vectors, elect signs (TIES) and add the (normalised) sum to the base.
+
+    Takes ownership of ``deltas``. Every step is per element, so it runs in chunks of
+    ``COMBINE_CHUNK`` elements: the same result as mergekit's whole-tensor stack, with small scratch.
+    ``base`` is cast to ``compute`` (default: its dtype) one chunk at a time.
+    """
+    import torch
+
+    dtype = compute or base.dtype
+    weights = torch.tensor(list(p.weights), dtype=dtype).unsqueeze_(-1)
     flat_base = base.reshape(-1)
-    out = torch.empty_like(flat_base)
+    out = torch.empty(base.numel(), dtype=dtype)
     for start in range(0, max(1, base.numel()), COMBINE_CHUNK):
-        d = deltas[:, start : start + COMBINE_CHUNK]
+        stop = start + COMBINE_CHUNK
+        d = torch.stack([x[start:stop] for x in deltas])
+        d.mul_(weights)
         if consensus:
-            sign = d.sign().to(base.dtype)
-            majority = (d.sum(dim=0) >= 0).to(base.dtype) * 2 - 1
+            sign = d.sign().to(dtype)
+            majority = (d.sum(dim=0) >= 0).to(dtype) * 2 - 1
             mask = sign == majority
             del sign, majority
             mixed = (d * mask).sum(dim=0)
@@ -159,7 +261,8 @@ def task_vectors(
             mixed /= divisor
         if p.lam != 1:
             mixed *= p.lam
-        out[start : start + COMBINE_CHUNK] = (flat_base[start : start + COMBINE_CHUNK] + mixed).to(base.dtype)
+        out[start:stop] = (flat_base[start:stop].to(dtype) + mixed).to(dtype)
+    deltas.clear()
     return out.reshape(base.shape)
 
 
@@ -245,21 +348,30 @@ def arcee_fusion(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 
 def merge_tensor(
-    method: str, base: torch.Tensor | None, models: list[torch.Tensor], p: MethodParams, workers: int = 1
+    method: str,
+    base: torch.Tensor | None,
+    models: list[torch.Tensor],
+    p: MethodParams,
+    compute: torch.dtype,
+    drop: Callable[[torch.Tensor], None] = _keep,
+    workers: int = 1,
 ) -> torch.Tensor:
-    """Merge one tensor (inputs in the compute dtype); the result may be in a wider dtype.
+    """Merge one tensor of inputs in their stored dtypes, computing in ``compute`` as mergekit does.
 
-    The task-vector methods empty ``models`` as they go, to free each input early; ``workers`` > 1
-    lets TIES sort the task vectors of several models at once (each sort's scratch is ~12 bytes per
-    element, so the caller allows it only for tensors small next to the largest).
+    The result may be in a wider dtype (``result_dtype``). Takes ownership of ``models`` and frees
+    each input as early as it can; ``drop`` gives back an input's pages while TIES sorts (see
+    ``TensorReader.drop_pages``); ``workers`` > 1 lets TIES trim several task vectors at once.
+    linear and TIES read their inputs chunk by chunk; the others cast whole inputs first.
     """
     if method == "linear":
-        return linear(models, p)
+        return linear(models, p, compute)
     assert base is not None
+    if method == "ties":
+        return ties(base, models, p, compute, drop, workers)
+    base = base.to(compute)
+    models[:] = [m.to(compute) for m in models]
     if method == "task_arithmetic":
         return task_vectors(base, models, p, None, consensus=False)
-    if method == "ties":
-        return task_vectors(base, models, p, _magnitude, consensus=True, workers=workers)
     if method == "dare_linear":
         return task_vectors(base, models, p, _bernoulli, consensus=False)
     if method == "dare_ties":
@@ -271,3 +383,10 @@ def merge_tensor(
     if method == "arcee_fusion":
         return arcee_fusion(base, models[0])
     raise ValueError(f"unknown merge method {method}")
+
+
+def result_dtype(method: str, compute: torch.dtype) -> torch.dtype:
+    """The dtype ``merge_tensor`` returns: the compute dtype, but Arcee Fusion's float32 mask promotes it."""
+    import torch
+
+    return torch.promote_types(compute, torch.float32) if method == "arcee_fusion" else compute
