@@ -26,9 +26,13 @@ demo: venv
 	bash examples/pipeline.sh $(DEMO_DIR) $(STILL) $(PY)
 	bash examples/models.sh $(DEMO_DIR) $(STILL) $(PY)
 
-# TinyR1's branch-merge at toy scale, every step a still command (examples/branch_merge/Makefile)
+# TinyR1's branch-merge at toy scale, every step a still command (examples/branch_merge/Makefile);
+# from scratch each time (its run time is one of its results), independent stages two at a time
+SHOWCASE_JOBS ?= 2
 showcase: venv
-	$(MAKE) -f examples/branch_merge/Makefile OUT=$(SHOWCASE_DIR) STILL=$(abspath $(STILL)) PY=$(abspath $(PY))
+	rm -rf $(SHOWCASE_DIR)
+	$(MAKE) -j$(SHOWCASE_JOBS) -f examples/branch_merge/Makefile OUT=$(SHOWCASE_DIR) STILL=$(abspath $(STILL)) \
+		PY=$(abspath $(PY))
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -48,7 +48,7 @@ def balanced(stats: dict) -> bool:
 def test_showcase_reduced_every_stage_accounted(tmp_path: Path) -> None:
     out = tmp_path / "showcase"
     still = str(Path(sys.executable).with_name("still"))
-    args = ["make", "-f", str(ROOT / "examples" / "branch_merge" / "Makefile"), f"OUT={out}"]
+    args = ["make", "-j2", "-f", str(ROOT / "examples" / "branch_merge" / "Makefile"), f"OUT={out}"]
     args += [f"STILL={still}", f"PY={sys.executable}", *(f"{k}={v}" for k, v in REDUCED.items())]
     # a teacher trained for seconds solves nothing: REDI's positives are the rule-made solutions
     args += [f"REDI_EXTRA={out / 'reference-verified.jsonl'}"]
@@ -98,6 +98,10 @@ def check_reduced_run(out: Path) -> None:
     # every model evaluated on both domains, with an interval; merges compared with each branch
     results = json.loads((out / "results.json").read_text())
     assert set(results["models"]) == set(MODELS) and results["seconds"] > 0
+    # every command's wall and CPU time, grouped by stage (the full run's profile)
+    timed = {st["stage"] for st in results["stages"]}
+    assert {"teacher", "base", "generated", "merge-ties", *(f"eval {m}" for m in MODELS)} <= timed
+    assert results["cpu_seconds"] == pytest.approx(sum(st["cpu_s"] for st in results["stages"]), abs=0.2)
     for name in MODELS:
         for domain in ("add", "sort"):
             r = results["models"][name][domain]

@@ -5,7 +5,8 @@
 Reads OUT/eval/NAME.jsonl (`still eval` output: its summary lines) and OUT/eval/compare-*.jsonl
 (`still eval compare`), writes OUT/results.json
 ({"models": {NAME: {DOMAIN: {"avg_at_k", "ci95"}}}, "compare": [...], "seconds": ...}),
-OUT/results.md and OUT/accuracy.png (when matplotlib is installed).
+OUT/results.md and OUT/accuracy.png (when matplotlib is installed). Stage times come from
+OUT/stats/times.txt (`wall user sys target` per command, written by the Makefile's /usr/bin/time).
 """
 
 from __future__ import annotations
@@ -24,6 +25,34 @@ def summaries(path: Path) -> dict[str, dict[str, Any]]:
         if row.get("eval") == "summary":
             out[row["benchmark"]] = {"avg_at_k": row["avg_at_k"], "ci95": row["ci95"], "k": row["k"]}
     return out
+
+
+def stage_of(target: str) -> str:
+    """The experiment stage a Makefile target belongs to (models/branch-add/config.json -> branch-add)."""
+    parts = target.split("/")
+    if parts[0] == "models":
+        return "init models" if parts[1].endswith("-init") else parts[1]
+    if parts[0] == "eval":
+        return "eval " + parts[1].removesuffix(".jsonl")
+    if parts[0] == "data":
+        return "make_domains"
+    return target.removesuffix(".jsonl")
+
+
+def stage_times(path: Path) -> list[dict[str, Any]]:
+    """Wall and CPU seconds per stage, in the order the stages finished."""
+    stages: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return []
+    for line in path.read_text().splitlines():
+        fields = line.split(maxsplit=3)
+        if len(fields) != 4 or fields[0].startswith("Command"):
+            continue  # GNU time's note on a failed command; the Makefile stops there anyway
+        name = stage_of(fields[3])
+        row = stages.setdefault(name, {"stage": name, "wall_s": 0.0, "cpu_s": 0.0})
+        row["wall_s"] = round(row["wall_s"] + float(fields[0]), 1)
+        row["cpu_s"] = round(row["cpu_s"] + float(fields[1]) + float(fields[2]), 1)
+    return list(stages.values())
 
 
 def table(models: dict[str, dict[str, dict[str, Any]]], domains: list[str]) -> str:
@@ -89,7 +118,14 @@ def main() -> None:
                 }
             )
     started = float((args.out / "started").read_text())
-    results = {"models": models, "compare": compare, "seconds": round(time.time() - started, 1)}
+    stages = stage_times(args.out / "stats" / "times.txt")
+    results = {
+        "models": models,
+        "compare": compare,
+        "seconds": round(time.time() - started, 1),
+        "cpu_seconds": round(sum(st["cpu_s"] for st in stages), 1),
+        "stages": stages,
+    }
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     md = table(models, domains)
     md += "\n| merge | minus branch | on | delta [95% CI] | merge / branch |\n|---|---|---|---|---|\n"
@@ -97,7 +133,10 @@ def main() -> None:
         interval = f"{c['delta']:+.1%} [{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}]"
         kept = f"{c['merge_avg_at_k'] / c['branch_avg_at_k']:.0%}" if c["branch_avg_at_k"] else "-"
         md += f"| {c['merge']} | {c['branch']} | {c['benchmark']} | {interval} | {kept} |\n"
-    md += f"\nwhole run: {results['seconds']:.0f} s\n"
+    md += f"\nwhole run: {results['seconds']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU (all stages)\n"
+    if stages:
+        md += "\n| stage | wall s | CPU s |\n|---|---|---|\n"
+        md += "".join(f"| {st['stage']} | {st['wall_s']:.1f} | {st['cpu_s']:.1f} |\n" for st in stages)
     (args.out / "results.md").write_text(md)
     plotted = plot(models, domains, args.out / "accuracy.png")
     print(md + ("" if plotted else "(no plot: pip install matplotlib)\n"))
