@@ -125,7 +125,10 @@ class DedupConfig:
         }
 
 
-@dataclass
+_EMPTY_SET = np.empty(0, dtype=np.uint64)
+
+
+@dataclass(slots=True)
 class Item:
     """A record on its way through the deduplicator, with its features."""
 
@@ -133,15 +136,13 @@ class Item:
     index: int  # position in the input
     text: str = ""  # the key text, normalised and signed with its block
     exact: int = 0
-    shingles: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    shingles: np.ndarray = field(default_factory=lambda: _EMPTY_SET)  # one shared empty array, never written
     rep: int = -1  # the representative it joined (or became)
     jaccard: float = 1.0
     match: str | None = None  # "exact" / "near" for duplicates, "record" for a copy of a kept record
     rank: int = 0  # 0 for the representative, then arrival order in its cluster; -1 for a copy
     response_key: int | None = None  # --key query: hash of the response, telling samples apart
 
-
-_EMPTY_SET = np.empty(0, dtype=np.uint64)
 
 
 class ShingleStore:
