@@ -144,7 +144,6 @@ class Item:
     response_key: int | None = None  # --key query: hash of the response, telling samples apart
 
 
-
 class ShingleStore:
     """Sorted shingle-hash sets of representatives, appended to a file and read back on demand.
 
