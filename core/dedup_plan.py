@@ -38,6 +38,7 @@ import numpy as np
 from still.core.dedup import DedupConfig, jaccard, key_text
 from still.core.dedup_features import FeatureMaker
 from still.core.errors import StillError, UsageError
+from still.core.fields import Shard as IdShard
 from still.core.jsonl import AtomicOutput, ErrorPolicy, read_records
 from still.core.stats import RunStats
 
@@ -52,13 +53,8 @@ class Shard:
 
     @classmethod
     def parse(cls, text: str) -> Shard:
-        try:
-            i, n = (int(x) for x in text.split("/"))
-        except ValueError:
-            raise UsageError(f"--shard {text!r}: give I/N, e.g. 0/4") from None
-        if n < 1 or not 0 <= i < n:
-            raise UsageError(f"--shard {text!r}: need 0 <= I < N")
-        return cls(i, n)
+        parsed = IdShard.parse(text)  # the I/N syntax and checks of every command's --shard
+        return cls(parsed.index, parsed.count)
 
     def files(self, inputs: Sequence[str]) -> list[tuple[int, str]]:
         """This shard's input files (file k belongs to shard k mod N), with their numbers."""

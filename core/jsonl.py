@@ -123,6 +123,7 @@ class JsonlReader:
         self.max_line_bytes = max_line_bytes
         self._quarantine: IO[bytes] | None = None
         self._quarantine_used = False
+        self._input_ended = False
         stats.on_bad = self._bad
 
     def _bad(self, source: str, line: int, message: str, raw: bytes) -> None:
@@ -137,6 +138,8 @@ class JsonlReader:
                 self._quarantine = open(self.policy.path, mode)  # noqa: SIM115 - closed in __iter__/close
                 self._quarantine_used = True
             self._quarantine.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            if self._input_ended:  # a record rejected after the input ended (read ahead): nobody closes it later
+                self.close()
 
     def __iter__(self) -> Iterator[Record]:
         # One flat loop per line (readline, parse, check, Record): this is every command's hot path.
@@ -185,6 +188,7 @@ class JsonlReader:
                     if name != "-":
                         stream.close()
         finally:
+            self._input_ended = True
             self.close()
 
     def close(self) -> None:

@@ -59,11 +59,9 @@ class KeyIndex:
                     continue
                 any_hit = True
                 row_ids = run_ids[t]
-                for qi in found.tolist():
-                    start = stop = int(lo[qi])
-                    key = q[qi]
-                    while stop < table.size and table[stop] == key:
-                        stop += 1
+                starts = lo[found]
+                stops = np.searchsorted(table, q[found], side="right")
+                for qi, start, stop in zip(found.tolist(), starts.tolist(), stops.tolist()):
                     hits[qi].update(row_ids[start:stop].tolist())
         if not any_hit:
             return [[] for _ in range(n)]

@@ -292,6 +292,13 @@ def test_jaccard_helper() -> None:
     a = np.array([1, 2, 3, 3], dtype=np.uint64)
     b = np.array([2, 3, 4], dtype=np.uint64)
     assert jaccard(a, b) == 0.5
+    rng = np.random.default_rng(3)
+    for _ in range(300):  # sets with repeats, overlaps, empty sides: the ratio of Python sets, to the bit
+        x = rng.integers(0, int(rng.integers(1, 40)), int(rng.integers(0, 30)), dtype=np.uint64)
+        y = rng.integers(0, int(rng.integers(1, 40)), int(rng.integers(0, 30)), dtype=np.uint64)
+        sx, sy = set(x.tolist()), set(y.tolist())
+        expected = len(sx & sy) / len(sx | sy) if sx and sy else float(len(sx) == len(sy))
+        assert jaccard(x, y) == expected
 
 
 # --- incremental state ----------------------------------------------------------------------

@@ -78,3 +78,26 @@ def test_workers_with_state_and_clusters_match_one_process(tmp_path: Path) -> No
 def test_workers_is_validated() -> None:
     res = run_still(["dedup", "--workers", "-1"], stdin="", code=2)
     assert "--workers" in res.stderr
+
+
+def test_workers_find_key_texts_and_report_records_without_one_in_order(tmp_path: Path) -> None:
+    """The workers parse the lines and find the key texts; a record without one goes to the
+    --on-error policy as with one process (same count, same quarantined lines, same order)."""
+    lines = _lines(300, seed=2)
+    for at in (5, 6, 140, 299):  # one without a query, the next without any text
+        lines.insert(at, json.dumps({"id": f"bad{at}", "response": "r"}).encode() + b"\n")
+    data = b"".join(lines)
+    results = []
+    for workers in ("1", "2"):
+        quarantine, stats = tmp_path / f"q{workers}.jsonl", tmp_path / f"s{workers}.json"
+        res = run_still(
+            ["dedup", "--workers", workers, "--block-size", "16", "--on-error", f"quarantine={quarantine}"]
+            + ["--stats", str(stats)],
+            stdin=data,
+        )
+        summary = json.loads(stats.read_text())
+        results.append((res.stdout, quarantine.read_bytes(), summary["errors"], summary["dropped"]))
+    assert results[0] == results[1]
+    assert results[0][1].count(b"\n") == 4 and sum(results[0][2].values()) == 4
+    res = run_still(["dedup", "--workers", "2", "--block-size", "16"], stdin=data, code=3)
+    assert "<stdin>:6: no query field" in res.stderr and "Traceback" not in res.stderr
