@@ -87,6 +87,15 @@ def main() -> None:
         res = check_code(f"```python\n{solution}```", None, record, CodeConfig(sandbox=args.sandbox))
         assert res["verdict"] == "pass", res
 
+    def verified_pytest(code: str) -> None:
+        # KodCode style: a pytest file importing from the solution (the supervisor imports pytest)
+        n = int(code.split("range(")[1].split(")")[0])
+        expected = sum(i * i for i in range(n)) % 1000003
+        tests = f"from solution import f\n\n\ndef test_f():\n    assert f({n}) == {expected}\n"
+        solution = "def f(n):\n    return sum(i * i for i in range(n)) % 1000003\n"
+        res = check_code(f"```python\n{solution}```", tests, {}, CodeConfig(sandbox=args.sandbox))
+        assert res["verdict"] == "pass", res
+
     base = measure("unsandboxed subprocess (python -c)", plain, items)
     base_s = measure("unsandboxed subprocess (python -S -c)", plain_s, items)
     ours = measure(f"sandboxed ({sb.backend}, python -S -c)", boxed, items)
@@ -98,19 +107,19 @@ def main() -> None:
     print(f"sandboxed / unsandboxed: {ours / base:.2f}x runs/s (vs python -S: {ours / base_s:.2f}x)")
     print(f"concurrent, per core ({cores} cores): sandboxed {ours_par / cores:.1f} runs/s/core, ", end="")
     print(f"unsandboxed -S {base_par / cores:.1f} runs/s/core ({ours_par / base_par:.2f}x)")
-    he_par = measure(f"check_code, HumanEval style, {args.jobs} concurrent", verified_assert, items, args.jobs)
+    jobs = args.jobs
+    he_par = measure(f"check_code, HumanEval style, {jobs} concurrent", verified_assert, items, jobs)
+    kc_par = measure(f"check_code, KodCode (pytest) style, {jobs} concurrent", verified_pytest, items, jobs)
     # the same checks with a sandbox set-up and an interpreter start per run (no warm zygote)
     os.environ["STILL_SANDBOX_ZYGOTE"] = "0"
-    he_cold = measure(
-        f"  same, one sandbox per run (no zygote), {args.jobs} concurrent", verified_assert, items, args.jobs
-    )
+    he_cold = measure(f"  HumanEval, one sandbox per run, {jobs} concurrent", verified_assert, items, jobs)
+    kc_cold = measure(f"  KodCode, one sandbox per run, {jobs} concurrent", verified_pytest, items, jobs)
     del os.environ["STILL_SANDBOX_ZYGOTE"]
     print(f"check_code / unsandboxed: {e2e / base:.2f}x runs/s")
-    print(
-        f"HumanEval-style check_code (supervisor + solution process): {he_par / cores:.1f} runs/s/core (goal >= 20); ",
-        end="",
-    )
-    print(f"without the warm zygote {he_cold / cores:.1f} runs/s/core ({he_par / he_cold:.2f}x)")
+    print(f"HumanEval-style check_code (supervisor + solution process): {he_par / cores:.1f} runs/s/core ", end="")
+    print(f"(goal >= 20); one sandbox per run {he_cold / cores:.1f} runs/s/core (warm zygote {he_par / he_cold:.2f}x)")
+    print(f"KodCode-style check_code: {kc_par / cores:.1f} runs/s/core; ", end="")
+    print(f"one sandbox per run {kc_cold / cores:.1f} runs/s/core (warm zygote {kc_par / kc_cold:.2f}x)")
     print(f"sandbox setup overhead: {overhead:.1f} ms (goal <= 15 ms); ", end="")
     print(f"sequential sandboxed runs/s: {ours:.1f}, ", end="")
     print(f"concurrent {ours_par / cores:.1f} runs/s/core (goal >= 20); load average {os.getloadavg()[0]:.1f}")

@@ -243,3 +243,27 @@ def test_a_run_whose_sandbox_cannot_be_built_is_a_sandbox_error_and_the_zygote_g
         os.mkdir(box)
     ok = _check("def probe():\n    return 1\n", "def check(candidate):\n    assert candidate() == 1\n", backend)
     assert ok["verdict"] == "pass" and sandbox_zygote._local.zygote is zygote
+
+
+def test_a_threads_zygote_ends_with_the_thread(backend):
+    import threading
+
+    zygotes = []
+
+    def work() -> None:
+        assert (
+            _check("def probe():\n    return 1\n", "def check(candidate):\n    assert candidate() == 1\n", backend)[
+                "verdict"
+            ]
+            == "pass"
+        )
+        zygotes.append(sandbox_zygote._local.zygote)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert len(zygotes) == 1
+    deadline = time.monotonic() + 10
+    while zygotes[0].alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not zygotes[0].alive()
