@@ -49,6 +49,39 @@ def measure(label: str, fn, items: list[str], jobs: int = 1) -> float:
     return rate
 
 
+def cpu_per_check(check, items: list[str]) -> float:
+    """CPU seconds per check of the whole process tree (sandboxes, zygotes, supervisors,
+    solutions and this process): what a loaded box cannot blur as it blurs wall time. This
+    process becomes a child subreaper so the orphans of sandboxes are reaped (and counted) here;
+    the zygotes are closed at the end so their children's time is counted too."""
+    import ctypes
+    import resource
+
+    from still.core.sandbox_zygote import close_zygotes
+
+    def reap() -> None:
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+
+    def used() -> float:
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
+        s = resource.getrusage(resource.RUSAGE_SELF)
+        return c.ru_utime + c.ru_stime + s.ru_utime + s.ru_stime
+
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    close_zygotes()
+    reap()
+    start = used()
+    for item in items:
+        check(item)
+    close_zygotes()
+    reap()
+    return (used() - start) / len(items)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=100)
@@ -87,6 +120,15 @@ def main() -> None:
         res = check_code(f"```python\n{solution}```", None, record, CodeConfig(sandbox=args.sandbox))
         assert res["verdict"] == "pass", res
 
+    def verified_pytest(code: str) -> None:
+        # KodCode style: a pytest file importing from the solution (the supervisor imports pytest)
+        n = int(code.split("range(")[1].split(")")[0])
+        expected = sum(i * i for i in range(n)) % 1000003
+        tests = f"from solution import f\n\n\ndef test_f():\n    assert f({n}) == {expected}\n"
+        solution = "def f(n):\n    return sum(i * i for i in range(n)) % 1000003\n"
+        res = check_code(f"```python\n{solution}```", tests, {}, CodeConfig(sandbox=args.sandbox))
+        assert res["verdict"] == "pass", res
+
     base = measure("unsandboxed subprocess (python -c)", plain, items)
     base_s = measure("unsandboxed subprocess (python -S -c)", plain_s, items)
     ours = measure(f"sandboxed ({sb.backend}, python -S -c)", boxed, items)
@@ -98,19 +140,27 @@ def main() -> None:
     print(f"sandboxed / unsandboxed: {ours / base:.2f}x runs/s (vs python -S: {ours / base_s:.2f}x)")
     print(f"concurrent, per core ({cores} cores): sandboxed {ours_par / cores:.1f} runs/s/core, ", end="")
     print(f"unsandboxed -S {base_par / cores:.1f} runs/s/core ({ours_par / base_par:.2f}x)")
-    he_par = measure(f"check_code, HumanEval style, {args.jobs} concurrent", verified_assert, items, args.jobs)
+    jobs = args.jobs
+    he_par = measure(f"check_code, HumanEval style, {jobs} concurrent", verified_assert, items, jobs)
+    kc_par = measure(f"check_code, KodCode (pytest) style, {jobs} concurrent", verified_pytest, items, jobs)
     # the same checks with a sandbox set-up and an interpreter start per run (no warm zygote)
     os.environ["STILL_SANDBOX_ZYGOTE"] = "0"
-    he_cold = measure(
-        f"  same, one sandbox per run (no zygote), {args.jobs} concurrent", verified_assert, items, args.jobs
-    )
+    he_cold = measure(f"  HumanEval, one sandbox per run, {jobs} concurrent", verified_assert, items, jobs)
+    kc_cold = measure(f"  KodCode, one sandbox per run, {jobs} concurrent", verified_pytest, items, jobs)
     del os.environ["STILL_SANDBOX_ZYGOTE"]
     print(f"check_code / unsandboxed: {e2e / base:.2f}x runs/s")
-    print(
-        f"HumanEval-style check_code (supervisor + solution process): {he_par / cores:.1f} runs/s/core (goal >= 20); ",
-        end="",
-    )
-    print(f"without the warm zygote {he_cold / cores:.1f} runs/s/core ({he_par / he_cold:.2f}x)")
+    print(f"HumanEval-style check_code (supervisor + solution process): {he_par / cores:.1f} runs/s/core ", end="")
+    print(f"(goal >= 20); one sandbox per run {he_cold / cores:.1f} runs/s/core (warm zygote {he_par / he_cold:.2f}x)")
+    print(f"KodCode-style check_code: {kc_par / cores:.1f} runs/s/core; ", end="")
+    print(f"one sandbox per run {kc_cold / cores:.1f} runs/s/core (warm zygote {kc_par / kc_cold:.2f}x)")
+    # CPU per check, sequential, with and without the warm zygote (zygote start-up included)
+    warm_cpu = cpu_per_check(verified_assert, items)
+    os.environ["STILL_SANDBOX_ZYGOTE"] = "0"
+    cold_cpu = cpu_per_check(verified_assert, items)
+    del os.environ["STILL_SANDBOX_ZYGOTE"]
+    print(f"HumanEval-style CPU per check (whole tree): warm zygote {1000 * warm_cpu:.1f} ms = ", end="")
+    print(f"{1 / warm_cpu:.1f} checks per CPU-second; one sandbox per run {1000 * cold_cpu:.1f} ms = ", end="")
+    print(f"{1 / cold_cpu:.1f} ({cold_cpu / warm_cpu:.2f}x)")
     print(f"sandbox setup overhead: {overhead:.1f} ms (goal <= 15 ms); ", end="")
     print(f"sequential sandboxed runs/s: {ours:.1f}, ", end="")
     print(f"concurrent {ours_par / cores:.1f} runs/s/core (goal >= 20); load average {os.getloadavg()[0]:.1f}")

@@ -3,7 +3,8 @@
 argv: code_worker.py REQUEST_FD REPLY_FD BOX SITE_DIRS FIRST_ID
 
 Started by the supervisor (code_harness.py) with nothing but two pipes to it. It forks away from
-its parent at once (so ``getppid()`` is the sandbox's init, not the supervisor), says hello with
+its parent at once (so ``getppid()`` is the sandbox's init, not the supervisor, unless the
+supervisor is that init), says hello with
 its pid, imports ``BOX/solution.py`` as module ``solution`` when asked and then serves calls,
 attribute reads and protocol operations on its objects. Nothing here is trusted: the solution
 may replace any of it, and the supervisor assumes it does.
@@ -217,7 +218,10 @@ def _detach_and_serve(req_fd: int, rep_fd: int, box: str, site: str, first_id: i
     global WORKER
     _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
     os.setsid()
-    if os.fork() > 0:
+    # Reparent to the namespace's init, so getppid() never leads to the supervisor. When the
+    # supervisor IS that init (a warm zygote's run, code_zygote.py) there is nothing to gain
+    # (and init ignores signals from inside its namespace): one fork fewer.
+    if os.getppid() != 1 and os.fork() > 0:
         os._exit(0)
     sys.path[0] = box
     sys.path[1:] = [p for p in sys.path[1:] if not p.endswith("/still")]

@@ -168,6 +168,10 @@ def _monitor(req: dict[str, Any], fds: list[int], zygote: int, last_cap: int) ->
         _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
         _mount(f"{RUNS}/{name}", STASH, None, MS_BIND)
+        # the supervisor's modules (for a fresh solution interpreter after a crash): the zygote's
+        # own read-only copies, on the empty still/ the host made in the box, instead of a copy
+        _mount(f"{BOX}/still", f"{STASH}/still", None, MS_BIND)
+        _mount(None, f"{STASH}/still", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         _umount("/tmp")  # the zygote's /tmp: its staged files and every other run's box
         limits = req["limits"]
         tmpfs = f"size={int(limits['tmp_mb'])}m,mode=1777"

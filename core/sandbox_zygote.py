@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -278,10 +279,17 @@ def zygote_for(sb: Sandbox, files: dict[str, bytes], site: Sequence[str]) -> Zyg
     if z is None:
         z = Zygote(sb, files, site)
         _local.zygote = z
+        # the thread's locals go when the thread ends: its zygote goes with them
+        _local.owner = _ThreadEnd()
+        weakref.finalize(_local.owner, z.close)
         with _registry_lock:
             _registry[:] = [other for other in _registry if other.alive()]
             _registry.append(z)
     return z
+
+
+class _ThreadEnd:
+    """Held only by one thread's locals (a finalizer on it closes that thread's zygote)."""
 
 
 def infrastructure_pids() -> set[int]:

@@ -488,9 +488,9 @@ def _run_harness(
         _boot("code_harness", sb.inside(box, "box")),
         os.pathsep.join(site_dirs()),
     ]
-    before = _digest(box)
     stdin = json.dumps(request).encode()
     if zygote is not None:
+        before = _digest(box)
         # pytest mode imports these on every run: the zygote imports them once instead
         preload = ["inspect", "ast", "unittest", *(["pytest"] if "pytest" in spec.test_code else [])]
         preload = preload if spec.kind == "pytest" else []
@@ -501,6 +501,9 @@ def _run_harness(
         except sandbox_zygote.RunSetupFailed as exc:
             return "error", 0.0, f"the sandbox could not be set up for this run: {exc}"
     if zygote is None:
+        for name, data in _harness_files().items():
+            _write(os.path.join(box, "still", name), data)
+        before = _digest(box)
         res = sb.run(argv, limits=_limits(config, wall), box_dir=box, stdin=stdin)
     if _digest(box) != before:
         return "error", 0.0, "the staged files changed during the run (sandbox breach?): not trusted"
@@ -608,9 +611,7 @@ def check_code(response_text: str, tests: Any, record: dict[str, Any], config: C
                 argv = [sys.executable, "-S", "-B", f"{inside}/launch.py"]
                 verdict, score, reason = _run_stdio(sb, argv, box, spec, config)
             else:
-                os.mkdir(os.path.join(box, "still"))
-                for name, data in _harness_files().items():
-                    _write(os.path.join(box, "still", name), data)
+                os.mkdir(os.path.join(box, "still"))  # (a zygote's run gets its modules bound there)
                 verdict, score, reason = _run_harness(sb, box, spec, config, zygote)
         else:
             out = os.path.join(work, "out")

@@ -243,3 +243,39 @@ def test_a_run_whose_sandbox_cannot_be_built_is_a_sandbox_error_and_the_zygote_g
         os.mkdir(box)
     ok = _check("def probe():\n    return 1\n", "def check(candidate):\n    assert candidate() == 1\n", backend)
     assert ok["verdict"] == "pass" and sandbox_zygote._local.zygote is zygote
+
+
+def test_a_threads_zygote_ends_with_the_thread(backend):
+    import threading
+
+    zygotes = []
+
+    def work() -> None:
+        assert (
+            _check("def probe():\n    return 1\n", "def check(candidate):\n    assert candidate() == 1\n", backend)[
+                "verdict"
+            ]
+            == "pass"
+        )
+        zygotes.append(sandbox_zygote._local.zygote)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert len(zygotes) == 1
+    deadline = time.monotonic() + 10
+    while zygotes[0].alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not zygotes[0].alive()
+
+
+def test_after_a_crash_the_next_test_gets_a_fresh_solution_interpreter(backend):
+    """The restart execs the supervisor's modules from /tmp/box/still, which a zygote's run gets
+    bound read-only from the zygote's own copies (nothing is staged per run)."""
+    solution = "import os\ndef add(a, b):\n    if a < 0:\n        os._exit(3)\n    return a + b\n"
+    tests = (
+        "from solution import add\n\ndef test_crash():\n    assert add(-1, 1) == 0\n\n"
+        "def test_fine():\n    assert add(2, 3) == 5\n\ndef test_fine_too():\n    assert add(1, 1) == 2\n"
+    )
+    res = check_code(f"```python\n{solution}```", tests, {}, CodeConfig(sandbox=backend))
+    assert res["verdict"] == "runtime_error" and res["score"] == pytest.approx(2 / 3), res
