@@ -6,11 +6,20 @@
    urllib POSTs to /v1/chat/completions with the same bodies and concurrency).
 
 Both sides run as separate processes on identical requests (queries x samples) on a random
-model built here (tests/tiny_model.py; its answers are random, which does not matter for speed).
-Wall time includes start-up and model loading on both sides; the ratio is still / anchor.
+model built here (tests/tiny_model.py; its answers are random, which does not matter for speed),
+alternately (still, anchor, still, ...) so that load from other processes hits both alike; each
+side's best time counts and the ratio is still / anchor. Wall time includes start-up and model
+loading on both sides.
 
-    python bench/generate.py                                  # defaults: small model, 32 queries x 4
+For the openai engine the report splits the two costs: start-up (each side run on an empty query
+file: interpreter, imports, argument parsing, no request) and steady state (the full run less
+that side's start-up: what each request costs once running). Subprocesses get a bytecode cache
+(``PYTHONPYCACHEPREFIX`` in the temp dir, warmed by one untimed run per side) even where
+``PYTHONDONTWRITEBYTECODE`` is set, as an installed package has one.
+
+    python bench/generate.py                                  # defaults: 128 queries x 2, 32 tokens
     python bench/generate.py --hidden 256 --layers 4 --queries 64 --max-tokens 64
+    python bench/generate.py --skip-hf --queries 256          # the openai engine only
 """
 
 from __future__ import annotations
@@ -66,28 +75,37 @@ print(len(out))
 """
 
 
-def timed_pair(ours: list[str], anchor: list[str], repeats: int) -> tuple[float, float]:
+def bench_env(tmp: str) -> dict[str, str]:
+    """The environment of both sides: a bytecode cache, as an installed package has."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+    return env
+
+
+def timed_pair(ours: list[str], anchor: list[str], repeats: int, env: dict[str, str]) -> tuple[float, float]:
     """Best wall time of each command, run alternately (ours, anchor, ours, ...) so that load
     from other processes on a shared machine hits both sides alike."""
     best = [float("inf"), float("inf")]
     for _ in range(repeats):
         for side, argv in enumerate((ours, anchor)):
             started = time.perf_counter()
-            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
             best[side] = min(best[side], time.perf_counter() - started)
     return best[0], best[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--startup-repeats", type=int, default=5, help="openai: empty runs per side")
+    parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-openai", action="store_true")
     args = parser.parse_args()
 
@@ -109,12 +127,20 @@ def main() -> None:
             flush=True,
         )
 
-        common = ["-m", str(model), "-k", str(args.samples), "--max-tokens", str(args.max_tokens), str(queries)]
-        hf_ours = [*still, *common, "--batch-size", str(args.batch_size), "--device", "cpu", "--dtype", "float32"]
-        hf_anchor = [sys.executable, "-c", HF_ANCHOR, str(model), str(queries), str(args.samples)]
-        hf_anchor += [str(args.max_tokens), str(args.batch_size)]
-        ours, anchor = timed_pair(hf_ours, hf_anchor, args.repeats)
-        report("hf:     still generate", "transformers loop", ours, anchor, n)
+        empty = Path(tmp) / "empty.jsonl"
+        empty.write_bytes(b"")
+        env = bench_env(tmp)
+        common = ["-m", str(model), "-k", str(args.samples), "--max-tokens", str(args.max_tokens)]
+        if not args.skip_hf:
+
+            def hf_pair(path: Path) -> tuple[list[str], list[str]]:
+                ours = [*still, *common, str(path), "--batch-size", str(args.batch_size), "--device", "cpu"]
+                anchor = [sys.executable, "-c", HF_ANCHOR, str(model), str(path), str(args.samples)]
+                return [*ours, "--dtype", "float32"], [*anchor, str(args.max_tokens), str(args.batch_size)]
+
+            timed_pair(*hf_pair(empty), 1, env)  # warm-up: bytecode cache
+            ours, anchor = timed_pair(*hf_pair(queries), args.repeats, env)
+            report("hf:     still generate", "transformers loop", ours, anchor, n)
 
         if args.skip_openai:
             return
@@ -124,10 +150,18 @@ def main() -> None:
             body = json.dumps({"generation_config": '{"do_sample": true}'})
             http_ours = [*still, *common, "--engine", "openai", "--base-url", server.url, "--extra-body", body]
             http_ours += ["--concurrency", str(args.concurrency)]
-            http_anchor = [sys.executable, "-c", HTTP_ANCHOR, server.url, str(model), str(queries)]
-            http_anchor += [str(args.samples), str(args.max_tokens), str(args.concurrency)]
-            ours, anchor = timed_pair(http_ours, http_anchor, args.repeats)
+            http_anchor = [sys.executable, "-c", HTTP_ANCHOR, server.url, str(model)]
+            anchor_tail = [str(args.samples), str(args.max_tokens), str(args.concurrency)]
+            idle_pair = ([*http_ours, str(empty)], [*http_anchor, str(empty), *anchor_tail])
+            timed_pair(*idle_pair, 1, env)  # warm-up: bytecode cache
+            idle = timed_pair(*idle_pair, args.startup_repeats, env)
+            full_pair = ([*http_ours, str(queries)], [*http_anchor, str(queries), *anchor_tail])
+            ours, anchor = timed_pair(*full_pair, args.repeats, env)
         report("openai: still generate", "direct HTTP calls", ours, anchor, n)
+        startup = f"still {idle[0]:6.3f} s   anchor {idle[1]:6.3f} s   ratio {idle[0] / idle[1]:.3f}"
+        print(f"  start-up (empty input, best of {args.startup_repeats}): {startup}")
+        steady = (ours - idle[0], anchor - idle[1])
+        report("  steady state (run less start-up): still", "anchor", *steady, n)
 
 
 def report(ours_label: str, anchor_label: str, ours: float, anchor: float, n: int) -> None:
