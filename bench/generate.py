@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -103,15 +104,27 @@ def bench_env(tmp: str) -> dict[str, str]:
     return env
 
 
+# the client processes' CPU seconds (user + sys) of the last timed_pair, per side: what each side
+# itself spends, apart from the server's work and from the load of other processes on the machine
+LAST_CPU = [0.0, 0.0]
+
+
 def timed_pair(ours: list[str], anchor: list[str], repeats: int, env: dict[str, str]) -> tuple[float, float]:
     """Best wall time of each command, run alternately (ours, anchor, ours, ...) so that load
-    from other processes on a shared machine hits both sides alike."""
+    from other processes on a shared machine hits both sides alike. Also sets ``LAST_CPU``
+    (the least CPU time of each side)."""
     best = [float("inf"), float("inf")]
+    cpu = [float("inf"), float("inf")]
     for _ in range(repeats):
         for side, argv in enumerate((ours, anchor)):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
             best[side] = min(best[side], time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            cpu[side] = min(cpu[side], used)
+    LAST_CPU[:] = cpu
     return best[0], best[1]
 
 
@@ -151,8 +164,9 @@ def main() -> None:
             flush=True,
         )
 
-        empty = Path(tmp) / "empty.jsonl"
+        empty, warm = Path(tmp) / "empty.jsonl", Path(tmp) / "warm.jsonl"
         empty.write_bytes(b"")
+        warm.write_bytes(b"".join(queries.read_bytes().splitlines(keepends=True)[:4]))
         env = bench_env(tmp)
         common = ["-m", str(model), "-k", str(args.samples), "--max-tokens", str(args.max_tokens)]
         common += ["--window", str(args.window)]
@@ -166,6 +180,9 @@ def main() -> None:
             timed_pair(*hf_pair(empty), 1, env)  # warm-up: bytecode cache
             ours, anchor = timed_pair(*hf_pair(queries), args.repeats, env)
             report("hf:     still generate", "transformers loop", ours, anchor, n)
+            print(
+                f"  CPU (user + sys, least of {args.repeats}): still {LAST_CPU[0]:6.2f} s   anchor {LAST_CPU[1]:6.2f} s"
+            )
 
         if args.vllm_python:
             kv_mb = 0 if args.vllm_gpu else 512
@@ -186,12 +203,16 @@ def main() -> None:
             http_ours += ["--concurrency", str(args.concurrency)]
             http_anchor = [sys.executable, "-c", HTTP_ANCHOR, server.url, str(model)]
             anchor_tail = [str(args.samples), str(args.max_tokens), str(args.concurrency)]
-            idle_pair = ([*http_ours, str(empty)], [*http_anchor, str(empty), *anchor_tail])
-            timed_pair(*idle_pair, 1, env)  # warm-up: bytecode cache
-            idle = timed_pair(*idle_pair, args.startup_repeats, env)
+            # warm-up, untimed: the bytecode cache, and the server's first requests (slower)
+            timed_pair([*http_ours, str(warm)], [*http_anchor, str(warm), *anchor_tail], 1, env)
+            idle = timed_pair(
+                [*http_ours, str(empty)], [*http_anchor, str(empty), *anchor_tail], args.startup_repeats, env
+            )
             full_pair = ([*http_ours, str(queries)], [*http_anchor, str(queries), *anchor_tail])
             ours, anchor = timed_pair(*full_pair, args.repeats, env)
         report("openai: still generate", "direct HTTP calls", ours, anchor, n)
+        cpu = f"still {LAST_CPU[0]:6.3f} s   anchor {LAST_CPU[1]:6.3f} s"
+        print(f"  client CPU (user + sys, least of {args.repeats}): {cpu}")
         startup = f"still {idle[0]:6.3f} s   anchor {idle[1]:6.3f} s   ratio {idle[0] / idle[1]:.3f}"
         print(f"  start-up (empty input, best of {args.startup_repeats}): {startup}")
         steady = (ours - idle[0], anchor - idle[1])
