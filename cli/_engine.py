@@ -41,6 +41,9 @@ _BACKEND_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+_SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "top_k", "stop")
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """The engine options of one command line (None: the backend's default)."""
@@ -114,13 +117,7 @@ class EngineChoice:
     def params(self) -> SamplingParams:
         from still.core.engines import SamplingParams
 
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            top_k=self.top_k,
-            stop=self.stop,
-        )
+        return SamplingParams(**{name: getattr(self, name) for name in _SAMPLING_KEYS})
 
     def _flag(self, name: str) -> str:
         return f"--{self.prefix}-{name}" if self.prefix else f"--{name}"
