@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from still.cli._common import StreamOptions, finish, run_stream, stream_options
-from still.cli._engine import ENGINE_KEYS, EngineChoice, engine_options, refuse_unused
+from still.cli._engine import ENGINE_KEYS, EngineChoice, engine_options, refuse_unused, resume_option
 
 
 @click.command("grade")
@@ -94,6 +94,7 @@ from still.cli._engine import ENGINE_KEYS, EngineChoice, engine_options, refuse_
     help="With --model: responses per query.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="With --model: seed of every sample.")
+@resume_option
 @engine_options(what="--model")
 @stream_options
 def command(
@@ -101,6 +102,7 @@ def command(
     models: tuple[str, ...],
     samples: int,
     seed: int,
+    resume: bool,
     engine_choice: EngineChoice,
     model_field: str,
     category_field: str,
@@ -179,14 +181,14 @@ def command(
             click.echo(f"still grade: warning: {note}", err=True)
 
     if not models:
-        refuse_unused(("samples", "seed", *ENGINE_KEYS), "--model (generating the responses here)")
+        refuse_unused(("samples", "seed", "resume", *ENGINE_KEYS), "--model (generating the responses here)")
         run_stream("grade", stream, lambda records, stats: grade_records(records, config, stats), on_success=summarise)
         return
     if len(set(models)) != len(models):
         from still.core.errors import UsageError
 
         raise UsageError("--model names a model twice")
-    _generate_and_grade(stream, config, models, samples, seed, engine_choice, summarise)
+    _generate_and_grade(stream, config, models, samples, seed, resume, engine_choice, summarise)
 
 
 def _generate_and_grade(
@@ -195,25 +197,33 @@ def _generate_and_grade(
     models: tuple[str, ...],
     samples: int,
     seed: int,
+    resume: bool,
     engine_choice: EngineChoice,
     summarise: Any,
 ) -> None:
     """Queries (and other models' responses) in, graded responses out; each kind accounted."""
     from still.core.fields import shard_filter
-    from still.core.generate import GenerateConfig
+    from still.core.generate import GenerateConfig, journal_key
     from still.core.grade_generate import generate_and_grade, rejecting
+    from still.core.journal import output_journal
     from still.core.jsonl import AtomicOutput, read_records, write_records
     from still.core.stats import RunStats
 
+    engine_options, model_options = engine_choice.model_options(models)
     generate = GenerateConfig(
         models=models,
         engine=engine_choice.engine,
-        engine_options=engine_choice.open_options(),
+        engine_options=engine_options,
+        model_options=model_options,
         samples=samples,
         params=engine_choice.params(),
         seed=seed,
         fields=stream.fields(),
     )
+    # the generated responses are journalled next to -o FILE as they finish: --resume after a kill
+    # generates only the missing ones (the grading pass reruns; it is deterministic and quick)
+    fingerprint = {**generate.fingerprint(), "shard": stream.shard, "command": "grade"}
+    journal = output_journal(stream.output, fingerprint, journal_key(generate.fields), resume=resume)
     input_stats = RunStats("grade")
     stats = RunStats("grade")
     policy = stream.policy()
@@ -223,7 +233,9 @@ def _generate_and_grade(
     lines = read_records(stream.inputs or ("-",), input_stats, policy, int(stream.max_line_mb * 1024 * 1024))
     lines = shard_filter(lines, stream.parsed_shard(), stream.fields(), input_stats)
     with AtomicOutput(stream.output) as sink:
-        write_records(generate_and_grade(lines, generate, config, input_stats, stats, fail), sink, stats)
+        write_records(generate_and_grade(lines, generate, config, input_stats, stats, fail, journal), sink, stats)
+    if journal is not None:
+        journal.remove()
     input_stats.check_balance()
     stats.check_balance()
     summarise(stats)

@@ -227,9 +227,13 @@ def command(
                 keys = ("scored", "correct", "wrong", "truncated")
                 click.echo("still verify: reward model: " + ", ".join(f"{k} {reward[k]}" for k in keys), err=True)
 
+    judge_engine: dict[str, Any] = {}
     if judge_model is None:
         judge_only = ("judge_samples", "judge_aggregate", "judge_all", "judge_seed")
         refuse_unused(judge_only + tuple(f"judge_{k}" for k in ENGINE_KEYS), "--judge MODEL")
+    else:
+        shared, bound = judge_engine_choice.model_options([judge_model])
+        judge_engine = {**shared, **bound.get(judge_model, {})}
 
     def process(records: Any, stats: Any) -> Any:
         verified = verify_records(records, config, stats)
@@ -254,7 +258,7 @@ def command(
         judge = JudgeConfig(
             model=judge_model,
             engine=judge_engine_choice.engine,
-            engine_options=judge_engine_choice.open_options(),
+            engine_options=judge_engine,
             samples=judge_samples,
             how=judge_aggregate,
             seed=judge_seed,

@@ -24,6 +24,7 @@ from still.core.errors import BadInput
 from still.core.fields import get_path, is_missing
 from still.core.generate import GenerateConfig, generate_records
 from still.core.grade import GradeConfig, grade_records
+from still.core.journal import Journal
 from still.core.jsonl import Record
 from still.core.stats import RunStats
 
@@ -103,13 +104,15 @@ def generate_and_grade(
     input_stats: RunStats,
     stats: RunStats,
     fail: bool,
+    journal: Journal | None = None,
 ) -> Iterator[Record]:
     """Graded records: the input's responses and ``generate``'s, verified and graded together.
 
     Accounts: ``input_stats`` for input lines (kept, sent to generation, or rejected); the generate
     core's own for queries (``stats.extra["generate"]``); ``stats`` for response records (kept and
     generated: written or rejected). What the later stages reject fails the run when ``fail``,
-    else is counted in the account it belongs to.
+    else is counted in the account it belongs to. With a ``journal`` every generated response is
+    journalled as it finishes and a resumed run generates only what the journal lacks.
     """
     with tempfile.TemporaryDirectory(prefix="still-grade-gen-") as tmp:
         kept_path, queries_path = os.path.join(tmp, "kept"), os.path.join(tmp, "queries")
@@ -123,8 +126,8 @@ def generate_and_grade(
             for rec in _read(kept_path):
                 stats.read += 1
                 yield rec
-            query_recs = _read(queries_path)
-            for n, line in enumerate(generate_records(_counted(query_recs, query_stats), generate, query_stats), 1):
+            query_recs = _counted(_read(queries_path), query_stats)
+            for n, line in enumerate(generate_records(query_recs, generate, query_stats, journal), 1):
                 stats.read += 1
                 yield Record(orjson.loads(line), line, "<generated>", n)
 
@@ -137,7 +140,7 @@ def generate_and_grade(
             "rejected": dict(sorted(query_stats.errors.items())),
             **{
                 k: query_stats.extra[k]
-                for k in ("responses", "finish_reasons", "completion_tokens")
+                for k in ("responses", "resumed", "finish_reasons", "completion_tokens")
                 if k in query_stats.extra
             },
         }

@@ -26,6 +26,18 @@ def journal_path(output: str) -> str:
     return output + JOURNAL_SUFFIX
 
 
+def output_journal(
+    output: str | None, fingerprint: dict[str, Any], key_of: Callable[[bytes], Hashable], *, resume: bool
+) -> Journal | None:
+    """The journal of a run writing ``-o output``: None for standard output or a device/FIFO
+    (nothing to resume into; ``resume`` then is a usage error)."""
+    if output is None or output == "-" or (os.path.exists(output) and not os.path.isfile(output)):
+        if resume:
+            raise UsageError("--resume needs -o FILE (a regular file): the journal lives next to it")
+        return None
+    return Journal(journal_path(output), fingerprint, key_of, resume=resume)
+
+
 class Journal:
     """Append-only keyed lines; ``get`` reads a line back by key (offsets kept in memory)."""
 

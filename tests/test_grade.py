@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_still
+from conftest import ROOT, run_still
 
 from still.core.grade import GradeConfig, grade_records
 from still.core.grade_levels import LevelConfig, Leveller, ModelGrade
@@ -409,3 +415,47 @@ def test_grade_generates_through_the_hf_engine_and_accounts_for_everything(tiny_
     g = info["generate"]
     assert (g["queries"], g["generated_for"], g["rejected"], g["responses"]) == (4, 3, {"no query field": 1}, 18)
     assert info["read"] == 21 and info["written"] == 15 and sum(info["errors"].values()) == 6
+
+
+def _journalled(journal: Path) -> int:
+    try:
+        return journal.read_bytes().count(b"\n") - 1  # the first line names the run
+    except FileNotFoundError:
+        return 0
+
+
+def _interrupt(argv: list[str], journal: Path, lines: int, sig: int) -> int:
+    """Start ``argv``, send ``sig`` once the journal holds ``lines`` responses; the exit status."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    while _journalled(journal) < lines and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted: make it longer"
+    os.kill(proc.pid, sig)
+    return proc.wait()
+
+
+@pytest.mark.slow
+def test_grade_generation_resumes_after_sigint_and_kill_9(tiny_model: Any, tmp_path: Path) -> None:
+    queries = tmp_path / "q.jsonl"
+    rows = [{"id": f"q{i}", "query": f"What is {i} + {i}?", "answer": str(2 * i), "domain": "math"} for i in range(6)]
+    queries.write_text(dump(rows))
+    out, stats = tmp_path / "graded.jsonl", tmp_path / "stats.json"
+    journal = Path(f"{out}.journal")
+    common = ["grade", "-m", str(tiny_model), "-k", "3", "--max-tokens", "16", "--seed", "9", "--device", "cpu"]
+    argv = [sys.executable, "-m", "still", *common, "--batch-size", "1", "-o", str(out), str(queries)]
+    assert _interrupt(argv, journal, 3, signal.SIGINT) == 130
+    assert not out.exists() and 3 <= _journalled(journal) < 18
+    run_still([*common, "-o", str(out), str(queries)], code=2)  # a journal and no --resume: refused
+    run_still([*common[:-4], "-o", str(out), "--resume", str(queries)], code=2)  # other settings: refused
+    assert _interrupt([*argv, "--resume"], journal, 9, signal.SIGKILL) == -signal.SIGKILL
+    assert not out.exists() and 9 <= (done := _journalled(journal)) < 18
+    run_still([*common, "--batch-size", "8", "-o", str(out), "--resume", "--stats", str(stats), str(queries)])
+    assert not journal.exists()
+    generated = json.loads(stats.read_text())["generate"]
+    assert generated["resumed"] == done and generated["responses"] == 18 - done  # nothing generated twice
+    fresh = run_still([*common, "--batch-size", "8", str(queries)])
+    assert out.read_bytes() == fresh.stdout  # byte-identical to an uninterrupted run
+    keys = [(r["id"], r["sample_idx"]) for r in map(json.loads, fresh.lines())]
+    assert keys == [(f"q{i}", s) for i in range(6) for s in range(3)]
+    assert "--resume only apply with --model" in run_still("grade --resume", stdin="", code=2).stderr
