@@ -244,6 +244,8 @@ def _training_arguments(config: TrainConfig, bf16: bool) -> Any:
 
     warmup_steps: int | float = int(config.warmup) if config.warmup >= 1 else config.warmup
     extra: dict[str, Any] = {"activation_checkpointing": True} if config.gradient_checkpointing else {}
+    if bf16 and not torch.cuda.is_available():
+        extra["use_cpu"] = True  # bf16 autocast on the CPU; without it the Trainer refuses bf16 off a GPU
     return TrainingArguments(
         **extra,
         output_dir=config.checkpoints,
