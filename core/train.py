@@ -27,7 +27,7 @@ from still.core.stats import RunStats
 from still.core.train_batches import Collator, RowDataset, pair_rows, sft_rows
 from still.core.train_data import ChatMasker, Example, LengthPolicy, encode_records, redi_pairs
 from still.core.train_losses import KD_LOSSES, chunked_kd, weighted_ce
-from still.core.train_model import HiddenCapture, apply_lora, load_causal_lm, load_tokenizer
+from still.core.train_model import HiddenCapture, apply_lora, base_model, load_causal_lm, load_tokenizer
 
 OBJECTIVES = ("sft", "kd", "redi")
 SCHEDULERS = ("cosine", "constant_with_warmup", "linear", "constant")
@@ -56,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_beta2: float = 0.95
     max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
+    optim: str = "adamw_torch_fused"  # the Trainer's own default; ~5x faster steps than the for-loop AdamW on CPU
     save_steps: int = 0
     save_total_limit: int = 2
     log_steps: int = 10
@@ -173,6 +173,11 @@ def _trainer_class() -> Any:
             self.capture = HiddenCapture(self.model)
             self.teacher = teacher
             self.teacher_capture = teacher_capture
+            self.flops_per_token = 6 * base_model(self.model).num_parameters(exclude_embeddings=True)
+
+        def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+            # The Trainer's own estimate, without walking every parameter again at each micro-batch.
+            return int(self.flops_per_token * inputs["input_ids"].numel())
 
         def _get_num_items_in_batch(self, batch_samples: list[Any], device: torch.device) -> torch.Tensor:
             # The divisor of a whole optimizer step: supervised tokens (sft, kd) or pairs (redi) of all
@@ -239,6 +244,8 @@ def _training_arguments(config: TrainConfig, bf16: bool) -> Any:
 
     warmup_steps: int | float = int(config.warmup) if config.warmup >= 1 else config.warmup
     extra: dict[str, Any] = {"activation_checkpointing": True} if config.gradient_checkpointing else {}
+    if bf16 and not torch.cuda.is_available():
+        extra["use_cpu"] = True  # bf16 autocast on the CPU; without it the Trainer refuses bf16 off a GPU
     return TrainingArguments(
         **extra,
         output_dir=config.checkpoints,

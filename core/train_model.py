@@ -45,14 +45,14 @@ def _varlen_attention(
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    edges = bounds.tolist()
+    lengths = bounds.diff().tolist()
     p = dropout if module.training else 0.0
+    # split, not slicing: the backward of a split is one concatenation, while every slice's backward
+    # writes its gradient into a zero-filled copy of the whole packed tensor (quadratic in examples).
     outs = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, dropout_p=p
-        )
-        for s, e in zip(edges[:-1], edges[1:])
-        if e > s
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=p)
+        for q, k, v in zip(*(torch.split(t, lengths, dim=2) for t in (query, key, value)))
+        if q.shape[2] > 0
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None

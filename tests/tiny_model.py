@@ -1,11 +1,12 @@
 """Tiny random causal LMs for tests and the demo: no hub, built in seconds on a CPU.
 
-A byte-level BPE tokenizer trained with ``tokenizers`` on a small generated corpus, a ChatML chat
-template, and a Llama-shaped model (hidden 64, head_dim 32, a few layers) with random weights, saved
-as a normal Hugging Face directory so that every test loads it through the real loading code.
+A byte-level BPE tokenizer trained with ``tokenizers`` on a small generated corpus (every digit its
+own token, as in Qwen2.5 and the R1 distills), a ChatML chat template, and a Llama-shaped model
+(hidden 64, head_dim 32, a few layers) with random weights, saved as a normal Hugging Face
+directory so that every test loads it through the real loading code.
 
     python tests/tiny_model.py OUT_DIR [--seed 0] [--layers 2] [--hidden 64] [--heads 2] [--vocab-size 512]
-                               [--tied] [--dtype float32]
+                               [--tied] [--dtype float32] [--merge-digits]
     python tests/tiny_model.py OUT_DIR --reward [--seed 7]     # a reward model (classification head)
 
 Llama config on purpose: with a ``qwen2`` config, transformers 5 hands back Qwen's own pre-tokenizer
@@ -50,12 +51,23 @@ def _corpus(seed: int, lines: int = 3000) -> list[str]:
     return out
 
 
-def build_tokenizer(out: Path, seed: int = 0, vocab_size: int = 512) -> Any:
+def build_tokenizer(out: Path, seed: int = 0, vocab_size: int = 512, split_digits: bool = True) -> Any:
+    """Train the byte-level BPE tokenizer and save it to ``out``.
+
+    ``split_digits`` (the default) makes every digit its own token, as Qwen2.5, the R1 distills and
+    Llama-style tokenizers split numbers: otherwise BPE merges frequent numbers ("85", " 4") into
+    single tokens and a tiny model has to learn arithmetic over a few hundred opaque number tokens.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -87,6 +99,7 @@ def build_tiny_model(
     dtype: str = "float32",
     vocab_size: int = 512,
     tokenizer_seed: int = 0,
+    split_digits: bool = True,
 ) -> Path:
     """Write a random Llama-shaped model with a trained tokenizer to ``out``; return the path.
 
@@ -98,7 +111,7 @@ def build_tiny_model(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out, seed=tokenizer_seed, vocab_size=vocab_size)
+    tok = build_tokenizer(out, seed=tokenizer_seed, vocab_size=vocab_size, split_digits=split_digits)
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden,
@@ -166,6 +179,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--vocab-size", type=int, default=512, help="263 = bytes and special tokens only")
     parser.add_argument("--tied", action="store_true")
+    parser.add_argument("--merge-digits", action="store_true", help="let BPE merge digits into number tokens")
     parser.add_argument("--reward", action="store_true", help="a reward model (one-output classification head)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
@@ -181,6 +195,7 @@ def main() -> None:
         tied=args.tied,
         dtype=args.dtype,
         vocab_size=args.vocab_size,
+        split_digits=not args.merge_digits,
     )
     print(path)
 
