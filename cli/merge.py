@@ -32,6 +32,14 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
     show_default=True,
     help="Tokenizers that map tokens to different ids: refuse, or keep the base's and merge rows by id.",
 )
+@click.option(
+    "--ties-selection",
+    type=click.Choice(["sort", "select"]),
+    default="sort",
+    show_default=True,
+    help="ties: sort = mergekit's exact choice among equal magnitudes (18 B/element scratch on bf16); "
+    "select = within the memory bound, lowest index first among equal magnitudes at the threshold.",
+)
 @click.option("--max-shard-size", default="512MB", show_default=True, help="Output shard size (KB/MB/GB/MiB/GiB).")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors.")
@@ -92,6 +100,7 @@ def command(models: tuple[str, ...], method: str | None, spec: str | None, out: 
             seed=0 if options["seed"] is None else options["seed"],
             tokenizer_policy=options["tokenizer_policy"],
             max_shard_bytes=shard_bytes,
+            ties_selection=options["ties_selection"],
         )
         manifest = merge(plan, out, force=force, progress=show("") if show else None)
     sys.stdout.buffer.write(orjson.dumps(manifest) + b"\n")

@@ -49,6 +49,7 @@ from still.core.safetensors_io import (
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 TOKENIZER_POLICIES = ("refuse", "base")
+TIES_SELECTIONS = ("sort", "select")  # see merge_methods._trim_mask
 # Copied from the config source (the base, else the first model): config, generation config, tokenizer.
 COPIED_FILES = (
     "generation_config.json",
@@ -82,6 +83,7 @@ class MergePlan:
     seed: int = 0
     tokenizer_policy: str = "refuse"
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
+    ties_selection: str = "sort"  # sort: mergekit's exact tie order; select: bounded memory
 
     def params(self) -> MethodParams:
         n = len(self.models)
@@ -92,6 +94,7 @@ class MergePlan:
             lam=self.lam,
             t=self.t,
             normalize=info.default_normalize if self.normalize is None else self.normalize,
+            ties_selection=self.ties_selection,
         )
 
     def validate(self) -> None:
@@ -116,6 +119,10 @@ class MergePlan:
         for name in (self.dtype, self.out_dtype):
             if name is not None and name not in DTYPES:
                 raise UsageError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
+        if self.ties_selection not in TIES_SELECTIONS:
+            raise UsageError(f"--ties-selection must be one of {', '.join(TIES_SELECTIONS)}")
+        if self.ties_selection != "sort" and self.method != "ties":
+            raise UsageError("--ties-selection applies to ties only")
         if self.tokenizer_policy not in TOKENIZER_POLICIES:
             raise UsageError(f"--tokenizer-policy must be one of {', '.join(TOKENIZER_POLICIES)}")
         self.params()
@@ -138,6 +145,8 @@ class MergePlan:
             out["t"] = p.t
         if self.method in ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"):
             out["normalize"] = p.normalize
+        if self.method == "ties":
+            out["ties_selection"] = p.ties_selection
         return out
 
 

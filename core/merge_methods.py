@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 _QUANTILE_SAMPLE = 1_000_000  # Arcee Fusion samples this many importance scores for its quantiles
 _SLERP_CHUNK = 1024 * 1024  # mergekit's slerp reduces in chunks of this many elements
-COMBINE_CHUNK = 4 * 1024 * 1024  # task-vector methods combine this many elements at a time
+COMBINE_CHUNK = 1 << 16  # task-vector methods combine this many elements at a time (scratch ~20x that)
 # Element-wise passes run this many elements at a time: the scratch stays in cache, and below
 # torch's intra-op grain size (32768) each operation runs on the calling thread, without waking
 # (and, on a loaded machine, waiting for) the OpenMP pool thousands of times.
@@ -53,6 +53,7 @@ class MethodParams:
     lam: float = 1.0
     t: float = 0.5
     normalize: bool = True
+    ties_selection: str = "sort"  # how TIES finds its k largest: "sort" (mergekit's order) or "select"
 
 
 def linear(models: Sequence[torch.Tensor], p: MethodParams, compute: torch.dtype) -> torch.Tensor:
@@ -87,63 +88,105 @@ def linear(models: Sequence[torch.Tensor], p: MethodParams, compute: torch.dtype
     return result
 
 
-def _trimmed_delta(
-    base: torch.Tensor, model: torch.Tensor, density: float, compute: torch.dtype, drop: Callable[[torch.Tensor], None]
-) -> torch.Tensor:
-    """TIES' τ = θ − b (in ``compute``) keeping its int(density·n) largest |τ|, exactly as mergekit's argsort.
+def _trim_mask(
+    base: torch.Tensor,
+    model: torch.Tensor,
+    density: float,
+    compute: torch.dtype,
+    drop: Callable[[torch.Tensor], None],
+    selection: str = "sort",
+) -> torch.Tensor | float:
+    """Where TIES keeps τ = θ − b (in ``compute``): its int(density·n) largest |τ|.
 
-    mergekit masks ``τ`` with the first k indices of ``argsort(|τ|.float(), descending=True)``, an
-    unstable sort (libstdc++'s introsort): which of several equal magnitudes at the threshold are kept
-    depends on the sort's moves, so no threshold or histogram rule reproduces it. Those moves depend
-    only on the comparisons, so sorting any keys that compare the same gives the same permutation:
-    here the bit patterns of |τ| (int16 for 16-bit dtypes, NaNs made one value as the float
-    comparator treats them), sorted in place. Memory: the keys (one input's size for 16-bit dtypes),
-    the int64 indices and the result; ``τ`` is computed twice, in chunks, and ``drop`` gives back the
-    inputs' pages while the sort runs.
+    A bool mask, or 1.0 / 0.0 when density keeps everything / nothing. mergekit masks ``τ`` with the
+    first k indices of ``argsort(|τ|.float(), descending=True)``, an unstable sort (libstdc++'s
+    introsort): which of several equal magnitudes at the threshold are kept depends on the sort's
+    moves, so no threshold rule reproduces it (bf16 task vectors have thousands of equal magnitudes
+    at any threshold). ``selection``:
+
+    - ``sort``: the same permutation as mergekit's, from keys that compare the same — the bit
+      patterns of |τ| (int16 for 16-bit dtypes, every NaN one value as the float comparator treats
+      them) sorted in place, ``drop`` giving back the inputs' pages meanwhile. The sort's memory
+      remains: keys, int64 indices and torch's transient int64 index fill (18 bytes per element for
+      16-bit dtypes, 16 for wider).
+    - ``select``: the threshold by a radix select on those bit patterns (histograms of 15/16-bit
+      digits, τ recomputed chunk by chunk), keeping every |τ| above it and, of those equal to it,
+      the lowest indices: one bool per element. The same kept set as mergekit wherever no two
+      equal magnitudes straddle the k-th place.
     """
     import torch
 
     numel = base.numel()
-    flat_base, flat_model = base.reshape(-1), model.reshape(-1)
-    chunk = ELEMENTWISE_CHUNK
-
-    def delta(start: int) -> torch.Tensor:
-        stop = min(start + chunk, numel)
-        return flat_model[start:stop].to(compute) - flat_base[start:stop].to(compute)
-
-    out = torch.empty(numel, dtype=compute)
     if density >= 1 or density <= 0 or numel == 0:
-        for start in range(0, numel, chunk):
-            out[start : start + chunk] = delta(start) if density >= 1 else 0
-        return out
+        return 1.0 if density >= 1 else 0.0
     k = max(1, int(density * numel))
+    flat_base, flat_model = base.reshape(-1), model.reshape(-1)
     narrow = compute.itemsize == 2
-    keys = torch.empty(numel, dtype=torch.int16 if narrow else torch.float32)
-    inf, nan = (_bits(compute, "inf"), _bits(compute, "nan")) if narrow else (0, 0)
-    for start in range(0, numel, chunk):
-        magnitude = delta(start).abs_()
-        if narrow:
-            bits = magnitude.view(torch.int16)
-            keys[start : start + chunk] = bits.masked_fill_(bits > inf, nan)
-        else:
-            keys[start : start + chunk] = magnitude
+    key_dtype = torch.int16 if narrow else torch.int32
+    wide = compute if narrow else torch.float32  # mergekit compares |τ|.float(): exact for 16-bit dtypes
+    inf, nan = (_bits(wide, "inf"), _bits(wide, "nan"))
+
+    def keys(start: int, stop: int) -> torch.Tensor:
+        magnitude = (flat_model[start:stop].to(compute) - flat_base[start:stop].to(compute)).abs_().to(wide)
+        bits = magnitude.view(key_dtype)
+        return bits.masked_fill_(bits > inf, nan)
+
+    chunks = [(start, min(start + ELEMENTWISE_CHUNK, numel)) for start in range(0, numel, ELEMENTWISE_CHUNK)]
+    if selection == "select":
+        return _radix_select(keys, chunks, k, numel, 0 if narrow else 16)
+    sorted_keys = torch.empty(numel, dtype=key_dtype)
+    for start, stop in chunks:
+        sorted_keys[start:stop] = keys(start, stop)
     drop(model)
     drop(base)
     order = torch.empty(numel, dtype=torch.long)
-    torch.sort(keys, descending=True, out=(keys, order))
-    keys.zero_()
-    keys[order[:k]] = 1  # mergekit's mask, 1 at the k kept positions
-    del order
-    for start in range(0, numel, chunk):
-        torch.mul(delta(start), keys[start : start + chunk].to(compute), out=out[start : start + chunk])
-    return out
+    torch.sort(sorted_keys, descending=True, out=(sorted_keys, order))
+    del sorted_keys
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[order[:k]] = True
+    return mask
+
+
+def _radix_select(
+    keys: Callable[[int, int], torch.Tensor], chunks: list[tuple[int, int]], k: int, numel: int, shift: int
+) -> torch.Tensor:
+    """The k largest non-negative integer keys (equal ones at the k-th: lowest index first), as a mask.
+
+    The k-th largest key is found digit by digit from histograms (the high digit is ``key >> shift``,
+    then for ``shift`` 16 the low 16 bits among keys with that high digit); ``keys`` is called again
+    for every pass rather than stored.
+    """
+    import torch
+
+    need, threshold = k, 0
+    for level, (bits, bins) in enumerate(((shift, 1 << 15), (0, 1 << 16))[: 2 if shift else 1]):
+        hist = torch.zeros(bins, dtype=torch.long)
+        for start, stop in chunks:
+            key = keys(start, stop).long()
+            if level:
+                key = key[(key >> 16) == (threshold >> 16)] & 0xFFFF
+            hist += torch.bincount(key >> bits, minlength=bins)
+        at_least = hist.flip(0).cumsum(0).flip(0)  # at_least[d]: keys whose digit is >= d
+        digit = int((at_least >= need).nonzero().max())
+        need -= int(at_least[digit] - hist[digit])
+        threshold |= digit << bits
+    mask = torch.empty(numel, dtype=torch.bool)
+    taken = 0
+    for start, stop in chunks:
+        key = keys(start, stop)
+        equal = key == threshold
+        rank = equal.cumsum(0) + taken  # 1-based rank of each equal key in index order
+        mask[start:stop] = (key > threshold) | (equal & (rank <= need))
+        taken += int(equal.sum())
+    return mask
 
 
 def _bits(dtype: torch.dtype, value: str) -> int:
-    """The int16 bit pattern of +inf or of the positive NaN a 16-bit float dtype's abs gives."""
+    """The bit pattern (as int16 or int32) of +inf or of the positive NaN a float dtype's abs gives."""
     import torch
 
-    return int(torch.tensor(float(value), dtype=dtype).abs().view(torch.int16))
+    as_int = torch.int16 if dtype.itemsize == 2 else torch.int32
+    return int(torch.tensor(float(value), dtype=dtype).abs().view(as_int))
 
 
 def _bernoulli(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -173,12 +216,17 @@ def task_vectors(
 
     Takes ownership of ``models`` (each input is dropped once its task vector exists).
     """
-    deltas: list[torch.Tensor] = []
+    deltas: list[Callable[[int, int], torch.Tensor]] = []
     while models:
         delta = models.pop(0) - base
-        deltas.append((sparsify(delta, p.densities[len(deltas)]) if sparsify is not None else delta).reshape(-1))
-        del delta
+        flat = (sparsify(delta, p.densities[len(deltas)]) if sparsify is not None else delta).reshape(-1)
+        deltas.append(_slicer(flat))
+        del delta, flat
     return combine(base, deltas, p, consensus)
+
+
+def _slicer(flat: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    return lambda start, stop: flat[start:stop]
 
 
 def ties(
@@ -189,31 +237,43 @@ def ties(
     drop: Callable[[torch.Tensor], None],
     workers: int = 1,
 ) -> torch.Tensor:
-    """TIES on inputs in their stored dtype: trim each τᵢ (``_trimmed_delta``), elect signs, combine.
+    """TIES on inputs in their stored dtype: trim each τᵢ (``_trim_mask``), elect signs, combine.
 
-    Takes ownership of ``models``. ``workers`` > 1 trims several task vectors at once (the sorts
-    dominate TIES' time and draw nothing random); the caller allows it only where their scratch is
-    small next to the largest tensor's, and then no input's pages are dropped (another thread may
-    be reading them).
+    Only the masks are kept; the combine computes each τᵢ again, chunk by chunk, from the inputs.
+    ``workers`` > 1 finds several masks at once (the sorts dominate TIES' time and draw nothing
+    random); the caller allows it only where their scratch is small next to the largest tensor's,
+    and then no input's pages are dropped (another thread may be reading them).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
-    def trimmed(i: int, model: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():  # thread-local: a worker thread does not inherit the caller's
-            return _trimmed_delta(base, model, p.densities[i], compute, drop if workers == 1 else _keep)
+    flat_base = base.reshape(-1)
 
-    deltas: list[torch.Tensor] = []
+    def trim(i: int) -> torch.Tensor | float:
+        with torch.inference_mode():  # thread-local: a worker thread does not inherit the caller's
+            keep = drop if workers == 1 else _keep
+            return _trim_mask(base, models[i], p.densities[i], compute, keep, p.ties_selection)
+
     if workers > 1:
-        tensors = list(models)
-        models.clear()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            deltas.extend(pool.map(trimmed, range(len(tensors)), tensors))
-        del tensors
+            masks = list(pool.map(trim, range(len(models))))
     else:
-        while models:
-            deltas.append(trimmed(len(deltas), models.pop(0)))
+        masks = [trim(i) for i in range(len(models))]
+
+    def trimmed(model: torch.Tensor, mask: torch.Tensor | float) -> Callable[[int, int], torch.Tensor]:
+        flat = model.reshape(-1)
+
+        def part(start: int, stop: int) -> torch.Tensor:
+            delta = flat[start:stop].to(compute) - flat_base[start:stop].to(compute)
+            if isinstance(mask, float):
+                return delta if mask else torch.zeros_like(delta)
+            return delta * mask[start:stop].to(compute)  # mergekit's τ · mask, mask in τ's dtype
+
+        return part
+
+    deltas = [trimmed(m, mask) for m, mask in zip(models, masks)]
+    models.clear()
     return combine(base, deltas, p, consensus=True, compute=compute)
 
 
@@ -223,26 +283,27 @@ def _keep(tensor: torch.Tensor) -> None:
 
 def combine(
     base: torch.Tensor,
-    deltas: list[torch.Tensor],
+    deltas: list[Callable[[int, int], torch.Tensor]],
     p: MethodParams,
     consensus: bool,
     compute: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Weight the flat task vectors, elect signs (TIES) and add the (normalised) sum to the base.
+    """Weight the task vectors, elect signs (TIES) and add the (normalised) sum to the base.
 
-    Takes ownership of ``deltas``. Every step is per element, so it runs in chunks of
-    ``COMBINE_CHUNK`` elements: the same result as mergekit's whole-tensor stack, with small scratch.
-    ``base`` is cast to ``compute`` (default: its dtype) one chunk at a time.
+    ``deltas`` give each flat task vector's elements [start, stop). Every step is per element, so
+    it runs in chunks of ``COMBINE_CHUNK`` elements: the same result as mergekit's whole-tensor
+    stack, with small scratch. ``base`` is cast to ``compute`` (default: its dtype) chunk by chunk.
     """
     import torch
 
     dtype = compute or base.dtype
     weights = torch.tensor(list(p.weights), dtype=dtype).unsqueeze_(-1)
     flat_base = base.reshape(-1)
-    out = torch.empty(base.numel(), dtype=dtype)
-    for start in range(0, max(1, base.numel()), COMBINE_CHUNK):
-        stop = start + COMBINE_CHUNK
-        d = torch.stack([x[start:stop] for x in deltas])
+    numel = flat_base.numel()
+    out = torch.empty(numel, dtype=dtype)
+    for start in range(0, max(1, numel), COMBINE_CHUNK):
+        stop = min(start + COMBINE_CHUNK, numel)
+        d = torch.stack([delta(start, stop) for delta in deltas])
         d.mul_(weights)
         if consensus:
             sign = d.sign().to(dtype)

@@ -28,7 +28,7 @@ from still.core.merge import MergePlan, MergeRefused, merge
 
 STAGE_KEYS = {
     "name", "method", "base", "models", "weight", "density", "lambda", "t", "normalize",
-    "dtype", "out_dtype", "seed", "tokenizer_policy", "max_shard_size",
+    "dtype", "out_dtype", "seed", "tokenizer_policy", "max_shard_size", "ties_selection",
 }  # fmt: skip
 DEFAULT_KEYS = {"seed", "dtype", "out_dtype", "tokenizer_policy", "max_shard_size"}
 
@@ -99,6 +99,7 @@ def _plan(stage: dict[str, Any], defaults: dict[str, Any], resolve: Callable[[st
         out_dtype=s.get("out_dtype"),
         seed=int(s.get("seed", 0)),
         tokenizer_policy=s.get("tokenizer_policy", "refuse"),
+        ties_selection=s.get("ties_selection", "sort"),
         max_shard_bytes=parse_size(s["max_shard_size"]) if "max_shard_size" in s else MergePlan.max_shard_bytes,
     )
 
