@@ -1,7 +1,7 @@
 """Benchmark the SemDeDup stage of `still dedup --semantic` against brute-force cosine, in one run.
 
     python bench/dedup_semantic.py [--n 100000] [--dim 384] [--planted 0.05] [--threshold 0.95]
-    python bench/dedup_semantic.py --texts 2000 [--hidden 384]     # with a tiny embedding model
+    python bench/dedup_semantic.py --texts 2000 [--hidden 384 --layers 6]   # with a tiny embedding model
 
 Selection (default): n random unit vectors of --dim with a share --planted of noisy copies (cosine
 about 0.97 to their original), deduplicated by still's spherical k-means + within-cluster greedy
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--texts", type=int, default=0, help="embed N generated texts with a tiny model instead")
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2, help="6 at hidden 384 is all-MiniLM-L6-shaped")
     args = parser.parse_args()
     if not args.texts:
         emb, planted = planted_vectors(args.n, args.dim, args.planted, args.seed)
@@ -172,11 +173,13 @@ def main() -> None:
 
     texts, planted = planted_texts(args.texts, args.planted, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_model(Path(tmp) / "m", hidden=args.hidden, heads=max(2, args.hidden // 64))
+        model = build_tiny_model(
+            Path(tmp) / "m", hidden=args.hidden, heads=max(2, args.hidden // 64), layers=args.layers
+        )
         started = time.perf_counter()
         emb = embed_texts(texts, SemanticConfig(model=str(model), device="cpu"))
         embed_s = time.perf_counter() - started
-        print(f"embedded {len(texts)} texts (hidden {args.hidden}) in {embed_s:.1f} s")
+        print(f"embedded {len(texts)} texts (hidden {args.hidden}, {args.layers} layers) in {embed_s:.1f} s")
     compare(emb, planted, args, embed_s)
 
 

@@ -190,22 +190,10 @@ class ScoreConfig:
             raise UsageError("--ngram and --top-ngram must be at least 1")
 
     def open(self) -> TokenScorer:
+        common: dict[str, Any] = {"dtype": self.dtype, "max_length": self.max_length, "template": self.template}
         if self.engine == "vllm":
-            return VLLMScorer(
-                self.model,
-                dtype=self.dtype,
-                max_length=self.max_length,
-                template=self.template,
-                **dict(self.vllm_options),
-            )
-        return HFScorer(
-            self.model,
-            dtype=self.dtype,
-            device=self.device,
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-            template=self.template,
-        )
+            return VLLMScorer(self.model, **common, **dict(self.vllm_options))
+        return HFScorer(self.model, device=self.device, batch_size=self.batch_size, **common)
 
 
 def _sig(x: float) -> float:
