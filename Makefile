@@ -70,7 +70,7 @@ $(VENV_VLLM)/.installed: pyproject.toml
 	touch $@
 
 test-vllm: $(VENV_VLLM)/.installed
-	$(VENV_VLLM)/bin/pytest -q -p no:cacheprovider tests/test_vllm_engine.py tests/test_vllm_merge.py
+	$(VENV_VLLM)/bin/pytest -q -p no:cacheprovider tests/test_vllm_engine.py tests/test_vllm_merge.py tests/test_vllm_score.py
 
 bench: venv
 	for b in bench/*.py; do $(PY) $$b; done

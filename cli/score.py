@@ -16,7 +16,7 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     type=click.Choice(["hf", "vllm"]),
     default="hf",
     show_default=True,
-    help="transformers forward passes (CPU or GPU), or vLLM prompt log-probs (GPU; untested here).",
+    help="transformers forward passes (CPU or GPU), or vLLM prompt log-probs.",
 )
 @click.option("--dtype", default="auto", show_default=True, help="auto: bfloat16 on a GPU, float32 on the CPU.")
 @click.option("--device", default="auto", show_default=True, help="hf: cpu, cuda, cuda:N.")
@@ -40,6 +40,9 @@ from still.cli._common import StreamOptions, run_stream, stream_options
     show_default=True,
     help="n of top_ngram_count, the most frequent n-gram's count (the 20-gram rule of 'Not All Correct Answers').",
 )
+@click.option("--kv-cache-mb", type=click.IntRange(min=1), default=None, help="vllm: KV cache size (needed on CPU).")
+@click.option("--enforce-eager", is_flag=True, help="vllm: no CUDA graphs / compilation (starts faster).")
+@click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=None, help="vllm: GPUs per replica.")
 @click.option("--template", type=click.Path(dir_okay=False), metavar="FILE.jinja", help="Chat template to use.")
 @click.option("--key", default="score", show_default=True, help="Field the statistics are written under.")
 @stream_options
@@ -53,6 +56,9 @@ def command(
     max_length: int,
     ngram: int,
     top_ngram: int,
+    kv_cache_mb: int | None,
+    enforce_eager: bool,
+    tensor_parallel_size: int | None,
     template: str | None,
     key: str,
 ) -> None:
@@ -85,6 +91,15 @@ def command(
         template=template,
         key=key,
         fields=stream.fields(),
+        vllm_options=tuple(
+            (name, value)
+            for name, value in (
+                ("kv_cache_memory_bytes", kv_cache_mb and kv_cache_mb * 1024 * 1024),
+                ("enforce_eager", enforce_eager),
+                ("tensor_parallel_size", tensor_parallel_size),
+            )
+            if value
+        ),
     )
     config.validate()
 

@@ -5,15 +5,15 @@
    model's last hidden states over real tokens; batched, L2-normalised, float32. Cached in
    ``--embeddings FILE`` (``.npz``) with a fingerprint of the texts, the model (its files' names,
    sizes and modification times) and the settings: reused when they are unchanged, else rebuilt.
-2. k-means (spherical: on unit vectors, by dot product) into ``clusters`` groups (default
-   ``ceil(n / 1000)``), with faiss when it is installed, else numpy (Lloyd's algorithm, seeded
-   k-means++ start).
-3. Within each cluster, records in ``--keep`` order (first seen, longest, max:FIELD): a record is a
-   semantic duplicate when its cosine similarity to a record already kept in the cluster is above
-   ``threshold``; it is dropped as "semantic duplicate" and the kept one is its representative.
-   Every kept pair inside a cluster is therefore at or below the threshold. Pairs split across
-   clusters are not compared (SemDeDup's approximation; bench/dedup_semantic.py measures recall
-   against brute force).
+2. Near pairs (:mod:`still.core.semantic_search`): spherical k-means into ``clusters`` groups
+   (default ``ceil(n / 1000)``; faiss when installed, else numpy), then each text against the
+   members of its ``probes`` nearest clusters (default 3: SemDeDup's own cluster only misses the
+   pairs a k-means boundary splits), in float32 matrix-product blocks.
+3. Keep rule, greedy in ``--keep`` order (first seen, longest, max:FIELD): a text is a semantic
+   duplicate when its cosine similarity to a text kept before it is above ``threshold``; it is
+   dropped as "semantic duplicate" and the most similar kept one is its representative. Every
+   compared kept pair is therefore at or below the threshold; bench/dedup_semantic.py measures
+   the recall against brute force over all pairs.
 
 Records with the same key text are one text here. After the exact stage (which already chose among
 them, e.g. ``--max-per-key`` responses of a query) they stay or go together; with
@@ -36,12 +36,16 @@ import xxhash
 from still.core.errors import BadInput, UsageError
 from still.core.fields import Fields, get_path, is_missing
 from still.core.records import Record
+from still.core.semantic_search import semantic_duplicates
 from still.core.stats import RunStats
 
 # SemDeDup keeps a point unless its cosine similarity to a kept one exceeds 1 - eps; 0.95 is eps 0.05
 # (DataFlow's SemDeDup default; NeMo Curator's eps 0.01 is stricter, AM used bge-m3 cosine 0.9).
 DEFAULT_THRESHOLD = 0.95
 CLUSTER_TARGET = 1000  # records per k-means cluster when the number of clusters is automatic
+# each text is compared with the members of its PROBES nearest clusters: SemDeDup's own cluster
+# only (1) misses the pairs a k-means boundary splits (bench/dedup_semantic.py measures recall)
+DEFAULT_PROBES = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class SemanticConfig:
     model: str
     threshold: float = DEFAULT_THRESHOLD
     clusters: int = 0  # 0: ceil(n / CLUSTER_TARGET)
+    probes: int = DEFAULT_PROBES
     iterations: int = 20
     seed: int = 0
     batch_size: int = 32
@@ -66,8 +71,8 @@ class SemanticConfig:
     def validate(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise UsageError(f"--semantic-threshold must be in (0, 1), not {self.threshold}")
-        if self.clusters < 0 or self.iterations < 1 or self.batch_size < 1 or self.max_length < 1:
-            raise UsageError("--semantic-clusters must be >= 0; iterations, batch size and length >= 1")
+        if self.clusters < 0 or min(self.probes, self.iterations, self.batch_size, self.max_length) < 1:
+            raise UsageError("--semantic-clusters must be >= 0; probes, iterations, batch size and length >= 1")
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -181,92 +186,6 @@ def cached_embeddings(texts: list[str], config: SemanticConfig, stats: RunStats)
     return emb
 
 
-# ----------------------------------------------------------------------------- clustering
-def kmeans(x: Any, k: int, iterations: int, seed: int) -> Any:
-    """Cluster labels of unit vectors ``x`` (spherical k-means; faiss when installed)."""
-    import numpy as np
-
-    n = x.shape[0]
-    k = max(1, min(k, n))
-    if k == 1:
-        return np.zeros(n, dtype=np.int64)
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    if faiss is not None:
-        km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, spherical=True, verbose=False)
-        km.train(np.ascontiguousarray(x, dtype=np.float32))
-        return km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0].astype(np.int64)
-    rng = np.random.default_rng(seed)
-    centres = np.empty((k, x.shape[1]), dtype=np.float32)
-    centres[0] = x[rng.integers(n)]
-    closest = 1.0 - x @ centres[0]
-    for c in range(1, k):  # k-means++: the next centre far (in cosine distance) from the chosen ones
-        weights = np.clip(closest, 0, None) ** 2
-        total = weights.sum()
-        pick = rng.choice(n, p=weights / total) if total > 0 else rng.integers(n)
-        centres[c] = x[pick]
-        closest = np.minimum(closest, 1.0 - x @ centres[c])
-    labels = np.zeros(n, dtype=np.int64)
-    for _ in range(iterations):
-        new = _assign(x, centres)
-        if _ > 0 and np.array_equal(new, labels):
-            break
-        labels = new
-        sums = np.zeros_like(centres)
-        by_label = np.argsort(labels, kind="stable")
-        for members in np.split(by_label, np.flatnonzero(np.diff(labels[by_label])) + 1):
-            sums[labels[members[0]]] = x[members].sum(axis=0)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        empty = norms[:, 0] == 0
-        centres = np.where(empty[:, None], centres, sums / np.where(norms == 0, 1, norms))
-    return labels
-
-
-def _assign(x: Any, centres: Any, block: int = 65536) -> Any:
-    import numpy as np
-
-    out = np.empty(x.shape[0], dtype=np.int64)
-    for s in range(0, x.shape[0], block):
-        out[s : s + block] = (x[s : s + block] @ centres.T).argmax(axis=1)
-    return out
-
-
-def within_cluster_duplicates(
-    emb: Any, order: list[int], labels: Any, threshold: float
-) -> dict[int, tuple[int, float]]:
-    """``{dropped: (kept representative, cosine)}``: greedy in ``order`` (best first) per cluster.
-
-    A member with no earlier member above the threshold is kept whatever was kept before it, so
-    only the members with such a neighbour (few: the duplicates) go through the sequential check."""
-    import numpy as np
-
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
-    by_cluster = np.argsort(labels, kind="stable")
-    bounds = np.flatnonzero(np.diff(labels[by_cluster])) + 1
-    dropped: dict[int, tuple[int, float]] = {}
-    for members in np.split(by_cluster, bounds):
-        members = members[np.argsort(rank[members], kind="stable")]
-        vecs = emb[members]
-        kept = np.zeros(len(members), dtype=bool)
-        for s in range(0, len(members), 1024):  # similarity rows in blocks: memory 1024 × cluster size
-            e = min(s + 1024, len(members))
-            sims = vecs[s:e] @ vecs[:e].T
-            earlier = np.arange(e)[None, :] < np.arange(s, e)[:, None]
-            suspects = np.flatnonzero((np.where(earlier, sims, -np.inf) > threshold).any(axis=1))
-            kept[s:e] = True
-            for r in suspects:
-                pos = s + int(r)
-                masked = np.where(kept[:pos], sims[r, :pos], -np.inf)
-                j = int(masked.argmax())
-                if masked[j] > threshold:
-                    kept[pos] = False
-                    dropped[int(members[pos])] = (int(members[j]), float(masked[j]))
-    return dropped
-
-
 # ----------------------------------------------------------------------------- the stage
 def _key_text(config: SemanticConfig, rec: Record) -> str:
     if config.key == "query":
@@ -289,8 +208,6 @@ def _priority(config: SemanticConfig, rec: Record, text: str, index: int) -> tup
 
 def semantic_dedup(records: Iterable[Record], config: SemanticConfig, stats: RunStats) -> Iterator[Record]:
     """Yield the records that are not semantic duplicates of a kept one, in input order."""
-    import numpy as np
-
     config.validate()
     held: list[tuple[Record, int]] = []  # record, index of its distinct text
     texts: list[str] = []
@@ -317,11 +234,16 @@ def semantic_dedup(records: Iterable[Record], config: SemanticConfig, stats: Run
     info = stats.extra.setdefault("semantic", {})
     if texts:
         emb = cached_embeddings(texts, config, stats)
-        k = config.clusters or math.ceil(len(texts) / CLUSTER_TARGET)
-        labels = kmeans(emb, k, config.iterations, config.seed)
-        order = sorted(range(len(texts)), key=lambda i: best[i])
-        dropped = within_cluster_duplicates(emb, order, labels, config.threshold)
-        info.update(clusters=int(len(np.unique(labels))), texts=len(texts), duplicate_texts=len(dropped))
+        dropped, search = semantic_duplicates(
+            emb,
+            sorted(range(len(texts)), key=lambda i: best[i]),
+            config.threshold,
+            clusters=config.clusters or math.ceil(len(texts) / CLUSTER_TARGET),
+            probes=config.probes,
+            iterations=config.iterations,
+            seed=config.seed,
+        )
+        info.update(search, texts=len(texts), duplicate_texts=len(dropped))
     else:
         dropped = {}
     info.update(model=config.model, threshold=config.threshold)

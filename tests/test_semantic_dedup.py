@@ -28,26 +28,115 @@ def _check_against_brute_force(
         assert rep in kept and sims[i, rep] == pytest.approx(cos, abs=1e-5) and cos > t
 
 
-def test_within_cluster_duplicates_on_planted_vectors() -> None:
-    from still.core.semantic_dedup import kmeans, within_cluster_duplicates
+def _naive_greedy(emb: np.ndarray, order: list[int], t: float) -> dict[int, tuple[int, float]]:
+    """The keep rule written out over all pairs in float64: in order, dropped when a kept one is above t."""
+    sims = emb.astype(np.float64) @ emb.astype(np.float64).T
+    kept: list[int] = []
+    dropped: dict[int, tuple[int, float]] = {}
+    for i in order:
+        above = [(sims[i, j], -n, j) for n, j in enumerate(kept) if sims[i, j] > t]
+        if above:
+            s, _, j = max(above)
+            dropped[i] = (j, float(s))
+        else:
+            kept.append(i)
+    return dropped
 
-    rng = np.random.default_rng(0)
-    base = _unit(rng.normal(size=(300, 32)).astype(np.float32))
-    planted = _unit(base[:60] + 0.02 * rng.normal(size=(60, 32)).astype(np.float32))
-    emb = np.concatenate([base, planted])
+
+def _same_drops(got: dict[int, tuple[int, float]], want: dict[int, tuple[int, float]]) -> bool:
+    return {i: r for i, (r, _) in got.items()} == {i: r for i, (r, _) in want.items()} and all(
+        abs(got[i][1] - want[i][1]) < 1e-5 for i in got
+    )
+
+
+def _planted(n: int, copies: int, dim: int, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = _unit(rng.normal(size=(n, dim)).astype(np.float32))
+    planted = _unit(base[:copies] + noise * rng.normal(size=(copies, dim)).astype(np.float32))
+    return np.concatenate([base, planted])
+
+
+@pytest.mark.parametrize("use_faiss", [False, True])
+def test_semantic_duplicates_on_planted_vectors(use_faiss: bool) -> None:
+    from still.core.semantic_search import semantic_duplicates
+
+    if use_faiss:
+        pytest.importorskip("faiss")
+    emb = _planted(300, 60, 32, 0.02, 0)
     threshold = 0.95
     order = list(range(len(emb)))
-    for k in (1, 8):
-        labels = kmeans(emb, k, 20, seed=1)
-        assert len(set(labels.tolist())) == k
-        dropped = within_cluster_duplicates(emb, order, labels, threshold)
+    for k, probes in ((1, 1), (8, 1), (8, 3), (8, 8)):
+        dropped, info = semantic_duplicates(
+            emb, order, threshold, clusters=k, probes=probes, iterations=20, seed=1, use_faiss=use_faiss
+        )
+        assert info["clusters"] == k and info["probes"] == probes
+        assert info["kmeans"] == ("faiss" if use_faiss and k > 1 else "numpy")
         kept = [i for i in range(len(emb)) if i not in dropped]
         assert set(dropped) == set(range(300, 360))  # each planted copy, never its original
         assert all(dropped[300 + j][0] == j for j in range(60))
         _check_against_brute_force(emb, kept, dropped, threshold)
+        assert _same_drops(dropped, _naive_greedy(emb, order, threshold))
     # --keep order decides which of a pair stays: the planted copy first keeps the copies
-    dropped = within_cluster_duplicates(emb, list(range(300, 360)) + list(range(300)), np.zeros(360, int), threshold)
+    first_copies = list(range(300, 360)) + list(range(300))
+    dropped, _ = semantic_duplicates(emb, first_copies, threshold, clusters=4, probes=2, iterations=20, seed=1)
     assert set(dropped) == set(range(60))
+
+
+def test_all_probes_equal_brute_force_and_the_keep_rule() -> None:
+    """Chains and groups of near copies: probing every cluster finds exactly brute force's pairs,
+    and the keep rule equals the naive greedy pass over all pairs."""
+    from still.core.semantic_search import (
+        brute_force_pairs,
+        greedy_duplicates,
+        keep_rank,
+        nearest_centres,
+        probed_pairs,
+        semantic_duplicates,
+        train_centres,
+    )
+
+    rng = np.random.default_rng(3)
+    base = _unit(rng.normal(size=(40, 16)).astype(np.float32))
+    # walks of small steps: neighbours are above the threshold, the ends of a walk are not
+    walks = [base]
+    for _ in range(6):
+        walks.append(_unit(walks[-1] + 0.06 * rng.normal(size=base.shape).astype(np.float32)))
+    emb = np.concatenate(walks)[rng.permutation(len(base) * len(walks))]
+    threshold = 0.95
+    order = [int(i) for i in rng.permutation(len(emb))]
+    rank = keep_rank(order)
+    centres = train_centres(emb, 6, 10, seed=0, use_faiss=False)
+    all_pairs = probed_pairs(emb, nearest_centres(emb, centres, 6), rank, threshold)
+    brute = brute_force_pairs(emb, rank, threshold)
+
+    def as_set(pairs: tuple) -> set[tuple[int, int]]:
+        return set(zip(pairs[0].tolist(), pairs[1].tolist()))
+
+    assert as_set(all_pairs) == as_set(brute) and len(all_pairs[0]) == len(brute[0]) > 40
+    naive = _naive_greedy(emb, order, threshold)
+    assert 0 < len(naive) < len(emb) - len(base)  # chains: some walk steps are kept
+    assert _same_drops(greedy_duplicates(*brute[:3], rank), naive)
+    dropped, _ = semantic_duplicates(emb, order, threshold, clusters=6, probes=6, iterations=10, seed=0)
+    assert _same_drops(dropped, naive)
+    # fewer probes compare fewer pairs; a missed pair only ever keeps a duplicate here
+    one = probed_pairs(emb, nearest_centres(emb, centres, 1), rank, threshold)
+    assert as_set(one) <= as_set(brute) and one[3] < all_pairs[3]
+
+
+def test_a_second_probe_finds_a_pair_split_by_the_clusters() -> None:
+    from still.core.semantic_search import keep_rank, nearest_centres, probed_pairs
+
+    # two centres; a and b are a near pair on either side of the boundary between them
+    centres = np.asarray([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float32)
+    a, b = _unit(np.asarray([[1.0, 0.96, 0.3], [0.96, 1.0, 0.3]], dtype=np.float32))
+    emb = np.stack([a, b])
+    assert float(a @ b) > 0.99
+    rank = keep_rank([0, 1])
+    lists = nearest_centres(emb, centres, 2)
+    assert lists.tolist() == [[0, 1], [1, 0]]
+    assert len(probed_pairs(emb, lists[:, :1], rank, 0.95)[0]) == 0  # SemDeDup's own cluster only
+    later, earlier, sims, _ = probed_pairs(emb, lists, rank, 0.95)
+    assert later.tolist() == [1] and earlier.tolist() == [0] and sims[0] == pytest.approx(float(a @ b))
 
 
 def _records(tmp_path: Path) -> tuple[Path, list[str], list[int]]:
