@@ -3,7 +3,8 @@
 Writes three random Llama-shaped models in bf16 (Qwen2.5-0.5B's dimensions: vocab 151936, hidden
 896, MLP 4864, 2 KV heads, tied embeddings; the layer count scales with --params), the second and
 third a small perturbation of the first, as fine-tunes of one base are. Then merges them linearly
-(all three) and with TIES (the first as base, density 0.5) by both tools, each as a fresh process:
+(all three) and with TIES (the first as base, density 0.5; ``ties-select`` is still's memory-bounded
+``--ties-selection select`` against the same mergekit run) by both tools, each as a fresh process:
 wall time, CPU time, peak RSS (getrusage of a wrapper), and the memory bound
 (inputs + 3) × largest tensor + output shard buffer. Outputs are compared tensor by tensor.
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 _QUANTILE_SAMPLE = 1_000_000  # Arcee Fusion samples this many importance scores for its quantiles
 _SLERP_CHUNK = 1024 * 1024  # mergekit's slerp reduces in chunks of this many elements
-COMBINE_CHUNK = 1 << 16  # task-vector methods combine this many elements at a time (scratch ~20x that)
+COMBINE_CHUNK = 32000  # task-vector methods combine this many elements of all task vectors at a time
 # Element-wise passes run this many elements at a time: the scratch stays in cache, and below
 # torch's intra-op grain size (32768) each operation runs on the calling thread, without waking
 # (and, on a loaded machine, waiting for) the OpenMP pool thousands of times.
@@ -291,8 +291,9 @@ def combine(
     """Weight the task vectors, elect signs (TIES) and add the (normalised) sum to the base.
 
     ``deltas`` give each flat task vector's elements [start, stop). Every step is per element, so
-    it runs in chunks of ``COMBINE_CHUNK`` elements: the same result as mergekit's whole-tensor
-    stack, with small scratch. ``base`` is cast to ``compute`` (default: its dtype) chunk by chunk.
+    it runs in chunks of ``COMBINE_CHUNK`` elements over all task vectors: the same result as
+    mergekit's whole-tensor stack, with small scratch, each operation on the calling thread.
+    ``base`` is cast to ``compute`` (default: its dtype) chunk by chunk.
     """
     import torch
 
@@ -301,8 +302,9 @@ def combine(
     flat_base = base.reshape(-1)
     numel = flat_base.numel()
     out = torch.empty(numel, dtype=dtype)
-    for start in range(0, max(1, numel), COMBINE_CHUNK):
-        stop = min(start + COMBINE_CHUNK, numel)
+    chunk = max(1, COMBINE_CHUNK // len(deltas))  # the stacked chunk stays below torch's intra-op grain size
+    for start in range(0, max(1, numel), chunk):
+        stop = min(start + chunk, numel)
         d = torch.stack([delta(start, stop) for delta in deltas])
         d.mul_(weights)
         if consensus:

@@ -3,7 +3,7 @@
 Each merge runs in a fresh process that resets its peak RSS (``/proc/self/clear_refs``) after the
 imports and reads ``VmHWM`` afterwards, so the measured growth covers everything the merge holds:
 the inputs' mapped pages, the method's scratch, the result and the one being written. The largest
-tensor (a 48 MiB bf16 embedding) dwarfs the interpreter's own noise. TIES with ``--ties-selection select`` keeps
+tensor (a 32 MiB bf16 embedding) dwarfs the interpreter's own noise. TIES with ``--ties-selection select`` keeps
 to the bound; the default ``sort`` reproduces mergekit's unstable argsort, whose scratch (int16 keys,
 int64 indices and torch's transient int64 index fill: 18 bytes per element of a bf16 tensor) the
 bound (12 bytes per element for three bf16 inputs) cannot hold, so it is held to that ceiling instead.
@@ -23,7 +23,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="merge tests need the 'models' extra: pip install 'still[models]'")
 from safetensors.torch import save_file  # noqa: E402
 
-ROWS, HIDDEN = 12288, 2048  # the embedding: 25M elements, 48 MiB in bf16
+ROWS, HIDDEN = 8192, 2048  # the embedding: 16.8M elements, 32 MiB in bf16
 SHARD_BYTES = 8 * 2**20
 
 MEASURE = r"""
@@ -105,12 +105,12 @@ def test_select_keeps_the_largest_lowest_index_first(dtype: str) -> None:
 
     compute = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(5)
-    base = (torch.randn(300_007, generator=gen) * 0.02).to(compute)
-    model = base + (torch.randn(300_007, generator=gen) * 0.002).to(compute)
+    base = (torch.randn(100_003, generator=gen) * 0.02).to(compute)
+    model = base + (torch.randn(100_003, generator=gen) * 0.002).to(compute)
     model[::50] = base[::50]  # many zero deltas
     model[7] = float("nan")
     magnitude = (model - base).abs().float()
-    for density in (0.01, 0.3, 0.5, 0.98):
+    for density in (0.01, 0.5, 0.98):
         k = max(1, int(density * base.numel()))
         expected = torch.zeros(base.numel(), dtype=torch.bool)
         expected[torch.argsort(magnitude, descending=True, stable=True)[:k]] = True
