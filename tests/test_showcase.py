@@ -100,7 +100,7 @@ def check_reduced_run(out: Path) -> None:
     assert set(results["models"]) == set(MODELS) and results["seconds"] > 0
     # every command's wall and CPU time, grouped by stage (the full run's profile)
     timed = {st["stage"] for st in results["stages"]}
-    assert {"teacher", "base", "generated", "merge-ties", *(f"eval {m}" for m in MODELS)} <= timed
+    assert {"init models", "generated", *(f"model {m}" for m in MODELS), *(f"eval {m}" for m in MODELS)} <= timed
     assert results["cpu_seconds"] == pytest.approx(sum(st["cpu_s"] for st in results["stages"]), abs=0.2)
     for name in MODELS:
         for domain in ("add", "sort"):

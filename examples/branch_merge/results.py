@@ -28,10 +28,10 @@ def summaries(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def stage_of(target: str) -> str:
-    """The experiment stage a Makefile target belongs to (models/branch-add/config.json -> branch-add)."""
+    """The stage a Makefile target belongs to (models/branch-add/config.json -> model branch-add)."""
     parts = target.split("/")
     if parts[0] == "models":
-        return "init models" if parts[1].endswith("-init") else parts[1]
+        return "init models" if parts[1].endswith("-init") else "model " + parts[1]
     if parts[0] == "eval":
         return "eval " + parts[1].removesuffix(".jsonl")
     if parts[0] == "data":
