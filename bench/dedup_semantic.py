@@ -1,14 +1,15 @@
 """Benchmark the SemDeDup stage of `still dedup --semantic` against brute-force cosine, in one run.
 
-    python bench/dedup_semantic.py [--n 100000] [--dim 384] [--planted 0.05] [--threshold 0.95]
+    python bench/dedup_semantic.py [--n 100000] [--dim 384] [--planted 0.05] [--threshold 0.95] [--probes 3]
     python bench/dedup_semantic.py --texts 2000 [--hidden 384 --layers 6]   # with a tiny embedding model
 
 Selection (default): n random unit vectors of --dim with a share --planted of noisy copies (cosine
-about 0.97 to their original), deduplicated by still's spherical k-means + within-cluster greedy
-pass (core/semantic_dedup.py) and by the brute-force greedy pass over all pairs (one cluster,
-blocked n × n similarities). Reports each one's time and peak traced memory, the speed-up, the
-recall of the planted copies that brute force finds, and false drops (records still drops that
-brute force keeps).
+about 0.97 to their original), deduplicated by still's search (core/semantic_search.py: k-means
+on a sample, each vector against the members of its --probes nearest clusters, the greedy keep
+rule on the pairs found) and by brute force (blocked float32 products over all n²/2 pairs, the
+same keep rule). Reports each one's wall and CPU time (CPU time is steadier on a loaded machine),
+still's phases, peak traced memory (numpy's; faiss's own buffers are not traced), the speed-up,
+the recall of brute force's drops and false drops (records still drops that brute force keeps).
 
 --texts N: generated questions with planted paraphrases (word order shuffled within clauses,
 synonyms from a small table, numbers kept) embedded by a tiny random model (tests/tiny_model.py,

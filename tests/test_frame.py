@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT, run_still
 
-FORBIDDEN = ("torch", "transformers", "numpy", "scipy", "datasketch", "vllm")
+FORBIDDEN = ("torch", "transformers", "numpy", "scipy", "datasketch", "vllm", "faiss")
 
 
 def _commands() -> list[str]:
