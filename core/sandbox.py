@@ -395,9 +395,16 @@ class Sandbox:
             os.chmod(out_dir, 0o777)
         with contextlib.ExitStack() as stack:
             uid = stack.enter_context(lease_uid()) if self.drop_to_uid else None
-            return self._run(
-                self.command(argv, box_dir, out_dir, limits, uid), limits, box_dir, out_dir, stdin, pass_fds
-            )
+            try:
+                return self._run(
+                    self.command(argv, box_dir, out_dir, limits, uid), limits, box_dir, out_dir, stdin, pass_fds
+                )
+            finally:
+                if uid is not None:
+                    # bwrap/unshare may return while the kernel still tears the namespace down:
+                    # the uid goes back only once none of its processes is left, or the next run
+                    # leasing it would start with their count against its RLIMIT_NPROC
+                    _kill_uid(uid)
 
     def _run(
         self,
@@ -443,6 +450,34 @@ class Sandbox:
         else:
             sig = None
         return RunResult(rc, sig, out, err, timed_out, exceeded, wall)
+
+
+def _uid_processes(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"Uid:"):
+                            if int(line.split()[1]) == uid:
+                                found.append(int(entry))
+                            break
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _kill_uid(uid: int, timeout_s: float = 10.0) -> None:
+    """Kill what is left of a leased uid's processes and wait until none is (root only)."""
+    deadline = time.monotonic() + timeout_s
+    while pids := _uid_processes(uid):
+        if time.monotonic() > deadline:
+            raise StillError(f"sandbox processes of uid {uid} would not die: {pids[:10]}")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
 
 
 def _setpriv(uid: int | None) -> list[str]:

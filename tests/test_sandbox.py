@@ -178,6 +178,23 @@ def test_fork_bomb_is_contained_and_leaves_no_process(sb):
     _assert_no_survivors(marker, wait_s=30.0)  # a bounded wait for the kernel's namespace kill
 
 
+def test_a_leased_uid_has_no_process_left_when_the_run_returns(sb):
+    """The uid goes back to the pool only once the run's namespace is gone: a fork bomb killed at
+    its deadline must not leave dying processes to count against the next run's process limit."""
+    if os.geteuid() != 0:
+        pytest.skip("uids are leased for root callers only")
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    for _ in range(2):
+        res = sb.run([PY, "-c", code], limits=Limits(wall_s=1.0))
+        assert res.timed_out
+        base = sandbox_mod.SANDBOX_UID_BASE
+        assert [p for p in range(4) if sandbox_mod._uid_processes(base + p)] == []
+    res = sb.run(
+        [PY, "-c", "import os\nfor _ in range(40):\n    os.fork() or os._exit(0)\nprint('forked')"], limits=Limits()
+    )
+    assert res.stdout == b"forked\n", res.stderr[-300:]
+
+
 def test_setsid_daemon_is_killed_with_the_sandbox(sb):
     marker = "still-daemon-" + secrets.token_hex(6)
     code = (

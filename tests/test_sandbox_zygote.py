@@ -279,3 +279,13 @@ def test_after_a_crash_the_next_test_gets_a_fresh_solution_interpreter(backend):
     )
     res = check_code(f"```python\n{solution}```", tests, {}, CodeConfig(sandbox=backend))
     assert res["verdict"] == "runtime_error" and res["score"] == pytest.approx(2 / 3), res
+
+
+def test_no_process_of_the_leased_uid_is_left_when_a_killed_run_returns(backend):
+    from still.core import sandbox as sandbox_mod
+
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    res = _check(bomb + "def probe():\n    return 1\n", "def check(candidate):\n    assert candidate()\n", backend, 1.0)
+    assert res["verdict"] == "time_limit", res
+    base = sandbox_mod.SANDBOX_UID_BASE
+    assert [p for p in range(4) if sandbox_mod._uid_processes(base + p)] == []
