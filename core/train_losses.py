@@ -118,18 +118,25 @@ class _FusedLinearCE(torch.autograd.Function):
             y = targets[start : start + chunk]
             w = token_weights[start : start + chunk].to(acc)
             logits = (h @ weight.t()).to(acc)
-            lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+            # One buffer of chunk × vocab, worked in place: exp(logits − max) serves both the
+            # log-sum-exp and the gradient (a chunk of a 32k vocabulary is ~128 MB of fp32).
+            top = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(top).exp_()
+            norm = probs.sum(dim=-1, keepdim=True)
+            lse = (norm.log() + top).squeeze(-1)
             total += ((lse - picked) * w).sum()
             # d/dlogits of w·CE = w·(softmax − onehot)
-            grad_logits = (logits - lse.unsqueeze(-1)).exp_()
-            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
-            grad_logits *= w.unsqueeze(-1)
+            grad_logits = probs.mul_(w.unsqueeze(-1) / norm)
+            grad_logits[torch.arange(len(y), device=y.device), y] -= w
             grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk] = grad_logits @ weight
             if grad_weight is not None:
-                grad_weight += (grad_logits.t() @ h).to(acc)
+                if grad_logits.dtype == acc:
+                    grad_weight.addmm_(grad_logits.t(), h)
+                else:
+                    grad_weight += (grad_logits.t() @ h).to(acc)
         ctx.save_for_backward(
             grad_hidden if grad_hidden is not None else torch.empty(0),
             grad_weight.to(weight.dtype) if grad_weight is not None else torch.empty(0),

@@ -11,6 +11,7 @@ boxed answer must be exactly the sum. A random model gets none right, and one tr
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -24,6 +25,8 @@ pytest.importorskip("transformers")
 TRAIN_PROBLEMS = 800  # a few hundred traces, as the issue asks
 HELD_OUT = 100
 BAR = 90  # the issue's bar: >= 90% exact answers on held-out problems
+# problem split, student weights, data order: STILL_LEARNS_SEED=1 re-runs the test on another draw
+SEED = int(os.environ.get("STILL_LEARNS_SEED", "0"))
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
@@ -64,7 +67,7 @@ def test_it_learns_two_digit_addition(tmp_path: Path) -> None:
     from still.core.engines import GenerationRequest, SamplingParams, open_engine
 
     problems = [(a, b) for a in range(10, 100) for b in range(10, 100)]
-    random.Random(0).shuffle(problems)
+    random.Random(SEED).shuffle(problems)
     train_set, held_out = problems[:TRAIN_PROBLEMS], problems[-HELD_OUT:]
     assert not set(train_set) & set(held_out)
     data = tmp_path / "train.jsonl"
@@ -72,11 +75,12 @@ def test_it_learns_two_digit_addition(tmp_path: Path) -> None:
         for i, (a, b) in enumerate(train_set):
             row = {"id": f"t{i}", "query": f"What is {a} + {b}?", "response": addition_trace(a, b)}
             f.write(json.dumps(row) + "\n")
-    student = build_tiny_model(tmp_path / "student", seed=0, layers=2, hidden=128)
+    student = build_tiny_model(tmp_path / "student", seed=SEED, layers=2, hidden=128)
     out = tmp_path / "out"
     res = run_still(
         f"distill-train --model {student} --out {out} --lr 3e-3 --epochs 16 --batch-size 4 --max-length 256 "
-        f"--warmup 0.05 --scheduler cosine --seed 0 --log-steps 50 {data}",
+        f"--warmup 0.05 --scheduler cosine --seed {SEED} --log-steps 50 {data}",
+        env={"OMP_NUM_THREADS": "1"},  # a tiny model's ops are too small to share between threads
         timeout=3600,
     )
     losses = [json.loads(line)["loss"] for line in res.lines()]

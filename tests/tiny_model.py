@@ -48,6 +48,11 @@ def _corpus(seed: int, lines: int = 3000) -> list[str]:
         out.append(f"What is {a} + {b}? {prose}")
         out.append(f"<think>\n{a} + {b} = {a + b}\n</think>\nThe answer is \\boxed{{{a + b}}}.")
         out.append(f"def f(x):\n    return x * {a} - {b}\nprint(f({b}))")
+    # Made-up words: enough pairs to merge for any --vocab-size once digits no longer merge.
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    words_rng = random.Random(seed + 1)
+    for _ in range(lines):
+        out.append(" ".join("".join(words_rng.choices(syllables, k=words_rng.randint(1, 4))) for _ in range(8)))
     return out
 
 
