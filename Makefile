@@ -42,10 +42,9 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy -p still
 
-# The tests start a real redis-server and sandbox model code with bubblewrap: name what is missing.
+# The tests sandbox model code with bubblewrap: name what is missing.
 prereqs:
-	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	@missing=""; command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	if [ -n "$$missing" ]; then echo "make test needs:$$missing (Debian/Ubuntu: apt-get install$$missing)" >&2; exit 1; fi
 
 pytest: venv prereqs
