@@ -15,7 +15,7 @@ SHOWCASE_DIR ?= showcase-out
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,models,serving,train]'
+	$(PIP) install -q -e '.[dev,models,serving,train,ray]'
 	touch $@
 
 venv: $(VENV)/.installed
