@@ -32,6 +32,31 @@ def test_help_for_every_command():
         assert len(sub.out.splitlines()) > 5
 
 
+def test_help_listing_table_equals_each_commands_own_short_help():
+    import sys
+
+    import click
+
+    from still.cli import COMMANDS, SHORT_HELP, cli
+
+    assert sorted(SHORT_HELP) == sorted(COMMANDS)
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        assert SHORT_HELP[name] == command.get_short_help_str(limit=sys.maxsize), name
+    res = run_still("--help")
+    for name, summary in SHORT_HELP.items():
+        assert summary[:40] in res.out, name
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom still.cli import cli\n"
+        "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
+        "print(sorted(m for m in sys.modules if m.startswith('still.cli.') and not m.split('.')[-1].startswith('_')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_help_and_completion_import_no_heavy_modules():
     names = _commands()
     code = f"""
