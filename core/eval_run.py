@@ -382,20 +382,14 @@ def run_eval(run: RunRequest, request: ScoreRequest, fields: Fields, output: str
 def _open_journal(output: str | None, resume: bool, fingerprint: dict[str, Any], checksums: dict[str, str]) -> Any:
     """With ``-o FILE``, every sample is journalled in FILE.journal as it finishes (see
     core/journal.py); ``--resume`` continues a killed run, generating only what is missing."""
-    if output is None or output == "-":
-        if resume:
-            raise UsageError("--resume needs -o FILE (the journal lives next to it)")
-        return None
-    if Path(output).exists() and not Path(output).is_file():
-        return None  # a device or FIFO: nothing to resume into
-    from still.core.journal import Journal, journal_path
+    from still.core.journal import output_journal
 
     def key_of(line: bytes) -> tuple[str, str, int]:
         data = orjson.loads(line)
         return (str(data["benchmark"]), str(data["id"]), int(data["sample_idx"]))
 
     run_id = {k: v for k, v in fingerprint.items() if k != "libraries"} | {"datasets": checksums}
-    return Journal(journal_path(output), run_id, key_of, resume=resume)
+    return output_journal(output, run_id, key_of, resume=resume)
 
 
 def _journalled(journal: Any, key: tuple[str, str, int]) -> Record:
