@@ -307,8 +307,10 @@ class Sandbox:
                 lines.append(f"ln -s {q(os.readlink(d))} {q(root + d)}")
             elif os.path.isdir(d):
                 lines += bind_ro(d, d)
+        # A Python (or venv) under /tmp is bound after the fresh tmpfs, which would cover it.
+        under_tmp = [d for d in self.python_dirs if d == "/tmp" or d.startswith("/tmp/")]
         for d in self.python_dirs:
-            if not any(d == s or d.startswith(s + "/") for s in _SYSTEM_DIRS):
+            if d not in under_tmp and not any(d == s or d.startswith(s + "/") for s in _SYSTEM_DIRS):
                 lines += bind_ro(d, d)
         lines += [
             f"mkdir -p {q(root + '/proc')} {q(root + '/dev')} {q(root + '/tmp')} {q(root + '/.old')}",
@@ -324,6 +326,8 @@ class Sandbox:
             f"mkdir -p {q(root + '/dev/shm')}",
             f"mount -t tmpfs -o size={limits.tmp_mb}m,mode=1777,nosuid,nodev tmpfs {q(root + '/tmp')}",
         ]
+        for d in under_tmp:
+            lines += bind_ro(d, d)
         if box_dir is not None:
             lines += bind_ro(box_dir, BOX)
         if out_dir is not None:

@@ -51,6 +51,8 @@ def enabled(sb: Sandbox) -> bool:
         and sb.backend in ("bwrap", "unshare")
         and os.environ.get("STILL_SANDBOX_ZYGOTE", "1") != "0"
         and hasattr(os, "pidfd_open")
+        # each run's fresh /tmp would cover a Python that lives under /tmp: one sandbox per run then
+        and not any(d == "/tmp" or d.startswith("/tmp/") for d in sb.python_dirs)
     )
 
 
