@@ -336,10 +336,13 @@ def run_stream(
     stream: StreamOptions,
     process: Callable[[Iterator[Record], RunStats], Iterable[Record]],
     on_success: Callable[[RunStats], None] | None = None,
+    parse: bool = True,
 ) -> None:
     """Read, shard, process and write records, then print the summary and check the accounting.
 
     ``on_success`` runs after the output is complete (e.g. to commit incremental state).
+    ``parse=False`` hands ``process`` unparsed lines (``LazyRecord``) that it must check itself;
+    with --shard the lines are parsed here (the shard of a record depends on its id).
     """
     from still.core.fields import shard_filter
     from still.core.jsonl import AtomicOutput, read_records, write_records
@@ -348,9 +351,13 @@ def run_stream(
     stats = RunStats(name)
     if not stream.inputs and sys.stdin.isatty() and not stream.quiet:
         click.echo(f"still {name}: reading JSONL from standard input (Ctrl-D ends it)", err=True)
-    records = read_records(stream.inputs or ("-",), stats, stream.policy(), int(stream.max_line_mb * 1024 * 1024))
+    shard = stream.parsed_shard()
+    parse = parse or shard.active
+    records = read_records(
+        stream.inputs or ("-",), stats, stream.policy(), int(stream.max_line_mb * 1024 * 1024), parse
+    )
     records = Progress.for_stream(name, stream).wrap(records, stats)
-    records = shard_filter(records, stream.parsed_shard(), stream.fields(), stats)
+    records = shard_filter(records, shard, stream.fields(), stats)
     with AtomicOutput(stream.output, stream.gzip_level) as sink:
         write_records(process(records, stats), sink, stats)
     stats.check_balance()

@@ -199,7 +199,9 @@ def run(
         from still.core.errors import UsageError
 
         raise UsageError("--semantic-only needs --semantic MODEL")
-    run_stream("dedup", stream, process, on_success=commit)
+    # the streaming path's workers (or its one process) parse and check every line themselves
+    parse = keep != "first" or semantic_model is not None
+    run_stream("dedup", stream, process, on_success=commit, parse=parse)
 
 
 def _with_semantic(

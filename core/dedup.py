@@ -41,7 +41,14 @@ import orjson
 import xxhash
 
 from still.core import minhash as mh
-from still.core.dedup_features import BlockFeatures, FeatureParams, FeatureSource, RecordFeatures, response_key
+from still.core.dedup_features import (
+    BlockFeatures,
+    FeatureParams,
+    FeatureSource,
+    IndexSnapshot,
+    RecordFeatures,
+    response_key,
+)
 from still.core.dedup_features import key_text as features_key_text
 from still.core.errors import BadInput, StillError, UsageError
 from still.core.fields import Fields, get_path, is_missing
@@ -186,11 +193,13 @@ class ShingleStore:
 class MemoryIndex:
     """Sorted numpy runs + an on-disk shingle store; ``state_dir`` makes it persistent."""
 
-    def __init__(self, config: DedupConfig) -> None:
+    def __init__(self, config: DedupConfig, publish_dir: str | None = None, recent_blocks: int = 0) -> None:
+        """``publish_dir``: where snapshots write the index runs for workers to search (see lshindex);
+        ``recent_blocks``: at least the number of blocks decided while one is with a worker."""
         self.config = config
         bands, _ = config.lsh_params()
-        self.exact = KeyIndex(1, np.uint64)
-        self.bands = KeyIndex(bands, np.uint32)
+        self.exact = KeyIndex(1, np.uint64, publish_dir, "exact", recent_blocks)
+        self.bands = KeyIndex(bands, np.uint32, publish_dir, "bands", recent_blocks)
         self.rep_keys: array = array("Q")  # type: ignore[type-arg]
         self.members: array = array("I")  # type: ignore[type-arg]
         self.state_dir = config.state_dir
@@ -233,11 +242,19 @@ class MemoryIndex:
         self.members = array("I", data["members"].tolist())
         return array("Q", data["offsets"].tolist())
 
-    def exact_lookup(self, keys: np.ndarray) -> list[list[int]]:
-        return self.exact.lookup(keys.reshape(-1, 1))
+    def exact_lookup(self, keys: np.ndarray, since: int = 0) -> dict[int, set[int]]:
+        return self.exact.lookup(keys.reshape(-1, 1), since)
 
-    def band_lookup(self, band_keys: np.ndarray) -> list[list[int]]:
-        return self.bands.lookup(band_keys)
+    def band_lookup(self, band_keys: np.ndarray, since: int = 0) -> dict[int, set[int]]:
+        return self.bands.lookup(band_keys, since)
+
+    def snapshot(self) -> IndexSnapshot:
+        """What a worker searches for a block sent now (released after the block is decided)."""
+        return IndexSnapshot(self.exact.snapshot(), self.bands.snapshot(), len(self.rep_keys))
+
+    def release(self, snapshot: IndexSnapshot) -> None:
+        self.exact.release(snapshot.exact)
+        self.bands.release(snapshot.bands)
 
     def shingles(self, rep: int) -> np.ndarray:
         return self.store.get(rep)
@@ -343,30 +360,6 @@ def key_text(config: DedupConfig, rec: Record) -> str:
     return features_key_text(config.key, config.fields, rec)
 
 
-def earlier_neighbours(band_keys: np.ndarray, eligible: np.ndarray) -> dict[int, set[int]]:
-    """For each eligible row, the earlier eligible rows of the block sharing at least one band."""
-    rows = np.flatnonzero(eligible)
-    out: dict[int, set[int]] = {}
-    if rows.size < 2:
-        return out
-    for band in range(band_keys.shape[1]):
-        keys = band_keys[rows, band]
-        order = np.argsort(keys, kind="stable")  # equal keys keep ascending row order
-        ordered = keys[order]
-        same = np.flatnonzero(ordered[1:] == ordered[:-1])
-        if same.size == 0:
-            continue
-        run_starts = same[np.concatenate(([True], same[1:] != same[:-1] + 1))]
-        for start in run_starts.tolist():
-            stop = start + 1
-            while stop < ordered.size and ordered[stop] == ordered[start]:
-                stop += 1
-            members = rows[order[start:stop]].tolist()
-            for t in range(1, len(members)):
-                out.setdefault(members[t], set()).update(members[:t])
-    return out
-
-
 def _distinct(ordered: np.ndarray) -> int:
     return int(ordered.size and 1 + np.count_nonzero(ordered[1:] != ordered[:-1]))
 
@@ -390,12 +383,14 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 class Deduper:
     """Decides, block by block, which records are representatives and which are duplicates."""
 
-    def __init__(self, config: DedupConfig, stats: RunStats) -> None:
+    def __init__(
+        self, config: DedupConfig, stats: RunStats, publish_dir: str | None = None, in_flight: int = 0
+    ) -> None:
         self.config = config
         self.stats = stats
         self.fields = config.fields
         self.bands, self.rows = config.lsh_params()
-        self.index = MemoryIndex(config)
+        self.index = MemoryIndex(config, publish_dir, in_flight + 1 if publish_dir else 0)
         self.clusters: dict[int, list[dict[str, Any]]] | None = {} if config.clusters_path else None
         self.rep_info: dict[int, dict[str, Any]] = {}
         # (representative, response key) of every kept record, with --key query
@@ -436,22 +431,27 @@ class Deduper:
         self.attach(items, feats)
         band_keys = feats.band_keys
         exact_keys = np.fromiter((it.exact for it in items), dtype=np.uint64, count=len(items))
-        exact_hits = self.index.exact_lookup(exact_keys)
-        band_hits = self.index.band_lookup(band_keys) if self.config.near else [[] for _ in items]
+        # representatives numbered from feats.since on (all of them without a worker's snapshot)
+        # are searched here; a worker searched those before
+        exact_hits = self.index.exact_lookup(exact_keys, feats.since)
+        for row, reps in feats.known_exact.items():
+            exact_hits.setdefault(row, set()).update(reps)
+        band_hits: dict[int, set[int]] = {}
+        if self.config.near:
+            band_hits = self.index.band_lookup(band_keys, feats.since)
+            for row, reps in feats.known_bands.items():
+                band_hits.setdefault(row, set()).update(reps)
         local_exact: dict[int, int] = {}
         local_sets: dict[int, np.ndarray] = {}
-        neighbours: dict[int, set[int]] = {}
-        if self.config.near:
-            first = np.zeros(len(items), dtype=bool)
-            first[np.unique(exact_keys, return_index=True)[1]] = True
-            neighbours = earlier_neighbours(band_keys, first)
+        neighbours = feats.earlier
         new_reps: list[int] = []
         new_rows: list[int] = []
         threshold = self.config.threshold
         # exact copies of a record that joined a cluster earlier in this block join it the same way
         local_members: dict[int, tuple[int, float]] = {}
         for row, it in enumerate(items):
-            rep = exact_hits[row][0] if exact_hits[row] else local_exact.get(it.exact)
+            exact_rep = exact_hits.get(row)
+            rep = min(exact_rep) if exact_rep else local_exact.get(it.exact)
             if rep is not None:
                 it.rep, it.jaccard, it.match = rep, 1.0, "exact"
                 continue
@@ -460,8 +460,9 @@ class Deduper:
                 it.rep, it.jaccard, it.match = member[0], member[1], "near"
                 continue
             earlier = neighbours.get(row)
-            if band_hits[row] or earlier:
-                candidates = set(band_hits[row])
+            hits = band_hits.get(row)
+            if hits or earlier:
+                candidates = set(hits) if hits else set()
                 if earlier:
                     # earlier records of this block that share a band and became representatives:
                     # the same candidates the index would give, so blocks never change the answer
@@ -497,6 +498,7 @@ class Deduper:
                 self.kept_responses.add(seen)
             if self.clusters is not None:
                 self._note_cluster(it)
+            it.shingles = _EMPTY_SET  # decided: the index has the representatives' sets
 
     def _note_cluster(self, it: Item) -> None:
         assert self.clusters is not None
@@ -614,20 +616,22 @@ def dedup(
     renamed (else a failed output would leave state saying the lost records were seen)."""
     bands, rows = config.lsh_params()
     stats.extra["lsh"] = {"num_perm": config.num_perm, "bands": bands, "rows": rows, "threshold": config.threshold}
-    deduper = Deduper(config, stats)
+    source = FeatureSource(config.feature_params(), config.workers)
+    stats.extra["workers"] = source.workers
     success = False
-    source = None
     try:
-        source = FeatureSource(config.feature_params(), config.workers)
-        stats.extra["workers"] = source.workers
+        deduper = Deduper(config, stats, source.spill_dir, source.in_flight)
+    except BaseException:
+        source.close()
+        raise
+    try:
         if config.keep == "first":
             yield from _dedup_streaming(records, deduper, stats, source)
         else:
             yield from _dedup_by_priority(records, deduper, stats, source)
         success = True
     finally:
-        if source is not None:
-            source.close()
+        source.close()
         deduper.finish(success, commit_later)
     deduper.warn_multi_sample()
     deduper.write_clusters()
@@ -670,30 +674,39 @@ def _emit(deduper: Deduper, items: list[Item], stats: RunStats) -> Iterator[Reco
             stats.drop(deduper.drop_reason(it))
 
 
-def _texts(block: list[Item]) -> tuple[list[Item], list[str]]:
-    return block, [it.text for it in block]
+def _snapshot(deduper: Deduper, source: FeatureSource) -> IndexSnapshot | None:
+    """With workers, each block is sent with the index as it is (they search it for the block)."""
+    return deduper.index.snapshot() if source.pool is not None else None
+
+
+def _decided(deduper: Deduper, snapshot: IndexSnapshot | None) -> None:
+    if snapshot is not None:
+        deduper.index.release(snapshot)
 
 
 def _dedup_streaming(
     records: Iterable[Record], deduper: Deduper, stats: RunStats, source: FeatureSource
 ) -> Iterator[Record]:
-    def blocks() -> Iterator[tuple[list[Item], list[bytes]]]:
-        # raw lines go to the workers, which parse them and find the key texts themselves
+    Block = tuple[list[Item], IndexSnapshot | None]
+
+    def blocks() -> Iterator[tuple[Block, bytes, IndexSnapshot | None]]:
+        # raw lines go to the workers, which parse and check them and find the key texts themselves
         block: list[Item] = []
-        raws: list[bytes] = []
         size = deduper.config.block_size
         for index, rec in enumerate(records):
             block.append(Item(rec, index))
-            raws.append(rec.to_bytes())
             if len(block) >= size:
-                yield block, raws
-                block, raws = [], []
+                snapshot = _snapshot(deduper, source)
+                yield (block, snapshot), b"".join([it.rec.to_bytes() for it in block]), snapshot
+                block = []
         if block:
-            yield block, raws
+            snapshot = _snapshot(deduper, source)
+            yield (block, snapshot), b"".join([it.rec.to_bytes() for it in block]), snapshot
 
-    for block, found in source.record_features(blocks()):
+    for (block, snapshot), found in source.record_features(blocks()):
         items = deduper.take(block, found, stats)
         deduper.decide(items, found.features)
+        _decided(deduper, snapshot)
         yield from _emit(deduper, items, stats)
 
 
@@ -732,16 +745,18 @@ def _dedup_by_priority(
 
         size = config.block_size
 
-        def blocks() -> Iterator[tuple[list[Item], list[str]]]:
+        def blocks() -> Iterator[tuple[tuple[list[Item], IndexSnapshot | None], list[str], IndexSnapshot | None]]:
             for start in range(0, len(order), size):
                 block = []
                 for _, _, i in order[start : start + size]:
                     rec = load(i)
                     block.append(deduper.item(rec, i, deduper.key_text(rec)))
-                yield _texts(block)
+                snapshot = _snapshot(deduper, source)
+                yield (block, snapshot), [it.text for it in block], snapshot
 
-        for block, feats in source.features(blocks()):
+        for (block, snapshot), feats in source.features(blocks()):
             deduper.decide(block, feats)
+            _decided(deduper, snapshot)
             for it in block:
                 it.rec = Record({}, None, it.rec.source, it.rec.line)  # free the parsed copy
                 decisions[it.index] = it

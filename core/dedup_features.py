@@ -10,20 +10,24 @@ rule) stay in the parent: they are sequential by nature and cheap next to signin
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import orjson
 import xxhash
 
 from still.core import minhash as mh
 from still.core.errors import BadInput
 from still.core.fields import Fields
+from still.core.jsonl import parse_object
+from still.core.lshindex import PublishedRun, Run, load_run, lookup_runs
 from still.core.records import Record
 
 T = TypeVar("T")
@@ -72,9 +76,26 @@ class BlockFeatures:
     shingle_data: np.ndarray  # uint64, all sets concatenated
     shingle_offsets: np.ndarray  # int64, len(texts) + 1
     band_keys: np.ndarray  # uint32 [n, bands] (n x 0 without near)
+    # rows sharing a band with earlier rows of the block (first of their exact key only)
+    earlier: dict[int, set[int]] = field(default_factory=dict)
+    spilled: str | None = None  # from a worker: shingle_data is in this file, not here
+    # from a worker given an IndexSnapshot: the hits among representatives numbered below ``since``
+    since: int = 0
+    known_exact: dict[int, set[int]] = field(default_factory=dict)
+    known_bands: dict[int, set[int]] = field(default_factory=dict)
 
     def shingles(self, row: int) -> np.ndarray:
         return self.shingle_data[self.shingle_offsets[row] : self.shingle_offsets[row + 1]]
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """The dedup index as a block was sent to a worker: its published run files and the number
+    of representatives they hold (the deciding process searches the rest itself)."""
+
+    exact: list[PublishedRun]
+    bands: list[PublishedRun]
+    since: int
 
 
 @dataclass
@@ -84,6 +105,30 @@ class RecordFeatures:
     features: BlockFeatures  # of the records with a key text
     response_keys: list[int | None]  # of the same records
     problems: list[tuple[int, str]]  # (row in the block, what is wrong) of the records without one
+
+
+def earlier_neighbours(band_keys: np.ndarray, eligible: np.ndarray) -> dict[int, set[int]]:
+    """For each eligible row, the earlier eligible rows of the block sharing at least one band."""
+    rows = np.flatnonzero(eligible)
+    out: dict[int, set[int]] = {}
+    if rows.size < 2:
+        return out
+    for band in range(band_keys.shape[1]):
+        keys = band_keys[rows, band]
+        order = np.argsort(keys, kind="stable")  # equal keys keep ascending row order
+        ordered = keys[order]
+        same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if same.size == 0:
+            continue
+        run_starts = same[np.concatenate(([True], same[1:] != same[:-1] + 1))]
+        for start in run_starts.tolist():
+            stop = start + 1
+            while stop < ordered.size and ordered[stop] == ordered[start]:
+                stop += 1
+            members = rows[order[start:stop]].tolist()
+            for t in range(1, len(members)):
+                out.setdefault(members[t], set()).update(members[:t])
+    return out
 
 
 class FeatureMaker:
@@ -117,17 +162,28 @@ class FeatureMaker:
             return BlockFeatures(exact, data.astype(np.uint64, copy=False), offsets, empty)
         sigs = mh.signatures(sets, p.num_perm, p.seed)
         # the signatures stay here: only their band keys are looked up (a quarter of the bytes to ship)
-        return BlockFeatures(exact, data.astype(np.uint64, copy=False), offsets, mh.band_keys(sigs, p.bands, p.rows))
+        band_keys = mh.band_keys(sigs, p.bands, p.rows)
+        first = np.zeros(n, dtype=bool)
+        first[np.unique(exact, return_index=True)[1]] = True
+        return BlockFeatures(
+            exact, data.astype(np.uint64, copy=False), offsets, band_keys, earlier_neighbours(band_keys, first)
+        )
 
-    def records(self, raws: list[bytes]) -> RecordFeatures:
-        """Parse raw JSONL lines and find their key texts here too, so that a parent sending
-        lines does no more per record than read them, look up and decide."""
+    def records(self, lines: bytes) -> RecordFeatures:
+        """Parse and check a block of raw JSONL lines (each ending in a newline) and find their
+        key texts here too, so that the process reading them does no more per record than read,
+        look up and decide (it hands this process unparsed lines)."""
         p = self.params
         texts: list[str] = []
         response_keys: list[int | None] = []
         problems: list[tuple[int, str]] = []
-        for row, raw in enumerate(raws):
-            rec = Record(orjson.loads(raw), raw, "", 0)
+        for row, raw in enumerate(lines.split(b"\n")[:-1]):
+            data = parse_object(raw)
+            if isinstance(data, str):  # not a JSON object: the reader's message (it parses the newline too)
+                problem = parse_object(raw + b"\n")
+                problems.append((row, problem if isinstance(problem, str) else data))
+                continue
+            rec = Record(data, raw, "", 0)
             try:
                 texts.append(key_text(p.key, p.fields, rec))
             except BadInput as exc:
@@ -139,21 +195,73 @@ class FeatureMaker:
 
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 _worker_maker: FeatureMaker | None = None
+_worker_spill: str = ""
+_worker_runs: dict[str, dict[str, Run]] = {}  # per index: the published runs this worker has mapped
 
 
-def _init_worker(params: FeatureParams) -> None:
-    global _worker_maker
+def _init_worker(params: FeatureParams, spill_dir: str) -> None:
+    global _worker_maker, _worker_spill
     _worker_maker = FeatureMaker(params)
+    _worker_spill = spill_dir
 
 
-def _worker_features(texts: list[str]) -> BlockFeatures:
+def _runs(kind: str, published: list[PublishedRun], tables: int, key_dtype: np.dtype[Any]) -> list[Run]:
+    """The snapshot's runs of one index, mapped once per worker; runs merged away are unmapped."""
+    mapped = _worker_runs.setdefault(kind, {})
+    files = {path for path, _ in published}
+    for gone in [path for path in mapped if path not in files]:
+        del mapped[gone]
+    for path, n in published:
+        if path not in mapped:
+            mapped[path] = load_run((path, n), tables, key_dtype)
+    return [mapped[path] for path, _ in published]
+
+
+def _finish(seq: int, feats: BlockFeatures, snapshot: IndexSnapshot | None) -> BlockFeatures:
+    """Search the snapshot's runs for the block, then write its shingle sets to a file for the
+    parent to map instead of sending them back through the pool's pipe: they are as large as the
+    input, and unpickling them was the parent's largest cost after its decisions (0.9 CPU-s per
+    100k documents of 250 words)."""
+    if snapshot is not None:
+        feats.since = snapshot.since
+        exact_dtype, band_dtype = np.dtype(np.uint64), np.dtype(np.uint32)
+        exact_runs = _runs("exact", snapshot.exact, 1, exact_dtype)
+        feats.known_exact = lookup_runs(exact_runs, feats.exact.reshape(-1, 1), exact_dtype)
+        if feats.band_keys.shape[1]:
+            band_runs = _runs("bands", snapshot.bands, feats.band_keys.shape[1], band_dtype)
+            feats.known_bands = lookup_runs(band_runs, feats.band_keys, band_dtype)
+    path = os.path.join(_worker_spill, f"{seq}.bin")
+    with open(path, "wb") as f:
+        f.write(np.ascontiguousarray(feats.shingle_data).data)
+    feats.shingle_data, feats.spilled = _EMPTY_U64, path
+    return feats
+
+
+def _worker_features(seq: int, work: tuple[list[str], IndexSnapshot | None]) -> BlockFeatures:
     assert _worker_maker is not None
-    return _worker_maker(texts)
+    texts, snapshot = work
+    return _finish(seq, _worker_maker(texts), snapshot)
 
 
-def _worker_record_features(raws: list[bytes]) -> RecordFeatures:
+def _worker_record_features(seq: int, work: tuple[bytes, IndexSnapshot | None]) -> RecordFeatures:
     assert _worker_maker is not None
-    return _worker_maker.records(raws)
+    lines, snapshot = work
+    found = _worker_maker.records(lines)
+    _finish(seq, found.features, snapshot)
+    return found
+
+
+def _map_spilled(feats: BlockFeatures) -> None:
+    """Map a worker's spilled shingle file (read only, zero copy) and unlink it at once: the
+    mapping keeps the data until the last array viewing it is gone."""
+    if feats.spilled is None:
+        return
+    path, feats.spilled = feats.spilled, None
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size:
+            feats.shingle_data = np.frombuffer(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint64)
+    os.unlink(path)
 
 
 def resolve_workers(workers: int) -> int:
@@ -169,36 +277,53 @@ def resolve_workers(workers: int) -> int:
 class FeatureSource:
     """Features of blocks in submission order, from this process (1 worker) or a pool.
 
-    ``blocks`` yields (payload, texts); ``features`` yields (payload, BlockFeatures) in the same
-    order. With a pool at most ``2 * workers`` blocks are in flight, which bounds memory.
+    ``blocks`` yields (payload, work, snapshot); ``features`` yields (payload, BlockFeatures) in
+    the same order. A snapshot (pool only) asks the worker to search the index runs it names.
+    With a pool at most ``2 * workers`` blocks are in flight, which bounds memory.
     """
 
     def __init__(self, params: FeatureParams, workers: int) -> None:
         self.workers = resolve_workers(workers)
         self.maker = FeatureMaker(params)
         self.pool: Any = None
+        self.spill_dir: str | None = None
+        self.in_flight = 2 * self.workers if self.workers > 1 else 0  # blocks with the workers at most
         if self.workers > 1:
-            # forkserver: workers do not inherit the parent's open files, locks or threads
+            self.spill_dir = tempfile.mkdtemp(prefix="still-dedup-spill-")
+            # forkserver: workers do not inherit the parent's open files, locks or threads; the
+            # server imports the signing code once and each worker forks from it ready to sign
             ctx = multiprocessing.get_context("forkserver")
-            self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(params,))
+            ctx.set_forkserver_preload([__name__])
+            self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(params, self.spill_dir))
 
-    def features(self, blocks: Iterable[tuple[T, list[str]]]) -> Iterator[tuple[T, BlockFeatures]]:
-        """Features of blocks of key texts."""
-        return self._in_order(blocks, self.maker, _worker_features)
+    def features(
+        self, blocks: Iterable[tuple[T, list[str], IndexSnapshot | None]]
+    ) -> Iterator[tuple[T, BlockFeatures]]:
+        """Features of blocks of key texts (with a snapshot, a worker also searches its runs)."""
+        for payload, feats in self._in_order(blocks, self.maker, _worker_features):
+            _map_spilled(feats)
+            yield payload, feats
 
-    def record_features(self, blocks: Iterable[tuple[T, list[bytes]]]) -> Iterator[tuple[T, RecordFeatures]]:
-        """Features of blocks of raw JSONL lines (the workers parse them and find the key texts)."""
-        return self._in_order(blocks, self.maker.records, _worker_record_features)
+    def record_features(
+        self, blocks: Iterable[tuple[T, bytes, IndexSnapshot | None]]
+    ) -> Iterator[tuple[T, RecordFeatures]]:
+        """Features of blocks of raw JSONL lines, joined (the workers parse them, check them and
+        find the key texts)."""
+        for payload, found in self._in_order(blocks, self.maker.records, _worker_record_features):
+            _map_spilled(found.features)
+            yield payload, found
 
-    def _in_order(self, blocks: Iterable[tuple[T, Any]], here: Any, there: Any) -> Iterator[tuple[T, Any]]:
+    def _in_order(
+        self, blocks: Iterable[tuple[T, Any, IndexSnapshot | None]], here: Any, there: Any
+    ) -> Iterator[tuple[T, Any]]:
         if self.pool is None:
-            for payload, work in blocks:
+            for payload, work, _ in blocks:
                 yield payload, here(work)
             return
         pending: deque[tuple[T, Any]] = deque()
-        for payload, work in blocks:
-            pending.append((payload, self.pool.apply_async(there, (work,))))
-            if len(pending) >= 2 * self.workers:
+        for seq, (payload, work, snapshot) in enumerate(blocks):
+            pending.append((payload, self.pool.apply_async(there, (seq, (work, snapshot)))))
+            if len(pending) >= self.in_flight:
                 head, result = pending.popleft()
                 yield head, result.get()
         while pending:
@@ -210,3 +335,6 @@ class FeatureSource:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            self.spill_dir = None

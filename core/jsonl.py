@@ -24,6 +24,7 @@ from typing import IO, Any, BinaryIO
 import orjson
 
 from still.core.errors import BadInput, UsageError
+from still.core.records import LazyRecord
 from still.core.records import Record as Record  # re-exported: where commands have always imported it
 from still.core.stats import RunStats
 
@@ -102,6 +103,17 @@ def _describe_json_error(exc: orjson.JSONDecodeError, raw: bytes) -> str:
     return f"invalid JSON{where}: {first}"
 
 
+def parse_object(raw: bytes) -> dict[str, Any] | str:
+    """The JSON object on a line, or what is wrong with it (the reader's own messages)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return "empty line" if not raw.strip() else _describe_json_error(exc, raw)
+    if type(data) is not dict:
+        return f"expected a JSON object, got {type(data).__name__.replace('NoneType', 'null')}"
+    return data
+
+
 def _error_kind(message: str) -> str:
     """The counted reason of a rejected line: its message without positions or details."""
     return message.split(" (", 1)[0].split(":", 1)[0]
@@ -116,8 +128,12 @@ class JsonlReader:
         stats: RunStats,
         policy: ErrorPolicy | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        parse: bool = True,
     ) -> None:
+        """``parse=False`` yields :class:`LazyRecord` lines, unparsed and unchecked: for a consumer
+        that parses and checks every line itself (with :func:`parse_object`)."""
         self.sources = list(sources) or ["-"]
+        self.parse = parse
         self.stats = stats
         self.policy = policy or ErrorPolicy()
         self.max_line_bytes = max_line_bytes
@@ -147,6 +163,7 @@ class JsonlReader:
         decode_error = orjson.JSONDecodeError
         stats = self.stats
         limit = self.max_line_bytes
+        lazy = not self.parse
         try:
             for name in self.sources:
                 source, stream = _open_source(name)
@@ -165,20 +182,20 @@ class JsonlReader:
                                 limit_mb = limit / (1024 * 1024)
                                 self._bad(source, lineno, f"line longer than {limit_mb:g} MiB", head)
                                 continue
-                            try:
-                                data = loads(raw)
-                            except decode_error as exc:
-                                if not raw.strip():
-                                    self._bad(source, lineno, "empty line", raw)
-                                else:
-                                    self._bad(source, lineno, _describe_json_error(exc, raw), raw)
-                                continue
-                            if type(data) is not dict:
-                                kind = type(data).__name__.replace("NoneType", "null")
-                                self._bad(source, lineno, f"expected a JSON object, got {kind}", raw)
-                                continue
                             if raw[-1] != 10:
                                 raw += b"\n"
+                            if lazy:
+                                yield LazyRecord(raw, source, lineno)
+                                continue
+                            try:
+                                data = loads(raw)
+                            except decode_error:
+                                data = None
+                            if type(data) is not dict:
+                                problem = parse_object(raw)
+                                assert isinstance(problem, str)
+                                self._bad(source, lineno, problem, raw)
+                                continue
                             yield Record(data, raw, source, lineno)
                     except (OSError, EOFError, gzip.BadGzipFile) as exc:
                         if isinstance(exc, BrokenPipeError):
@@ -202,8 +219,9 @@ def read_records(
     stats: RunStats,
     policy: ErrorPolicy | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    parse: bool = True,
 ) -> Iterator[Record]:
-    return iter(JsonlReader(sources, stats, policy, max_line_bytes))
+    return iter(JsonlReader(sources, stats, policy, max_line_bytes, parse))
 
 
 def umask_mode(directory: bool = False) -> int:

@@ -6,19 +6,91 @@ run and runs merge like an LSM tree (a run merges into the one before once it is
 quarter of its size, which keeps few runs to search), so inserts cost O(log n) amortised per key and
 lookups are vectorised ``searchsorted`` calls. Memory is the arrays themselves: for 21 bands of
 uint32 keys and uint32 ids, 168 bytes per representative (datasketch's dict index: ~3.4 KB).
+
+Runs never change once made, which is what lets ``still dedup --workers`` search them in its
+workers: with ``publish_dir`` a :meth:`KeyIndex.snapshot` writes every run not yet written to a
+file there (a raw file: keys, then ids), a worker maps the runs of the snapshot (every
+representative before a block was sent), and the deciding process searches only the
+representatives added since: the last few blocks' own runs, kept apart for that (merged runs
+mix old and new representatives).
 """
 
 from __future__ import annotations
 
+import os
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
+
+Run = tuple[np.ndarray, np.ndarray]  # keys[tables, n] sorted per table, ids[tables, n]
+PublishedRun = tuple[str, int]  # file, entries per table
+
+
+def lookup_runs(runs: Iterable[Run], keys: np.ndarray, key_dtype: np.dtype[Any]) -> dict[int, set[int]]:
+    """For each query row ``keys[n, tables]`` with a hit, the ids sharing a key in any table.
+
+    Queries are searched in sorted order: the binary searches then walk the table in one
+    direction, which measured ~40% faster than random order on 100k-entry tables."""
+    runs = [run for run in runs if run[0].shape[1]]
+    hits: dict[int, set[int]] = {}
+    if not runs or keys.shape[0] == 0:
+        return hits
+    for t in range(keys.shape[1]):
+        column = keys[:, t].astype(key_dtype, copy=False)
+        order = np.argsort(column, kind="stable")
+        queries = column[order]
+        for run_keys, run_ids in runs:
+            table = run_keys[t]
+            lo = np.searchsorted(table, queries, side="left")
+            found = np.flatnonzero(table[np.minimum(lo, table.size - 1)] == queries)
+            if found.size == 0:
+                continue
+            row_ids = run_ids[t]
+            starts = lo[found]
+            stops = np.searchsorted(table, queries[found], side="right")
+            rows = order[found].tolist()
+            if bool((stops - starts == 1).all()):
+                for row, rep in zip(rows, row_ids[starts].tolist()):
+                    hits.setdefault(row, set()).add(rep)
+                continue
+            for row, start, stop in zip(rows, starts.tolist(), stops.tolist()):
+                hits.setdefault(row, set()).update(row_ids[start:stop].tolist())
+    return hits
+
+
+def load_run(published: PublishedRun, tables: int, key_dtype: np.dtype[Any]) -> Run:
+    """A run a :class:`KeyIndex` published (mapped, not read)."""
+    path, n = published
+    if n == 0:
+        return np.empty((tables, 0), key_dtype), np.empty((tables, 0), np.uint32)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    split = tables * n * key_dtype.itemsize
+    return data[:split].view(key_dtype).reshape(tables, n), data[split:].view(np.uint32).reshape(tables, n)
 
 
 class KeyIndex:
-    def __init__(self, tables: int, key_dtype: type[np.unsignedinteger]) -> None:
+    def __init__(
+        self,
+        tables: int,
+        key_dtype: type[np.unsignedinteger],
+        publish_dir: str | None = None,
+        name: str = "index",
+        recent_blocks: int = 0,
+    ) -> None:
+        """``recent_blocks``: keep that many last added blocks' runs apart, for ``lookup(since=)``."""
         self.tables = tables
+        self.name = name
         self.key_dtype = np.dtype(key_dtype)
-        # each run: (keys[tables, n] sorted per table, ids[tables, n])
-        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.runs: list[Run] = []
+        self.run_top: list[int] = []  # highest id in each run (ids only grow)
+        self.publish_dir = publish_dir
+        self.run_files: list[str | None] = []  # with publish_dir: each run's file, once published
+        self._serial = 0
+        self._refs: Counter[str] = Counter()  # snapshots not yet released, per file
+        self.recent: deque[tuple[int, int, Run]] = deque(maxlen=recent_blocks or None)  # lowest, highest id, run
+        self._recent_blocks = recent_blocks
 
     def __len__(self) -> int:
         return sum(r[0].shape[1] for r in self.runs)
@@ -35,37 +107,64 @@ class KeyIndex:
         i = np.broadcast_to(ids.astype(np.uint32), k.shape).copy()
         order = np.argsort(k, axis=1, kind="stable")
         run = (np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1))
-        self.runs.append(run)
+        if self._recent_blocks:
+            self.recent.append((int(ids.min()), int(ids.max()), run))
+        self._push(run, int(ids.max()))
         while len(self.runs) > 1 and self.runs[-2][0].shape[1] <= 4 * self.runs[-1][0].shape[1]:
-            b = self.runs.pop()
-            a = self.runs.pop()
+            b, top_b = self._pop()
+            a, top_a = self._pop()
             k = np.concatenate([a[0], b[0]], axis=1)
             i = np.concatenate([a[1], b[1]], axis=1)
             order = np.argsort(k, axis=1, kind="stable")
-            self.runs.append((np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1)))
+            self._push((np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1)), max(top_a, top_b))
 
-    def lookup(self, keys: np.ndarray) -> list[list[int]]:
-        """For each query row ``keys[n, tables]``, the sorted ids sharing a key in any table."""
-        n = keys.shape[0]
-        hits: list[set[int]] = [set() for _ in range(n)]
-        any_hit = False
-        for run_keys, run_ids in self.runs:
-            for t in range(self.tables):
-                q = keys[:, t].astype(self.key_dtype, copy=False)
-                table = run_keys[t]
-                lo = np.searchsorted(table, q, side="left")
-                found = np.flatnonzero(table[np.minimum(lo, table.size - 1)] == q)
-                if found.size == 0:
-                    continue
-                any_hit = True
-                row_ids = run_ids[t]
-                starts = lo[found]
-                stops = np.searchsorted(table, q[found], side="right")
-                for qi, start, stop in zip(found.tolist(), starts.tolist(), stops.tolist()):
-                    hits[qi].update(row_ids[start:stop].tolist())
-        if not any_hit:
-            return [[] for _ in range(n)]
-        return [sorted(h) for h in hits]
+    def _push(self, run: Run, top: int) -> None:
+        self.runs.append(run)
+        self.run_top.append(top)
+        self.run_files.append(None)
+
+    def _pop(self) -> tuple[Run, int]:
+        path = self.run_files.pop()
+        if path is not None and not self._refs[path]:
+            os.unlink(path)
+        return self.runs.pop(), self.run_top.pop()
+
+    def lookup(self, keys: np.ndarray, since: int = 0) -> dict[int, set[int]]:
+        """For each query row ``keys[n, tables]`` with a hit, the ids sharing a key in any table;
+        with ``since``, at least those numbered ``since`` or more (a worker searched the rest):
+        from the recent blocks' runs when they hold every such id, else from every run that has one."""
+        if since and self.recent and self.recent[0][0] <= since:
+            runs = [run for _, top, run in self.recent if top >= since]
+        else:
+            runs = [run for run, top in zip(self.runs, self.run_top) if top >= since]
+        return lookup_runs(runs, keys, self.key_dtype)
+
+    def snapshot(self) -> list[PublishedRun]:
+        """Every run now as a file (written on first use: runs merged away before any snapshot
+        are never written), each kept until :meth:`release`."""
+        assert self.publish_dir is not None
+        published: list[PublishedRun] = []
+        for pos, (keys, ids) in enumerate(self.runs):
+            path = self.run_files[pos]
+            if path is None:
+                self._serial += 1
+                path = os.path.join(self.publish_dir, f"{self.name}-{self._serial}.run")
+                with open(path, "wb") as f:
+                    f.write(np.ascontiguousarray(keys).data)
+                    f.write(np.ascontiguousarray(ids).data)
+                self.run_files[pos] = path
+            self._refs[path] += 1
+            published.append((path, keys.shape[1]))
+        return published
+
+    def release(self, published: list[PublishedRun]) -> None:
+        live = set(self.run_files)
+        for path, _ in published:
+            self._refs[path] -= 1
+            if not self._refs[path]:
+                del self._refs[path]
+                if path not in live:
+                    os.unlink(path)
 
     def state(self) -> dict[str, np.ndarray]:
         """One merged run, for persistence."""
@@ -77,4 +176,7 @@ class KeyIndex:
         return {"keys": np.take_along_axis(k, order, axis=1), "ids": np.take_along_axis(i, order, axis=1)}
 
     def load(self, keys: np.ndarray, ids: np.ndarray) -> None:
-        self.runs = [(keys.astype(self.key_dtype), ids.astype(np.uint32))] if keys.shape[1] else []
+        """Start from a saved state (one run)."""
+        self.runs, self.run_top, self.run_files = [], [], []
+        if keys.shape[1]:
+            self._push((keys.astype(self.key_dtype), ids.astype(np.uint32)), int(ids.max()))

@@ -35,3 +35,41 @@ class Record:
     @property
     def where(self) -> str:
         return f"{self.source}:{self.line}"
+
+
+class LazyRecord(Record):
+    """A line read but not yet parsed: its object is parsed on first use.
+
+    For commands whose own workers parse and check every line (``still dedup --workers``), so the
+    reading process does not parse each line a second time. Whoever reads such records must check
+    each line with :func:`still.core.jsonl.parse_object` before using ``data``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, raw: bytes, source: str, line: int) -> None:
+        self.raw = raw
+        self.source = source
+        self.line = line
+
+    @property
+    def data(self) -> dict[str, Any]:
+        try:
+            return _DATA.__get__(self)  # type: ignore[no-any-return]
+        except AttributeError:
+            assert self.raw is not None
+            value = orjson.loads(self.raw)
+            _DATA.__set__(self, value)
+            return value  # type: ignore[no-any-return]
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        _DATA.__set__(self, value)
+
+    def changed(self) -> dict[str, Any]:
+        data = self.data  # parsed before the raw bytes it is parsed from are let go
+        self.raw = None
+        return data
+
+
+_DATA: Any = Record.__dict__["data"]  # the slot LazyRecord's property stores the parsed object in

@@ -101,3 +101,81 @@ def test_workers_find_key_texts_and_report_records_without_one_in_order(tmp_path
     assert results[0][1].count(b"\n") == 4 and sum(results[0][2].values()) == 4
     res = run_still(["dedup", "--workers", "2", "--block-size", "16"], stdin=data, code=3)
     assert "<stdin>:6: no query field" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_lines_are_checked_where_they_are_parsed_with_the_readers_messages(tmp_path: Path) -> None:
+    """The streaming path reads lines unparsed and its workers (or its one process) parse and
+    check them: broken lines get the reader's own messages and counts, in input order, for any N;
+    the first one fails the run with `source:line: what is wrong` as in any other command."""
+    lines = _lines(200, seed=4)
+    broken = {7: b'{"query": "cut off\n', 8: b"\n", 60: b"[1, 2]\n", 61: b"null\n", 150: b'{"id": "x"}\n'}
+    for at in sorted(broken, reverse=True):
+        lines.insert(at, broken[at])
+    data = b"".join(lines)
+    results = []
+    for workers in ("1", "2", "3"):
+        quarantine, stats = tmp_path / f"q{workers}.jsonl", tmp_path / f"s{workers}.json"
+        res = run_still(
+            ["dedup", "--workers", workers, "--block-size", "16", "--on-error", f"quarantine={quarantine}"]
+            + ["--stats", str(stats)],
+            stdin=data,
+        )
+        summary = json.loads(stats.read_text())
+        results.append((res.stdout, quarantine.read_bytes(), summary["errors"], summary["read"]))
+    assert results[0] == results[1] == results[2]
+    assert results[0][1] == b"".join(broken[at] for at in sorted(broken))  # input order
+    # the counts a command parsing in its reader gives (--keep longest reads everything first)
+    reader = tmp_path / "reader.json"
+    run_still(["dedup", "--keep", "longest", "--on-error", "skip", "--stats", str(reader)], stdin=data)
+    assert json.loads(reader.read_text())["errors"] == results[0][2]
+    for workers in ("1", "2"):
+        failed = run_still(["dedup", "--workers", workers, "--block-size", "16"], stdin=data, code=3)
+        by_reader = run_still(["dedup", "--keep", "longest"], stdin=data, code=3)
+        assert failed.stdout == b"" or failed.stdout.count(b"\n") < 8
+        assert failed.stderr == by_reader.stderr and "<stdin>:8: invalid JSON" in failed.stderr, failed.stderr
+
+
+def test_worker_and_deciding_process_together_find_every_hit(tmp_path: Path) -> None:
+    """A worker searches the published runs of a snapshot, the deciding process the representatives
+    added since (from the recent blocks, or from every run when those do not reach back far
+    enough): together, exactly what one search of the whole index finds."""
+    import numpy as np
+
+    from still.core.lshindex import KeyIndex, load_run, lookup_runs
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 50, size=(3000, 4), dtype=np.uint64).astype(np.uint32)  # many shared keys
+    for recent in (0, 3, 40):
+        index = KeyIndex(4, np.uint32, str(tmp_path), f"t{recent}", recent_blocks=recent)
+        whole = KeyIndex(4, np.uint32)
+        snapshots: list[tuple[int, list[tuple[str, int]]]] = []
+        for block, start in enumerate(range(0, 2400, 100)):
+            ids = np.arange(start, start + 100)
+            if block % 5 == 0:
+                snapshots.append((start, index.snapshot()))
+            index.add(keys[start : start + 100], ids)
+            whole.add(keys[start : start + 100], ids)
+        query = keys[2400:]
+        expected = whole.lookup(query)
+        for since, published in snapshots:
+            worker = lookup_runs([load_run(p, 4, np.dtype(np.uint32)) for p in published], query, np.dtype(np.uint32))
+            here = index.lookup(query, since)
+            found = {row: worker.get(row, set()) | here.get(row, set()) for row in set(worker) | set(here)}
+            assert found == expected, (recent, since)
+            assert all(i < since for hits in worker.values() for i in hits)
+            index.release(published)
+        live = {path for path in index.run_files if path}
+        assert {str(p) for p in tmp_path.glob(f"t{recent}-*.run")} == live  # released runs are deleted
+
+
+def test_workers_leave_no_files_behind(tmp_path: Path) -> None:
+    """Spilled shingle sets and published index runs live in a temporary folder that goes away,
+    whether the run succeeds or fails."""
+    data = b"".join(_lines(300, seed=9))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    run_still(["dedup", "--workers", "2", "--block-size", "16"], stdin=data, env=env)
+    assert list(scratch.iterdir()) == []
+    run_still(["dedup", "--workers", "2", "--block-size", "16"], stdin=data + b"not json\n" + data, env=env, code=3)
+    assert list(scratch.iterdir()) == []
