@@ -149,6 +149,11 @@ def run(
       still dedup --mark --clusters clusters.jsonl data.jsonl | jq -c .dedup
       still dedup --semantic ./embedder --embeddings emb.npz data.jsonl   # + "semantic duplicate"
     """
+    if workers != 1 and not explain:
+        from still.core.procpool import start_forkserver
+
+        # before this process imports numpy: the workers' server starts (and imports) meanwhile
+        start_forkserver(["still.core.dedup_features"])
     from still.core import minhash as mh
     from still.core.dedup import DedupConfig, dedup
 

@@ -28,6 +28,7 @@ from still.core.errors import BadInput
 from still.core.fields import Fields
 from still.core.jsonl import parse_object
 from still.core.lshindex import PublishedRun, Run, load_run, lookup_runs
+from still.core.procpool import start_forkserver
 from still.core.records import Record
 
 T = TypeVar("T")
@@ -194,6 +195,7 @@ class FeatureMaker:
 
 
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
+WORKER_PRELOAD = [__name__]  # what the workers' forkserver imports once
 _worker_maker: FeatureMaker | None = None
 _worker_spill: str = ""
 _worker_runs: dict[str, dict[str, Run]] = {}  # per index: the published runs this worker has mapped
@@ -293,7 +295,7 @@ class FeatureSource:
             # forkserver: workers do not inherit the parent's open files, locks or threads; the
             # server imports the signing code once and each worker forks from it ready to sign
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload([__name__])
+            start_forkserver(WORKER_PRELOAD)  # at once when the command started it already
             self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(params, self.spill_dir))
 
     def features(

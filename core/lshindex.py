@@ -70,6 +70,16 @@ def load_run(published: PublishedRun, tables: int, key_dtype: np.dtype[Any]) -> 
     return data[:split].view(key_dtype).reshape(tables, n), data[split:].view(np.uint32).reshape(tables, n)
 
 
+def _flat(keys: np.ndarray, table_axis: int) -> np.ndarray:
+    """Keys of several tables as one uint64 key each, raveled: the table number above 32-bit keys
+    (so a run sorted per table, raveled table by table, is sorted as a whole); 64-bit keys (a
+    single table) as they are."""
+    if keys.dtype == np.uint64:
+        return keys.ravel()
+    tables = np.arange(keys.shape[table_axis], dtype=np.uint64) << np.uint64(32)
+    return (keys.astype(np.uint64) | (tables[:, None] if table_axis == 0 else tables[None, :])).ravel()
+
+
 class KeyIndex:
     def __init__(
         self,
@@ -89,7 +99,8 @@ class KeyIndex:
         self.run_files: list[str | None] = []  # with publish_dir: each run's file, once published
         self._serial = 0
         self._refs: Counter[str] = Counter()  # snapshots not yet released, per file
-        self.recent: deque[tuple[int, int, Run]] = deque(maxlen=recent_blocks or None)  # lowest, highest id, run
+        # the last blocks' runs, flattened (_flat) into one sorted array each: lowest, highest id, keys, ids
+        self.recent: deque[tuple[int, int, np.ndarray, np.ndarray]] = deque(maxlen=recent_blocks or None)
         self._recent_blocks = recent_blocks
 
     def __len__(self) -> int:
@@ -108,7 +119,7 @@ class KeyIndex:
         order = np.argsort(k, axis=1, kind="stable")
         run = (np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1))
         if self._recent_blocks:
-            self.recent.append((int(ids.min()), int(ids.max()), run))
+            self.recent.append((int(ids.min()), int(ids.max()), _flat(run[0], 0), run[1].ravel()))
         self._push(run, int(ids.max()))
         while len(self.runs) > 1 and self.runs[-2][0].shape[1] <= 4 * self.runs[-1][0].shape[1]:
             b, top_b = self._pop()
@@ -134,10 +145,27 @@ class KeyIndex:
         with ``since``, at least those numbered ``since`` or more (a worker searched the rest):
         from the recent blocks' runs when they hold every such id, else from every run that has one."""
         if since and self.recent and self.recent[0][0] <= since:
-            runs = [run for _, top, run in self.recent if top >= since]
-        else:
-            runs = [run for run, top in zip(self.runs, self.run_top) if top >= since]
+            return self._lookup_recent(keys, since)
+        runs = [run for run, top in zip(self.runs, self.run_top) if top >= since]
         return lookup_runs(runs, keys, self.key_dtype)
+
+    def _lookup_recent(self, keys: np.ndarray, since: int) -> dict[int, set[int]]:
+        """One search per recent block over all tables at once (they are small: the per-table
+        numpy calls of lookup_runs cost more than the searching)."""
+        hits: dict[int, set[int]] = {}
+        queries = _flat(keys.astype(self.key_dtype, copy=False), 1)
+        for _, top, flat_keys, flat_ids in self.recent:
+            if top < since:
+                continue
+            lo = np.searchsorted(flat_keys, queries, side="left")
+            found = np.flatnonzero(flat_keys[np.minimum(lo, flat_keys.size - 1)] == queries)
+            if found.size == 0:
+                continue
+            starts = lo[found]
+            stops = np.searchsorted(flat_keys, queries[found], side="right")
+            for flat_row, start, stop in zip(found.tolist(), starts.tolist(), stops.tolist()):
+                hits.setdefault(flat_row // self.tables, set()).update(flat_ids[start:stop].tolist())
+        return hits
 
     def snapshot(self) -> list[PublishedRun]:
         """Every run now as a file (written on first use: runs merged away before any snapshot

@@ -104,6 +104,17 @@ def _worker_main(conn: Connection, handler_path: str, memory_mb: int) -> None:
             return
 
 
+def start_forkserver(preload: list[str]) -> None:
+    """Start the forkserver now, importing ``preload``, so that its start-up overlaps this
+    process's own imports and reading; pool workers started later fork from it at once."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    from multiprocessing import forkserver
+
+    multiprocessing.set_forkserver_preload(preload)
+    forkserver.ensure_running()
+
+
 class _Worker:
     def __init__(self, ctx: Any, handler_path: str, memory_mb: int) -> None:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
