@@ -112,7 +112,17 @@ def start_forkserver(preload: list[str]) -> None:
     from multiprocessing import forkserver
 
     multiprocessing.set_forkserver_preload(preload)
-    forkserver.ensure_running()
+    # The server runs as `python -c`, so its sys.path[0] is its working directory, and Python
+    # 3.11 ignores the sys.path it is handed: started from a folder holding another `still/`
+    # (a second checkout) or `numpy/`, it would import those. Start it in the standard
+    # library's own folder (nothing there shadows anything); its workers keep that directory
+    # and are only ever given absolute paths.
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.__file__))
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.chdir(here)
 
 
 class _Worker:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -179,3 +180,24 @@ def test_workers_leave_no_files_behind(tmp_path: Path) -> None:
     assert list(scratch.iterdir()) == []
     run_still(["dedup", "--workers", "2", "--block-size", "16"], stdin=data + b"not json\n" + data, env=env, code=3)
     assert list(scratch.iterdir()) == []
+
+
+def test_workers_import_the_installed_still_whatever_the_working_directory(tmp_path: Path) -> None:
+    """The workers' server runs as `python -c`, whose sys.path starts with its working directory:
+    started from a folder holding another `still/` (a second checkout), it imported that one."""
+    decoy = tmp_path / "still"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise RuntimeError('the decoy still package was imported')\n")
+    data = b"".join(_lines(100, seed=3))
+    script = Path(sys.executable).parent / "still"  # `python -m` would put the folder first itself
+    if not script.exists():
+        pytest.skip("no still console script next to this Python")
+    res = subprocess.run(
+        [str(script), "dedup", "--workers", "2", "--block-size", "16"],
+        input=data,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout == run_still(["dedup", "--block-size", "16"], stdin=data).stdout
