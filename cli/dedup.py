@@ -75,7 +75,8 @@ _GROUP = cast(click.Group, command)
     type=click.IntRange(min=0),
     default=1,
     show_default=True,
-    help="Processes that normalise, shingle and sign blocks (0: every core); the output is the same for every N.",
+    help="Processes that sign blocks: N - 1 workers and this one, between its decisions (0: every core); "
+    "the output is the same for every N.",
 )
 @click.option(
     "--semantic",

@@ -277,26 +277,35 @@ def resolve_workers(workers: int) -> int:
 
 
 class FeatureSource:
-    """Features of blocks in submission order, from this process (1 worker) or a pool.
+    """Features of blocks in submission order, from this process alone (1 worker) or with a pool.
 
     ``blocks`` yields (payload, work, snapshot); ``features`` yields (payload, BlockFeatures) in
-    the same order. A snapshot (pool only) asks the worker to search the index runs it names.
-    With a pool at most ``2 * workers`` blocks are in flight, which bounds memory.
+    the same order. A snapshot asks a pool worker to search the index runs it names.
+
+    With N workers, N - 1 are pool processes and the Nth is this one: rather than wait for the
+    next block in order, it signs a block further on itself (it searches the whole index for
+    those). On 2 cores that is 2 busy processes instead of 2 workers and a mostly waiting parent
+    competing for the cores (measured: 28% more CPU in all for the same work). At most
+    ``in_flight`` blocks are out at once, which bounds memory.
     """
+
+    LOCAL_AHEAD = 2  # blocks this process may sign ahead of the one it waits for
 
     def __init__(self, params: FeatureParams, workers: int) -> None:
         self.workers = resolve_workers(workers)
         self.maker = FeatureMaker(params)
         self.pool: Any = None
         self.spill_dir: str | None = None
-        self.in_flight = 2 * self.workers if self.workers > 1 else 0  # blocks with the workers at most
+        self.pool_in_flight = 2 * (self.workers - 1)
+        self.in_flight = self.pool_in_flight + self.LOCAL_AHEAD if self.workers > 1 else 0
+        self.signed_here = 0  # blocks this process signed while the pool worked
         if self.workers > 1:
             self.spill_dir = tempfile.mkdtemp(prefix="still-dedup-spill-")
             # forkserver: workers do not inherit the parent's open files, locks or threads; the
             # server imports the signing code once and each worker forks from it ready to sign
             ctx = multiprocessing.get_context("forkserver")
             start_forkserver(WORKER_PRELOAD)  # at once when the command started it already
-            self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(params, self.spill_dir))
+            self.pool = ctx.Pool(self.workers - 1, initializer=_init_worker, initargs=(params, self.spill_dir))
 
     def features(
         self, blocks: Iterable[tuple[T, list[str], IndexSnapshot | None]]
@@ -322,15 +331,41 @@ class FeatureSource:
             for payload, work, _ in blocks:
                 yield payload, here(work)
             return
-        pending: deque[tuple[T, Any]] = deque()
-        for seq, (payload, work, snapshot) in enumerate(blocks):
-            pending.append((payload, self.pool.apply_async(there, (seq, (work, snapshot)))))
-            if len(pending) >= self.in_flight:
-                head, result = pending.popleft()
+        pending: deque[tuple[T, Any, bool]] = deque()  # payload, result, signed here
+        source = iter(blocks)
+        seq = in_pool = 0
+        exhausted = False
+
+        def take() -> tuple[T, Any, IndexSnapshot | None] | None:
+            nonlocal exhausted, seq
+            try:
+                block = next(source)
+            except StopIteration:
+                exhausted = True
+                return None
+            seq += 1
+            return block
+
+        while True:
+            while not exhausted and in_pool < self.pool_in_flight and (block := take()) is not None:
+                payload, work, snapshot = block
+                pending.append((payload, self.pool.apply_async(there, (seq, (work, snapshot))), False))
+                in_pool += 1
+            if not pending:
+                return
+            head, result, here_signed = pending[0]
+            waiting = not here_signed and not result.ready()
+            if waiting and not exhausted and len(pending) < self.in_flight and (block := take()) is not None:
+                payload, work, _ = block  # signed here: no snapshot search, the decisions search it all
+                pending.append((payload, here(work), True))
+                self.signed_here += 1
+                continue
+            pending.popleft()
+            if here_signed:
+                yield head, result
+            else:
+                in_pool -= 1
                 yield head, result.get()
-        while pending:
-            head, result = pending.popleft()
-            yield head, result.get()
 
     def close(self) -> None:
         if self.pool is not None:
