@@ -76,22 +76,15 @@ def snapshot_state(plan: str, params: dp.PlanParams) -> int:
         index.close(False)
 
 
+_CONFIG_KEYS = ("key", "threshold", "num_perm", "bands", "rows", "ngram", "seed", "near")
+
+
 def config_of(params: dict[str, Any], wait: bool) -> DedupConfig:
     """The DedupConfig a plan was signed with (its manifest), to open its state."""
-    return DedupConfig(
-        key=params["key"],
-        threshold=params["threshold"],
-        num_perm=params["num_perm"],
-        bands=params["bands"],
-        rows=params["rows"],
-        ngram=params["ngram"],
-        seed=params["seed"],
-        normalise=tuple(params["normalise"]),
-        near=params["near"],
-        state_dir=params["state"],
-        fields=Fields(query_path=params["query_field"], response_path=params["response_field"]),
-        wait=wait,
-    )
+    fields = Fields(query_path=params["query_field"], response_path=params["response_field"])
+    given = {name: params[name] for name in _CONFIG_KEYS}
+    normalise = tuple(params["normalise"])
+    return DedupConfig(**given, normalise=normalise, state_dir=params["state"], fields=fields, wait=wait)
 
 
 def commit(plan: str, wait: bool) -> int:

@@ -46,12 +46,10 @@ def _runs(tmp_path: Path, files: tuple[int, ...] = (3, 2, 4), n: int = 900, seed
         mine += [rng.choice(earlier) for _ in range(25 if earlier else 0)]  # copies of earlier runs
         earlier += mine
         rng.shuffle(mine)
-        paths = []
-        for k in range(count):
-            path = tmp_path / f"run{r}-part{k}.jsonl"
+        paths = [tmp_path / f"run{r}-part{k}.jsonl" for k in range(count)]
+        for k, path in enumerate(paths):
             path.write_text("".join(mine[k::count]))
-            paths.append(str(path))
-        runs.append(paths)
+        runs.append([str(p) for p in paths])
     return runs
 
 
