@@ -276,13 +276,15 @@ def forget_other_inputs(plan: str, files: int) -> None:
 
 
 def write_rejected(plan: str, files: Sequence[int], path: str) -> None:
-    """--on-error quarantine=FILE: the bad lines ``sign`` set aside for these files, in their order."""
+    """--on-error quarantine=FILE: the bad lines ``sign`` set aside for these files, in their order
+    (no bad line: FILE is not written, as with a stream command)."""
+    parts = [p for p in (os.path.join(file_dir(plan, k), "rejected.jsonl") for k in files) if os.path.exists(p)]
+    if not parts:
+        return
     with AtomicOutput(path) as out:
-        for k in files:
-            part = os.path.join(file_dir(plan, k), "rejected.jsonl")
-            if os.path.exists(part):
-                with open(part, "rb") as f:
-                    shutil.copyfileobj(f, out)
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out)
 
 
 def signed(plan: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_still
+from test_dedup_plan_state import state_arrays
 
 from still.core.dedup import DedupConfig, dedup
 from still.core.dedup_executor import LocalExecutor, PlanRun, RayExecutor, run_plan
@@ -100,9 +101,12 @@ def test_cli_plan_stages_rerun_and_default_command(tmp_path: Path) -> None:
     assert "same order" in res.stderr
 
 
-def _run_whole_plan(tmp_path: Path, paths: list[str], shards: int, executor: object, name: str) -> list[bytes]:
+def _run_whole_plan(
+    tmp_path: Path, paths: list[str], shards: int, executor: object, name: str, state: Path | None = None
+) -> list[bytes]:
     plan, out = tmp_path / f"plan-{name}", tmp_path / f"out-{name}"
-    run = PlanRun(str(plan), tuple(paths), shards, PlanParams(DedupConfig(block_size=97), 3), str(out))
+    config = DedupConfig(block_size=97, state_dir=str(state) if state else None)
+    run = PlanRun(str(plan), tuple(paths), shards, PlanParams(config, 3), str(out))
     stats = RunStats("dedup plan run")
     run_plan(run, executor, stats)  # type: ignore[arg-type]
     stats.check_balance()
@@ -129,6 +133,11 @@ def test_whole_plan_on_ray_keeps_what_one_process_keeps(tmp_path: Path) -> None:
     try:
         for shards in (1, 2, 4):
             assert _run_whole_plan(tmp_path, paths, shards, executor, f"ray{shards}") == expected
+        # two runs with --state: what one process keeps in the same two runs, the same state
+        for r, part in enumerate((paths[:2], paths[2:])):
+            one = _one_process(part, DedupConfig(block_size=97, state_dir=str(tmp_path / "one-state")))
+            assert _run_whole_plan(tmp_path, part, 2, executor, f"ray-state{r}", tmp_path / "state") == one
+        assert state_arrays(tmp_path / "state") == state_arrays(tmp_path / "one-state")
     finally:
         executor.close()
 
