@@ -260,4 +260,7 @@ def run_all(
     finally:
         runner.close()
     stats.check_balance()
+    if params.state_dir:
+        added = stats.extra["state_representatives_added"]
+        click.echo(f"dedup plan run: {added} new representatives in {params.state_dir}", err=True)
     click.echo(stats.summary(), err=True)

@@ -260,3 +260,23 @@ def test_cli_plan_run_with_state_and_a_held_or_mismatched_state(tmp_path: Path) 
     assert "different parameters" in res.stderr
     res = run_still(["dedup", "plan", "commit", str(tmp_path / "p0-none")], code=1)
     assert "nothing signed" in res.stderr
+
+
+def test_cli_stages_with_state_then_commit(tmp_path: Path) -> None:
+    runs = _runs(tmp_path, files=(2, 2), n=400, seed=12)
+    one, staged = str(tmp_path / "one"), str(tmp_path / "staged")
+    for r, paths in enumerate(runs):
+        expected = run_still(["dedup", "--state", one, *paths]).stdout
+        plan, out = str(tmp_path / f"plan{r}"), str(tmp_path / f"out{r}")
+        for i in range(2):
+            run_still(["dedup", "plan", "sign", "--shard", f"{i}/2", "--buckets", "2", "--state", staged, plan, *paths])
+        for stage in ("buckets", "edges", "clusters"):
+            run_still(["dedup", "plan", stage, plan])
+        run_still(["dedup", "plan", "filter", "--shard", "0/2", "-o", out, plan, *paths])
+        res = run_still(["dedup", "plan", "commit", plan], code=1)
+        assert "input files [1] are not filtered" in res.stderr and "Traceback" not in res.stderr
+        run_still(["dedup", "plan", "filter", "--shard", "1/2", "-o", out, plan, *paths])
+        res = run_still(["dedup", "plan", "commit", plan])
+        assert "new representatives" in res.stderr
+        assert b"".join(p.read_bytes() for p in sorted(Path(out).iterdir())) == expected
+    assert state_arrays(Path(staged)) == state_arrays(Path(one))
