@@ -106,6 +106,7 @@ def sign(
     With --on-error quarantine=FILE give each shard job its own FILE.
     """
     from still.core import dedup_plan as dp
+    from still.core import dedup_plan_inputs as dpi
     from still.core import dedup_plan_state as dps
     from still.core.stats import RunStats
 
@@ -115,10 +116,10 @@ def sign(
         reps = dps.snapshot_state(plan_dir, params)
         click.echo(f"dedup plan sign {shard}: {reps} representatives read from {state_dir}", err=True)
     stats = RunStats("dedup plan sign")
-    dp.sign(plan_dir, inputs, part, params, stats)
+    dpi.sign(plan_dir, inputs, part, params, stats)
     policy = params.policy()
     if policy.path is not None:
-        dp.write_rejected(plan_dir, [k for k, _ in part.files(inputs)], policy.path)
+        dpi.write_rejected(plan_dir, [k for k, _ in part.files(inputs)], policy.path)
     errors = f", {stats.n_errors} rejected (--on-error)" if stats.errors else ""
     click.echo(f"dedup plan sign {shard}: {stats.written} records signed{errors}", err=True)
 
@@ -166,10 +167,11 @@ def filter_(shard: str, out_dir: str, gzip_level: int, plan_dir: str, inputs: tu
     left out and counted as errors again.
     """
     from still.core import dedup_plan as dp
+    from still.core import dedup_plan_inputs as dpi
     from still.core.stats import RunStats
 
     stats = RunStats("dedup plan filter")
-    dp.filter_shard(plan_dir, inputs, dp.Shard.parse(shard), out_dir, stats, gzip_level)
+    dpi.filter_shard(plan_dir, inputs, dp.Shard.parse(shard), out_dir, stats, gzip_level)
     stats.check_balance()
     click.echo(stats.summary(), err=True)
 

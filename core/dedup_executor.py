@@ -16,17 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from still.core.dedup_plan import (
-    PlanParams,
-    Shard,
-    candidate_pairs,
-    filter_shard,
-    forget_other_inputs,
-    replay_clusters,
-    sign,
-    verify_edges,
-    write_rejected,
-)
+from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, replay_clusters, verify_edges
+from still.core.dedup_plan_inputs import filter_shard, forget_other_inputs, sign, write_rejected
 from still.core.dedup_plan_state import commit_into, open_state, snapshot
 from still.core.errors import StillError, UsageError
 from still.core.stats import RunStats

@@ -32,6 +32,7 @@ import numpy as np
 
 from still.core import dedup_plan as dp
 from still.core.dedup import DedupConfig, MemoryIndex
+from still.core.dedup_plan_inputs import unfiltered
 from still.core.errors import StillError, UsageError
 from still.core.fields import Fields
 
@@ -107,11 +108,8 @@ def commit_into(plan: str, index: MemoryIndex) -> int:
     state = dp.state_meta(plan, params)
     assert state is not None and index.state_dir
     clusters = os.path.join(plan, "clusters")
-    if not os.path.exists(os.path.join(clusters, "meta.json")):
-        raise StillError(f"{plan}: no clusters yet; run still dedup plan clusters, then filter, first")
-    with open(os.path.join(clusters, "meta.json")) as f:
-        token = json.load(f)["token"]
-    missing = dp.unfiltered(plan, len(metas))
+    token = dp.clusters_token(plan)
+    missing = unfiltered(plan, len(metas))
     if missing:
         raise StillError(
             f"{plan}: input files {missing[:10]} are not filtered since the last clusters run; run their "

@@ -13,7 +13,8 @@ from test_dedup_plan_state import state_arrays
 
 from still.core.dedup import DedupConfig, dedup
 from still.core.dedup_executor import LocalExecutor, PlanRun, RayExecutor, run_plan
-from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, filter_shard, replay_clusters, sign, verify_edges
+from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, replay_clusters, verify_edges
+from still.core.dedup_plan_inputs import filter_shard, sign
 from still.core.jsonl import read_records
 from still.core.stats import RunStats
 

@@ -17,7 +17,8 @@ from conftest import ROOT, run_still
 
 from still.core.dedup import DedupConfig, dedup
 from still.core.dedup_executor import LocalExecutor, PlanRun, run_plan
-from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, filter_shard, replay_clusters, sign, verify_edges
+from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, replay_clusters, verify_edges
+from still.core.dedup_plan_inputs import filter_shard, sign
 from still.core.dedup_plan_state import commit, snapshot_state
 from still.core.errors import StillError
 from still.core.jsonl import read_records
