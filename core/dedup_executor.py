@@ -1,7 +1,7 @@
 """Run the whole staged plan (``dedup_plan``) at once: its jobs in local processes or on Ray.
 
-The stages are the same functions ``still dedup plan sign|buckets|edges|clusters|filter`` call;
-an executor only decides where each stage's jobs run (they read and write the plan directory,
+The stages are the functions ``still dedup plan sign|buckets|edges|clusters|filter|commit``
+call; an executor only decides where each stage's jobs run (they read and write the plan directory,
 so on a Ray cluster of several machines the plan directory, the inputs and the output directory
 must be on a file system every node sees, as for Slurm). A stage starts when every job of the
 one before has finished, so the kept set is the one-process answer whatever the executor.
