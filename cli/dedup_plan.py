@@ -223,8 +223,8 @@ def commit(wait: bool, plan_dir: str) -> None:
     envvar="RAY_ADDRESS",
     show_envvar=True,
     metavar="ADDR",
-    help="The Ray cluster to use [default: start a local one]; DIR, INPUTS and OUT must be on a file "
-    "system every node sees.",
+    help="The Ray cluster to use [default: start a local one]; DIR, INPUTS, OUT and --state must be on a "
+    "file system every node sees.",
 )
 @click.option("-o", "--output", "out_dir", required=True, metavar="DIR", help="Write OUT/NNNNN-NAME per input file.")
 @_PLAN_DIR

@@ -182,7 +182,10 @@ def signed(plan: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         raise StillError(f"{plan}: input files {missing[:10]} are not signed yet; run their sign shards first")
     params = metas[0]["params"]
     if any(m["params"] != params or m["files"] != files for m in metas):
-        raise StillError(f"{plan}: shards were signed with different parameters or inputs; sign again")
+        raise StillError(
+            f"{plan}: shards were signed with different parameters or inputs; sign again (a plan directory "
+            "used before with more inputs: use a new one, or remove its sign/fNNNNN beyond the inputs)"
+        )
     if params.get("state") and state_meta(plan, params) is None:
         raise StillError(
             f"{plan}: the --state directory {params['state']} is not read yet: sign shard 0 reads it "
