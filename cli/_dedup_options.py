@@ -75,3 +75,23 @@ def index_options(fn: F) -> F:
     for decorator in reversed(_INDEX_OPTIONS):
         out = decorator(out)
     return cast(F, out)
+
+
+def stream_option_subset(*names: str) -> Callable[[F], F]:
+    """Some of every stream command's options (``stream_options``: same flags, help, defaults and
+    environment variables), passed to the callback under their own names: for the plan's stages,
+    which read files but do not stream one output."""
+
+    def decorator(fn: F) -> F:
+        from still.cli._common import stream_options
+
+        def probe(**kwargs: Any) -> None: ...
+
+        chosen = [p for p in getattr(stream_options(probe), "__click_params__", []) if p.name in names]
+        missing = set(names) - {p.name for p in chosen}
+        assert not missing, f"not stream options: {missing}"
+        out: Any = fn
+        out.__click_params__ = [*getattr(fn, "__click_params__", []), *chosen]
+        return cast(F, out)
+
+    return decorator

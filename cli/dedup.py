@@ -19,7 +19,7 @@ def command() -> None:
 
     \b
     still dedup [run] [OPTIONS] [INPUTS]...        deduplicate a stream (the default subcommand)
-    still dedup plan sign|buckets|edges|clusters|filter   the same answer over many machines
+    still dedup plan sign|...|filter|commit|run    the same answer over many machines
 
     See `still dedup run --help` and `still dedup plan --help`; docs/dedup.md says which to use when.
     A file named like a subcommand: `still dedup run plan` or `still dedup ./plan`.

@@ -206,6 +206,7 @@ class MemoryIndex:
         self._tmp: str | None = None
         offsets = None
         self._lock: int | None = None
+        self.generation = 0  # of the --state loaded (0: none yet); save() writes the next one
         if self.state_dir:
             self._lock = _lock_state(self.state_dir, config.wait)  # before reading: see what the last run left
             offsets = self._load_state(self.state_dir)
@@ -225,6 +226,7 @@ class MemoryIndex:
                 manifest = json.load(f)
         except (OSError, ValueError) as exc:
             raise StillError(f"{manifest_path}: unreadable dedup state ({exc})") from exc
+        self.generation = int(manifest.get("generation", 0))
         expected = self.config.manifest()
         stored = manifest.get("params", {})
         diffs = [
@@ -274,17 +276,22 @@ class MemoryIndex:
     def commit(self, reps: list[int], items: list[Item], band_keys: np.ndarray) -> None:
         if not reps:
             return
-        ids = np.asarray(reps, dtype=np.uint32)
         exact = np.fromiter((it.exact for it in items), dtype=np.uint64, count=len(items))
-        for rep, it in zip(reps, items):
-            self.rep_keys[rep] = it.exact
+        self.add_reps(np.asarray(reps, dtype=np.uint32), exact, band_keys, [it.shingles for it in items])
+
+    def add_reps(self, ids: np.ndarray, exact: np.ndarray, band_keys: np.ndarray, sets: Sequence[np.ndarray]) -> None:
+        """Index new representatives ``ids`` (from next_rep, ascending) by their exact keys, band
+        keys (rows) and shingle sets; the staged plan's commit adds its representatives here too."""
+        for rep, key in zip(ids.tolist(), exact.tolist()):
+            self.rep_keys[rep] = key
         self.exact.add(exact.reshape(-1, 1), ids)
         if self.config.near:
             self.bands.add(band_keys, ids)
-        self.store.append([it.shingles for it in items])
+        self.store.append(sets)
 
-    def save(self) -> None:
-        """Write the arrays under a new name, then switch the manifest atomically."""
+    def save(self, note: dict[str, Any] | None = None) -> None:
+        """Write the arrays under a new name, then switch the manifest atomically (``note``: more
+        manifest keys, e.g. the staged plan that made this generation)."""
         assert self.state_dir
         self.store.file.flush()
         os.fsync(self.store.file.fileno())
@@ -321,6 +328,7 @@ class MemoryIndex:
             "representatives": len(self.rep_keys),
             "shingle_words": int(self.store.offsets[-1]),
             "params": self.config.manifest(),
+            **(note or {}),
         }
         tmp_manifest = manifest_path + ".part"
         with open(tmp_manifest, "w") as f:

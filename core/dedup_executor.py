@@ -1,7 +1,7 @@
 """Run the whole staged plan (``dedup_plan``) at once: its jobs in local processes or on Ray.
 
-The stages are the same functions ``still dedup plan sign|buckets|edges|clusters|filter`` call;
-an executor only decides where each stage's jobs run (they read and write the plan directory,
+The stages are the functions ``still dedup plan sign|buckets|edges|clusters|filter|commit``
+call; an executor only decides where each stage's jobs run (they read and write the plan directory,
 so on a Ray cluster of several machines the plan directory, the inputs and the output directory
 must be on a file system every node sees, as for Slurm). A stage starts when every job of the
 one before has finished, so the kept set is the one-process answer whatever the executor.
@@ -16,15 +16,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from still.core.dedup_plan import (
-    PlanParams,
-    Shard,
-    candidate_pairs,
-    filter_shard,
-    replay_clusters,
-    sign,
-    verify_edges,
-)
+from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, replay_clusters, verify_edges
+from still.core.dedup_plan_inputs import filter_shard, forget_other_inputs, sign, write_rejected
+from still.core.dedup_plan_state import commit_into, open_state, snapshot
 from still.core.errors import StillError, UsageError
 from still.core.stats import RunStats
 
@@ -40,6 +34,7 @@ class PlanRun:
     shards: int
     params: PlanParams
     out_dir: str
+    gzip_level: int = 1  # of outputs named .gz
 
 
 @dataclass(frozen=True)
@@ -49,12 +44,17 @@ class JobCounts:
     read: int = 0
     written: int = 0
     dropped: tuple[tuple[str, int], ...] = ()
+    errors: tuple[tuple[str, int], ...] = ()  # records --on-error took (counted again by filter)
+
+    @classmethod
+    def of(cls, stats: RunStats) -> JobCounts:
+        return cls(stats.read, stats.written, tuple(sorted(stats.dropped.items())), tuple(sorted(stats.errors.items())))
 
 
 def _sign_job(run: PlanRun, shard: int) -> JobCounts:
     stats = RunStats("dedup plan sign")
     sign(run.plan, run.inputs, Shard(shard, run.shards), run.params, stats)
-    return JobCounts(read=stats.read)
+    return JobCounts.of(stats)
 
 
 def _bucket_job(run: PlanRun, bucket: int) -> JobCounts:
@@ -70,8 +70,8 @@ def _clusters_job(run: PlanRun) -> JobCounts:
 
 def _filter_job(run: PlanRun, shard: int) -> JobCounts:
     stats = RunStats("dedup plan filter")
-    filter_shard(run.plan, run.inputs, Shard(shard, run.shards), run.out_dir, stats)
-    return JobCounts(read=stats.read, written=stats.written, dropped=tuple(sorted(stats.dropped.items())))
+    filter_shard(run.plan, run.inputs, Shard(shard, run.shards), run.out_dir, stats, run.gzip_level)
+    return JobCounts.of(stats)
 
 
 Job = Callable[..., JobCounts]
@@ -151,15 +151,31 @@ def make_executor(name: str, jobs: int, ray_address: str | None = None) -> Execu
 
 
 def run_plan(run: PlanRun, executor: Executor, stats: RunStats) -> None:
-    """sign (per shard), buckets and edges (per bucket), clusters (once), filter (per shard)."""
-    signed = executor.map(_sign_job, [(run, i) for i in range(run.shards)])
-    executor.map(_bucket_job, [(run, b) for b in range(run.params.buckets)])
-    executor.map(_clusters_job, [(run,)])
-    filtered = executor.map(_filter_job, [(run, i) for i in range(run.shards)])
-    if sum(c.read for c in signed) != sum(c.read for c in filtered):
-        raise StillError(f"{run.plan}: the inputs changed between sign and filter; run the plan again")
+    """sign (per shard), buckets and edges (per bucket), clusters (once), filter (per shard);
+    with --state, the state is read before and committed after them, held locked throughout."""
+    state = open_state(run.params) if run.params.state_dir else None
+    try:
+        forget_other_inputs(run.plan, len(run.inputs))
+        if state is not None:
+            snapshot(run.plan, state, run.params)
+        signed = executor.map(_sign_job, [(run, i) for i in range(run.shards)])
+        policy = run.params.policy()
+        if policy.path is not None:  # --on-error quarantine=FILE: every file's bad lines, in input order
+            write_rejected(run.plan, range(len(run.inputs)), policy.path)
+        executor.map(_bucket_job, [(run, b) for b in range(run.params.buckets)])
+        executor.map(_clusters_job, [(run,)])
+        filtered = executor.map(_filter_job, [(run, i) for i in range(run.shards)])
+        if sum(c.read for c in signed) != sum(c.read for c in filtered):
+            raise StillError(f"{run.plan}: the inputs changed between sign and filter; run the plan again")
+        if state is not None:
+            stats.extra["state_representatives_added"] = commit_into(run.plan, state)
+    finally:
+        if state is not None:
+            state.close(False)
     stats.read += sum(c.read for c in filtered)
     stats.written += sum(c.written for c in filtered)
     for counts in filtered:
         for reason, n in counts.dropped:
             stats.drop(reason, n)
+        for kind, n in counts.errors:
+            stats.error(kind, n)

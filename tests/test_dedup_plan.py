@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_still
+from test_dedup_plan_state import state_arrays
 
 from still.core.dedup import DedupConfig, dedup
 from still.core.dedup_executor import LocalExecutor, PlanRun, RayExecutor, run_plan
-from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, filter_shard, replay_clusters, sign, verify_edges
+from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, replay_clusters, verify_edges
+from still.core.dedup_plan_inputs import filter_shard, sign
 from still.core.jsonl import read_records
 from still.core.stats import RunStats
 
@@ -100,9 +102,12 @@ def test_cli_plan_stages_rerun_and_default_command(tmp_path: Path) -> None:
     assert "same order" in res.stderr
 
 
-def _run_whole_plan(tmp_path: Path, paths: list[str], shards: int, executor: object, name: str) -> list[bytes]:
+def _run_whole_plan(
+    tmp_path: Path, paths: list[str], shards: int, executor: object, name: str, state: Path | None = None
+) -> list[bytes]:
     plan, out = tmp_path / f"plan-{name}", tmp_path / f"out-{name}"
-    run = PlanRun(str(plan), tuple(paths), shards, PlanParams(DedupConfig(block_size=97), 3), str(out))
+    config = DedupConfig(block_size=97, state_dir=str(state) if state else None)
+    run = PlanRun(str(plan), tuple(paths), shards, PlanParams(config, 3), str(out))
     stats = RunStats("dedup plan run")
     run_plan(run, executor, stats)  # type: ignore[arg-type]
     stats.check_balance()
@@ -129,6 +134,11 @@ def test_whole_plan_on_ray_keeps_what_one_process_keeps(tmp_path: Path) -> None:
     try:
         for shards in (1, 2, 4):
             assert _run_whole_plan(tmp_path, paths, shards, executor, f"ray{shards}") == expected
+        # two runs with --state: what one process keeps in the same two runs, the same state
+        for r, part in enumerate((paths[:2], paths[2:])):
+            one = _one_process(part, DedupConfig(block_size=97, state_dir=str(tmp_path / "one-state")))
+            assert _run_whole_plan(tmp_path, part, 2, executor, f"ray-state{r}", tmp_path / "state") == one
+        assert state_arrays(tmp_path / "state") == state_arrays(tmp_path / "one-state")
     finally:
         executor.close()
 
@@ -152,3 +162,70 @@ def test_cli_plan_run_and_a_missing_ray(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(blocker)},
     )
     assert "still[ray]" in res.stderr and "Traceback" not in res.stderr
+
+
+def _with_fields(tmp_path: Path) -> list[str]:
+    """Queries under `q` (near duplicates among them), responses under `response` (other near
+    duplicates), and records the reader or the key text rejects: a malformed line, a record
+    without a query or a response, one with a line over 1 KiB."""
+    docs = list(corpus.documents(300, words=30, dup_rate=0.35, seed=6))
+    rng = random.Random(6)
+    answers = [d["query"] for d in docs]
+    rng.shuffle(answers)
+    lines = [json.dumps({"id": d["id"], "q": d["query"], "response": a}) + "\n" for d, a in zip(docs, answers)]
+    bad = ['{"id": "broken", "q": \n', json.dumps({"id": "no-q", "other": "x y"}) + "\n"]
+    bad.append(json.dumps({"id": "long", "q": "word " * 400, "response": "z"}) + "\n")
+    paths = [tmp_path / f"fields{k}.jsonl" for k in range(3)]
+    for k, path in enumerate(paths):
+        path.write_text("".join(lines[k::3]) + bad[k])
+    return [str(p) for p in paths]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--query-field", "q"],
+        ["--key", "response", "--query-field", "q", "--threshold", "0.7"],
+    ],
+)
+def test_plan_reads_fields_and_bad_records_as_still_dedup_does(tmp_path: Path, options: list[str]) -> None:
+    paths = _with_fields(tmp_path)
+    reading = ["--on-error", f"quarantine={tmp_path / 'bad-one.jsonl'}", "--max-line-mb", "0.001"]
+    one = run_still(["dedup", *options, *reading, *paths])
+    out = tmp_path / "out"
+    reading[1] = f"quarantine={tmp_path / 'bad-plan.jsonl'}"
+    res = run_still(
+        [
+            "dedup",
+            "plan",
+            "run",
+            "--jobs",
+            "2",
+            "--buckets",
+            "2",
+            *options,
+            *reading,
+            "-o",
+            str(out),
+            str(tmp_path / "p"),
+            *paths,
+        ]
+    )
+    assert b"".join(p.read_bytes() for p in sorted(out.iterdir())) == one.stdout
+    assert 0 < one.stdout.count(b"\n") < 300 - 20  # the key's duplicates were dropped
+    # the same bad records, counted and quarantined (the plan's in input order; still dedup's in
+    # the order it meets them: the reader's own rejects come before a block's key-text rejects)
+    assert "errors 3" in res.stderr and "errors 3" in one.stderr, res.stderr
+    quarantined = (tmp_path / "bad-plan.jsonl").read_bytes().splitlines()
+    assert sorted(quarantined) == sorted((tmp_path / "bad-one.jsonl").read_bytes().splitlines())
+    assert [line[:13] for line in quarantined] == [b'{"id": "broke', b'{"id": "no-q"', b'{"id": "long"']
+
+
+def test_plan_sign_fails_on_a_bad_record_by_default(tmp_path: Path) -> None:
+    paths = _with_fields(tmp_path)
+    res = run_still(
+        ["dedup", "plan", "sign", "--shard", "1/3", "--query-field", "q", str(tmp_path / "p"), *paths], code=3
+    )
+    assert f"{paths[1]}:" in res.stderr and "--on-error" in res.stderr and "Traceback" not in res.stderr
+    # the stages' own outputs: nothing half-written for the failed file
+    assert not (tmp_path / "p" / "sign" / "f00001").exists()

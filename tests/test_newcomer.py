@@ -89,14 +89,14 @@ def test_config_tables_reach_the_subcommands_of_a_group(tmp_path: Path):
     """dedup, eval and decontam have subcommands: [dedup] applies to each that has the option,
     [dedup.plan.sign] to one."""
     data = jsonl(RENAMED, {**RENAMED, "id": "b"})
-    (tmp_path / "in.jsonl").write_text(jsonl({"id": "a", "query": "one two three four"}))
+    (tmp_path / "in.jsonl").write_text(jsonl({"id": "a", "body": {"q": "one two three four"}}))
     (tmp_path / "still.toml").write_text(
         'query-field = "body.q"\n[dedup]\nmax-per-key = 2\nngram = 3\n[dedup.plan.sign]\nbuckets = 3\n'
     )
     assert len(run_still("dedup run", stdin=data, cwd=tmp_path).lines()) == 2
     run_still("dedup plan sign --shard 0/1 plan in.jsonl", cwd=tmp_path)
     params = json.loads((tmp_path / "plan/sign/f00000/meta.json").read_text())["params"]
-    assert (params["ngram"], params["buckets"]) == (3, 3)
+    assert (params["ngram"], params["buckets"], params["query_field"]) == (3, 3, "body.q")
     for table, message in [
         ("[dedup]\nnope = 1\n", "[dedup] nope: still dedup has no option --nope"),
         ("[dedup.plan.sign]\nnope = 1\n", "[dedup.plan.sign] nope: still dedup plan sign has no option --nope"),
