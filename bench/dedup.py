@@ -245,10 +245,10 @@ def scale_out(data: Path, work: Path, ids: list[str], reference: set[str], truth
             print(f"datatrove's wall time / {name}'s: {anchor[0][1] / secs:.2f}x")
     share = rows[1][3] / rows[0][3]
     print(
-        "(--workers 2 and plan run: CPU s is the parent's alone, its workers are a forkserver's or Ray's "
-        f"children.) The parent "
-        f"does {share:.2f} of the one-process CPU work; with enough workers it is the bottleneck, so "
-        f"16 cores (15 workers) give at most min(15, 1/{share:.2f}) = {min(15.0, 1 / share):.1f}x"
+        "(--workers 2 and plan run: CPU s is the command's own process alone; its workers are a "
+        "forkserver's or Ray's children.) With --workers 2 that process decides every record and "
+        f"signs blocks while it would wait: {share:.2f} of the one-process CPU work, an upper bound "
+        "on the serial part (docs/dedup.md has the breakdown)"
     )
 
 

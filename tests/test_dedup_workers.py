@@ -81,6 +81,18 @@ def test_workers_is_validated() -> None:
     assert "--workers" in res.stderr
 
 
+def _quarantined(data: bytes, tmp_path: Path, workers: str) -> tuple[bytes, bytes, object, object, object]:
+    """Output, quarantined lines, error and drop counts and lines read of one run."""
+    quarantine, stats = tmp_path / f"q{workers}.jsonl", tmp_path / f"s{workers}.json"
+    res = run_still(
+        ["dedup", "--workers", workers, "--block-size", "16", "--on-error", f"quarantine={quarantine}"]
+        + ["--stats", str(stats)],
+        stdin=data,
+    )
+    summary = json.loads(stats.read_text())
+    return res.stdout, quarantine.read_bytes(), summary["errors"], summary["dropped"], summary["read"]
+
+
 def test_workers_find_key_texts_and_report_records_without_one_in_order(tmp_path: Path) -> None:
     """The workers parse the lines and find the key texts; a record without one goes to the
     --on-error policy as with one process (same count, same quarantined lines, same order)."""
@@ -88,16 +100,7 @@ def test_workers_find_key_texts_and_report_records_without_one_in_order(tmp_path
     for at in (5, 6, 140, 299):  # one without a query, the next without any text
         lines.insert(at, json.dumps({"id": f"bad{at}", "response": "r"}).encode() + b"\n")
     data = b"".join(lines)
-    results = []
-    for workers in ("1", "2"):
-        quarantine, stats = tmp_path / f"q{workers}.jsonl", tmp_path / f"s{workers}.json"
-        res = run_still(
-            ["dedup", "--workers", workers, "--block-size", "16", "--on-error", f"quarantine={quarantine}"]
-            + ["--stats", str(stats)],
-            stdin=data,
-        )
-        summary = json.loads(stats.read_text())
-        results.append((res.stdout, quarantine.read_bytes(), summary["errors"], summary["dropped"]))
+    results = [_quarantined(data, tmp_path, workers) for workers in ("1", "2")]
     assert results[0] == results[1]
     assert results[0][1].count(b"\n") == 4 and sum(results[0][2].values()) == 4
     res = run_still(["dedup", "--workers", "2", "--block-size", "16"], stdin=data, code=3)
@@ -113,16 +116,7 @@ def test_lines_are_checked_where_they_are_parsed_with_the_readers_messages(tmp_p
     for at in sorted(broken, reverse=True):
         lines.insert(at, broken[at])
     data = b"".join(lines)
-    results = []
-    for workers in ("1", "2", "3"):
-        quarantine, stats = tmp_path / f"q{workers}.jsonl", tmp_path / f"s{workers}.json"
-        res = run_still(
-            ["dedup", "--workers", workers, "--block-size", "16", "--on-error", f"quarantine={quarantine}"]
-            + ["--stats", str(stats)],
-            stdin=data,
-        )
-        summary = json.loads(stats.read_text())
-        results.append((res.stdout, quarantine.read_bytes(), summary["errors"], summary["read"]))
+    results = [_quarantined(data, tmp_path, workers) for workers in ("1", "2", "3")]
     assert results[0] == results[1] == results[2]
     assert results[0][1] == b"".join(broken[at] for at in sorted(broken))  # input order
     # the counts a command parsing in its reader gives (--keep longest reads everything first)
