@@ -2,7 +2,7 @@
 
     python examples/branch_merge/make_domains.py --out DIR [--seed 0] [--teacher-train N] ...
 
-`add`: two-digit addition, the column sums and carries written in <think>, the sum boxed.
+`add`: two-digit addition, worked in <think> as a person writes it (ones: digit written and carry; tens), the sum boxed.
 `sort`: four digits (--sort-len) to sort, the sorted digits in <think>, boxed as one number (1-9, so no
 leading zero can hide a mistake).
 
@@ -31,13 +31,14 @@ DOMAINS = ("add", "sort")
 
 
 def add_problem(rng: random.Random) -> tuple[str, str, str]:
+    """Column addition as a person writes it: ones with the digit written and the carry, then tens,
+    so the boxed sum reads off the lines in order (the format the it-learns test shows a 2-layer
+    student learns; the first format listed the columns ones-first and left the answer to assemble)."""
     a, b = rng.randint(10, 99), rng.randint(10, 99)
-    lines, carry = [], 0
-    for da, db in zip(reversed(str(a)), reversed(str(b)), strict=True):
-        s = int(da) + int(db) + carry
-        lines.append(f"{da}+{db}+{carry}={s}")
-        carry = s // 10
-    think = "\n".join(lines) + f"\ncarry {carry}"
+    ones = a % 10 + b % 10
+    carry = ones // 10
+    tens = a // 10 + b // 10 + carry
+    think = f"{a % 10} + {b % 10} = {ones}, write {ones % 10}, carry {carry}\n{a // 10} + {b // 10} + {carry} = {tens}"
     return f"Add the numbers {a} and {b}.", f"<think>\n{think}\n</think>\n\\boxed{{{a + b}}}", str(a + b)
 
 
