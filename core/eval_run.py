@@ -208,7 +208,7 @@ def weights_fingerprint(model: str) -> dict[str, Any]:
     for index in sorted(path.glob("*.index.json")):
         out["index_sha256"] = hashlib.sha256(index.read_bytes()).hexdigest()
     digest = xxhash.xxh3_128()
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    files = _weight_files(path)
     for weights in files:
         digest.update(weights.name.encode() + b"\0")
         with weights.open("rb") as fh:
@@ -217,6 +217,18 @@ def weights_fingerprint(model: str) -> dict[str, Any]:
     out["weights_xxh3_128"] = digest.hexdigest()
     out["weight_files"] = len(files)
     return out
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The weight files of a model folder: its safetensors, else its PyTorch weight files; never
+    what a trainer leaves beside them (training_args.bin pickles the output folder, so two copies
+    of the same weights would fingerprint differently)."""
+    files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors")
+    if not files:
+        files = sorted(
+            p for p in path.iterdir() if p.suffix == ".bin" and p.name.startswith(("pytorch_model", "adapter_model"))
+        )
+    return files
 
 
 def library_versions(engine: str) -> dict[str, str]:

@@ -336,3 +336,24 @@ def test_score_a_code_benchmark_runs_its_tests_in_the_sandbox(tmp_path: Path) ->
     assert verdicts[0::2] == ["pass"] * 3 and all(v != "pass" for v in verdicts[1::2])
     s = lines[-1]
     assert s["benchmark"] == "humaneval" and s["k"] == 2 and s["avg_at_k"] == 0.5 and s["pass_at_k"]["2"] == 1.0
+
+
+def test_weights_fingerprint_is_the_weights_only(tmp_path: Path) -> None:
+    """Byte-identical weights fingerprint the same wherever they are and whatever a trainer left
+    beside them; other weights do not."""
+    from still.core.eval_run import weights_fingerprint
+
+    for name, extra in (("a", b"run a"), ("b", b"run b, another output folder")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+        (folder / "training_args.bin").write_bytes(extra)
+    a, b = weights_fingerprint(str(tmp_path / "a")), weights_fingerprint(str(tmp_path / "b"))
+    assert a["weights_xxh3_128"] == b["weights_xxh3_128"] and a["weight_files"] == 1
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}     !")
+    assert weights_fingerprint(str(tmp_path / "b"))["weights_xxh3_128"] != a["weights_xxh3_128"]
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "pytorch_model.bin").write_bytes(b"weights")
+    (legacy / "training_args.bin").write_bytes(b"args")
+    assert weights_fingerprint(str(legacy))["weight_files"] == 1
