@@ -368,6 +368,13 @@ def key_text(config: DedupConfig, rec: Record) -> str:
     return features_key_text(config.key, config.fields, rec)
 
 
+def _union(hits: dict[int, set[int]], more: dict[int, set[int]]) -> dict[int, set[int]]:
+    """Per row, the hits of both searches (this process's and a worker's)."""
+    for row, reps in more.items():
+        hits.setdefault(row, set()).update(reps)
+    return hits
+
+
 def _distinct(ordered: np.ndarray) -> int:
     return int(ordered.size and 1 + np.count_nonzero(ordered[1:] != ordered[:-1]))
 
@@ -441,14 +448,10 @@ class Deduper:
         exact_keys = np.fromiter((it.exact for it in items), dtype=np.uint64, count=len(items))
         # representatives numbered from feats.since on (all of them without a worker's snapshot)
         # are searched here; a worker searched those before
-        exact_hits = self.index.exact_lookup(exact_keys, feats.since)
-        for row, reps in feats.known_exact.items():
-            exact_hits.setdefault(row, set()).update(reps)
+        exact_hits = _union(self.index.exact_lookup(exact_keys, feats.since), feats.known_exact)
         band_hits: dict[int, set[int]] = {}
         if self.config.near:
-            band_hits = self.index.band_lookup(band_keys, feats.since)
-            for row, reps in feats.known_bands.items():
-                band_hits.setdefault(row, set()).update(reps)
+            band_hits = _union(self.index.band_lookup(band_keys, feats.since), feats.known_bands)
         local_exact: dict[int, int] = {}
         local_sets: dict[int, np.ndarray] = {}
         neighbours = feats.earlier

@@ -298,7 +298,6 @@ class FeatureSource:
         self.spill_dir: str | None = None
         self.pool_in_flight = 2 * (self.workers - 1)
         self.in_flight = self.pool_in_flight + self.LOCAL_AHEAD if self.workers > 1 else 0
-        self.signed_here = 0  # blocks this process signed while the pool worked
         if self.workers > 1:
             self.spill_dir = tempfile.mkdtemp(prefix="still-dedup-spill-")
             # forkserver: workers do not inherit the parent's open files, locks or threads; the
@@ -358,7 +357,6 @@ class FeatureSource:
             if waiting and not exhausted and len(pending) < self.in_flight and (block := take()) is not None:
                 payload, work, _ = block  # signed here: no snapshot search, the decisions search it all
                 pending.append((payload, here(work), True))
-                self.signed_here += 1
                 continue
             pending.popleft()
             if here_signed:

@@ -28,6 +28,14 @@ Run = tuple[np.ndarray, np.ndarray]  # keys[tables, n] sorted per table, ids[tab
 PublishedRun = tuple[str, int]  # file, entries per table
 
 
+def _matches(table: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The positions of the queries found in a sorted table, and where each one's equal keys
+    start and stop in it."""
+    lo = np.searchsorted(table, queries, side="left")
+    found = np.flatnonzero(table[np.minimum(lo, table.size - 1)] == queries)
+    return found, lo[found], np.searchsorted(table, queries[found], side="right")
+
+
 def lookup_runs(runs: Iterable[Run], keys: np.ndarray, key_dtype: np.dtype[Any]) -> dict[int, set[int]]:
     """For each query row ``keys[n, tables]`` with a hit, the ids sharing a key in any table.
 
@@ -42,14 +50,8 @@ def lookup_runs(runs: Iterable[Run], keys: np.ndarray, key_dtype: np.dtype[Any])
         order = np.argsort(column, kind="stable")
         queries = column[order]
         for run_keys, run_ids in runs:
-            table = run_keys[t]
-            lo = np.searchsorted(table, queries, side="left")
-            found = np.flatnonzero(table[np.minimum(lo, table.size - 1)] == queries)
-            if found.size == 0:
-                continue
+            found, starts, stops = _matches(run_keys[t], queries)
             row_ids = run_ids[t]
-            starts = lo[found]
-            stops = np.searchsorted(table, queries[found], side="right")
             rows = order[found].tolist()
             if bool((stops - starts == 1).all()):
                 for row, rep in zip(rows, row_ids[starts].tolist()):
@@ -101,7 +103,6 @@ class KeyIndex:
         self._refs: Counter[str] = Counter()  # snapshots not yet released, per file
         # the last blocks' runs, flattened (_flat) into one sorted array each: lowest, highest id, keys, ids
         self.recent: deque[tuple[int, int, np.ndarray, np.ndarray]] = deque(maxlen=recent_blocks or None)
-        self._recent_blocks = recent_blocks
 
     def __len__(self) -> int:
         return sum(r[0].shape[1] for r in self.runs)
@@ -118,7 +119,7 @@ class KeyIndex:
         i = np.broadcast_to(ids.astype(np.uint32), k.shape).copy()
         order = np.argsort(k, axis=1, kind="stable")
         run = (np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1))
-        if self._recent_blocks:
+        if self.recent.maxlen:
             self.recent.append((int(ids.min()), int(ids.max()), _flat(run[0], 0), run[1].ravel()))
         self._push(run, int(ids.max()))
         while len(self.runs) > 1 and self.runs[-2][0].shape[1] <= 4 * self.runs[-1][0].shape[1]:
@@ -157,12 +158,7 @@ class KeyIndex:
         for _, top, flat_keys, flat_ids in self.recent:
             if top < since:
                 continue
-            lo = np.searchsorted(flat_keys, queries, side="left")
-            found = np.flatnonzero(flat_keys[np.minimum(lo, flat_keys.size - 1)] == queries)
-            if found.size == 0:
-                continue
-            starts = lo[found]
-            stops = np.searchsorted(flat_keys, queries[found], side="right")
+            found, starts, stops = _matches(flat_keys, queries)
             for flat_row, start, stop in zip(found.tolist(), starts.tolist(), stops.tolist()):
                 hits.setdefault(flat_row // self.tables, set()).update(flat_ids[start:stop].tolist())
         return hits
