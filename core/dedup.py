@@ -46,6 +46,7 @@ from still.core.dedup_features import (
     FeatureParams,
     FeatureSource,
     IndexSnapshot,
+    RawBlock,
     RecordFeatures,
     response_key,
 )
@@ -687,7 +688,7 @@ def _emit(deduper: Deduper, items: list[Item], stats: RunStats) -> Iterator[Reco
 
 def _snapshot(deduper: Deduper, source: FeatureSource) -> IndexSnapshot | None:
     """With workers, each block is sent with the index as it is (they search it for the block)."""
-    return deduper.index.snapshot() if source.pool is not None else None
+    return deduper.index.snapshot() if source.parallel else None
 
 
 def _decided(deduper: Deduper, snapshot: IndexSnapshot | None) -> None:
@@ -695,12 +696,22 @@ def _decided(deduper: Deduper, snapshot: IndexSnapshot | None) -> None:
         deduper.index.release(snapshot)
 
 
+def _raw_block(block: list[Item]) -> RawBlock:
+    """The block's lines, and where they are when they are one stretch of one plain file."""
+    lines = [it.rec.to_bytes() for it in block]
+    first, last = block[0].rec, block[-1].rec
+    start, end = getattr(first, "offset", -1), getattr(last, "offset", -1)
+    if start >= 0 and end >= 0 and first.source == last.source and end - start == sum(map(len, lines[:-1])):
+        return RawBlock(lines, os.path.abspath(first.source), start)
+    return RawBlock(lines)
+
+
 def _dedup_streaming(
     records: Iterable[Record], deduper: Deduper, stats: RunStats, source: FeatureSource
 ) -> Iterator[Record]:
     Block = tuple[list[Item], IndexSnapshot | None]
 
-    def blocks() -> Iterator[tuple[Block, bytes, IndexSnapshot | None]]:
+    def blocks() -> Iterator[tuple[Block, RawBlock, IndexSnapshot | None]]:
         # raw lines go to the workers, which parse and check them and find the key texts themselves
         block: list[Item] = []
         size = deduper.config.block_size
@@ -708,11 +719,11 @@ def _dedup_streaming(
             block.append(Item(rec, index))
             if len(block) >= size:
                 snapshot = _snapshot(deduper, source)
-                yield (block, snapshot), b"".join([it.rec.to_bytes() for it in block]), snapshot
+                yield (block, snapshot), _raw_block(block), snapshot
                 block = []
         if block:
             snapshot = _snapshot(deduper, source)
-            yield (block, snapshot), b"".join([it.rec.to_bytes() for it in block]), snapshot
+            yield (block, snapshot), _raw_block(block), snapshot
 
     for (block, snapshot), found in source.record_features(blocks()):
         items = deduper.take(block, found, stats)

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 import xxhash
 
 from still.core import minhash as mh
-from still.core.errors import BadInput
+from still.core.errors import BadInput, StillError
 from still.core.fields import Fields
 from still.core.jsonl import parse_object
 from still.core.lshindex import PublishedRun, Run, load_run, lookup_runs
@@ -97,6 +98,44 @@ class IndexSnapshot:
     exact: list[PublishedRun]
     bands: list[PublishedRun]
     since: int
+
+
+@dataclass
+class RawBlock:
+    """A block of raw JSONL lines, each ending in a newline; when they are one stretch of a plain
+    file, ``path`` (absolute) and ``start`` say where, and a worker reads them there itself."""
+
+    lines: list[bytes]
+    path: str | None = None
+    start: int = 0
+
+    def data(self) -> bytes:
+        return b"".join(self.lines)
+
+
+@dataclass(frozen=True)
+class FileStretch:
+    """What a worker is sent for a :class:`RawBlock` in a file: where, how many bytes, and their
+    xxh3 hash, so a file changed since this process read it fails the run instead of giving
+    another answer."""
+
+    path: str
+    start: int
+    length: int
+    digest: int
+    remove: bool = False  # a file written for the worker, removed once read
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            data = os.pread(f.fileno(), self.length, self.start)
+        if self.remove:
+            os.unlink(self.path)
+            return data
+        if len(data) == self.length - 1 and not data.endswith(b"\n"):
+            data += b"\n"  # the file's last line has no newline: the reader gave it one
+        if len(data) != self.length or xxhash.xxh3_64_intdigest(data) != self.digest:
+            raise StillError(f"{self.path}: changed while still dedup was reading it; run again on a copy")
+        return data
 
 
 @dataclass
@@ -245,10 +284,10 @@ def _worker_features(seq: int, work: tuple[list[str], IndexSnapshot | None]) -> 
     return _finish(seq, _worker_maker(texts), snapshot)
 
 
-def _worker_record_features(seq: int, work: tuple[bytes, IndexSnapshot | None]) -> RecordFeatures:
+def _worker_record_features(seq: int, work: tuple[FileStretch, IndexSnapshot | None]) -> RecordFeatures:
     assert _worker_maker is not None
-    lines, snapshot = work
-    found = _worker_maker.records(lines)
+    stretch, snapshot = work
+    found = _worker_maker.records(stretch.read())
     _finish(seq, found.features, snapshot)
     return found
 
@@ -297,14 +336,64 @@ class FeatureSource:
         self.pool: Any = None
         self.spill_dir: str | None = None
         self.pool_in_flight = 2 * (self.workers - 1)
-        self.in_flight = self.pool_in_flight + self.LOCAL_AHEAD if self.workers > 1 else 0
+        self.in_flight = 2 * self.pool_in_flight + self.LOCAL_AHEAD if self.workers > 1 else 0
+        self._starting: threading.Thread | None = None
+        self._started: list[Any] = []  # the pool, or what stopped it from starting
         if self.workers > 1:
             self.spill_dir = tempfile.mkdtemp(prefix="still-dedup-spill-")
+            # The pool starts in a thread: its workers fork from the forkserver once that has
+            # imported the signing code (~0.1 s after the command began reading); until then
+            # this process signs every block itself rather than wait.
+            self._starting = threading.Thread(target=self._start_pool, args=(params,), daemon=True)
+            self._starting.start()
+
+    def _start_pool(self, params: FeatureParams) -> None:
+        try:
             # forkserver: workers do not inherit the parent's open files, locks or threads; the
             # server imports the signing code once and each worker forks from it ready to sign
             ctx = multiprocessing.get_context("forkserver")
             start_forkserver(WORKER_PRELOAD)  # at once when the command started it already
-            self.pool = ctx.Pool(self.workers - 1, initializer=_init_worker, initargs=(params, self.spill_dir))
+            self._started.append(
+                ctx.Pool(self.workers - 1, initializer=_init_worker, initargs=(params, self.spill_dir))
+            )
+        except BaseException as exc:  # raised again by the thread that reads blocks
+            self._started.append(exc)
+
+    @property
+    def parallel(self) -> bool:
+        """Whether blocks may go to pool workers (each is then sent with an index snapshot)."""
+        return self.workers > 1
+
+    def _ready_pool(self) -> Any:
+        """The pool once it has started (None until then; tests set STILL_DEDUP_WAIT_FOR_POOL=1 to
+        wait for it, so that even a small input reaches the workers)."""
+        if self._starting is not None and os.environ.get("STILL_DEDUP_WAIT_FOR_POOL") == "1":
+            self._starting.join()
+        if self.pool is None and self._starting is not None and not self._starting.is_alive():
+            self._starting = None
+            started = self._started.pop()
+            if isinstance(started, BaseException):
+                raise started
+            self.pool = started
+        return self.pool
+
+    def _ship(self, seq: int, work: Any) -> Any:
+        """A block of raw lines goes to its worker as a stretch of a file: of the input itself when
+        the lines are one stretch of a plain file, else of a file written here. Through the pool's
+        pipe, a thread of this process would write it 64 KiB at a time, taking the GIL for each."""
+        if not isinstance(work, RawBlock):
+            return work
+        if work.path is not None:
+            digest = xxhash.xxh3_64()
+            for line in work.lines:
+                digest.update(line)
+            return FileStretch(work.path, work.start, sum(map(len, work.lines)), digest.intdigest())
+        assert self.spill_dir is not None
+        path = os.path.join(self.spill_dir, f"in-{seq}.jsonl")
+        data = work.data()
+        with open(path, "wb") as f:
+            f.write(data)
+        return FileStretch(path, 0, len(data), 0, remove=True)
 
     def features(
         self, blocks: Iterable[tuple[T, list[str], IndexSnapshot | None]]
@@ -315,24 +404,28 @@ class FeatureSource:
             yield payload, feats
 
     def record_features(
-        self, blocks: Iterable[tuple[T, bytes, IndexSnapshot | None]]
+        self, blocks: Iterable[tuple[T, RawBlock, IndexSnapshot | None]]
     ) -> Iterator[tuple[T, RecordFeatures]]:
-        """Features of blocks of raw JSONL lines, joined (the workers parse them, check them and
-        find the key texts)."""
-        for payload, found in self._in_order(blocks, self.maker.records, _worker_record_features):
+        """Features of blocks of raw JSONL lines (the workers parse them, check them and find the
+        key texts)."""
+        here = self._local_records
+        for payload, found in self._in_order(blocks, here, _worker_record_features):
             _map_spilled(found.features)
             yield payload, found
+
+    def _local_records(self, block: RawBlock) -> RecordFeatures:
+        return self.maker.records(block.data())
 
     def _in_order(
         self, blocks: Iterable[tuple[T, Any, IndexSnapshot | None]], here: Any, there: Any
     ) -> Iterator[tuple[T, Any]]:
-        if self.pool is None:
+        if not self.parallel:
             for payload, work, _ in blocks:
                 yield payload, here(work)
             return
         pending: deque[tuple[T, Any, bool]] = deque()  # payload, result, signed here
         source = iter(blocks)
-        seq = in_pool = 0
+        seq = 0
         exhausted = False
 
         def take() -> tuple[T, Any, IndexSnapshot | None] | None:
@@ -345,13 +438,28 @@ class FeatureSource:
             seq += 1
             return block
 
+        unfinished: list[Any] = []  # pool results not yet seen ready
         while True:
-            while not exhausted and in_pool < self.pool_in_flight and (block := take()) is not None:
-                payload, work, snapshot = block
-                pending.append((payload, self.pool.apply_async(there, (seq, (work, snapshot))), False))
-                in_pool += 1
+            pool = self._ready_pool()
+            if pool is not None:
+                # a worker's finished block waits here until its turn comes; what keeps the
+                # workers busy is how many blocks they have not finished yet
+                unfinished = [r for r in unfinished if not r.ready()]
+                while (
+                    not exhausted
+                    and len(unfinished) < self.pool_in_flight
+                    and len(pending) < self.in_flight
+                    and (block := take()) is not None
+                ):
+                    payload, work, snapshot = block
+                    result = pool.apply_async(there, (seq, (self._ship(seq, work), snapshot)))
+                    pending.append((payload, result, False))
+                    unfinished.append(result)
             if not pending:
-                return
+                if exhausted or (block := take()) is None:
+                    return
+                payload, work, _ = block  # the pool has not started yet
+                pending.append((payload, here(work), True))
             head, result, here_signed = pending[0]
             waiting = not here_signed and not result.ready()
             if waiting and not exhausted and len(pending) < self.in_flight and (block := take()) is not None:
@@ -359,13 +467,13 @@ class FeatureSource:
                 pending.append((payload, here(work), True))
                 continue
             pending.popleft()
-            if here_signed:
-                yield head, result
-            else:
-                in_pool -= 1
-                yield head, result.get()
+            yield head, (result if here_signed else result.get())
 
     def close(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            self.pool = next((p for p in self._started if not isinstance(p, BaseException)), None)
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()

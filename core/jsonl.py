@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import io
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -75,7 +76,9 @@ class _ReadOnce(io.RawIOBase):
         return int(self._stream.readinto1(buffer))
 
 
-def _open_source(name: str) -> tuple[str, BinaryIO]:
+def _open_source(name: str) -> tuple[str, BinaryIO, bool]:
+    """The source's label, its stream, and whether it is a plain file (a line's offset in the
+    stream is its offset in the file)."""
     if name == "-":
         stdin: Any = sys.stdin.buffer
         label = "<stdin>"
@@ -89,8 +92,9 @@ def _open_source(name: str) -> tuple[str, BinaryIO]:
             raise UsageError(f"cannot read {name}: {exc.strerror}") from exc
         label = name
     if peekable.peek(2)[:2] == _GZIP_MAGIC:
-        return label, gzip.GzipFile(fileobj=peekable, mode="rb")  # type: ignore[return-value]
-    return label, peekable
+        return label, gzip.GzipFile(fileobj=peekable, mode="rb"), False  # type: ignore[return-value]
+    # a named pipe or /dev/fd/N is no plain file, though it has a name
+    return label, peekable, name != "-" and stat.S_ISREG(os.fstat(peekable.fileno()).st_mode)
 
 
 def _describe_json_error(exc: orjson.JSONDecodeError, raw: bytes) -> str:
@@ -166,8 +170,10 @@ class JsonlReader:
         lazy = not self.parse
         try:
             for name in self.sources:
-                source, stream = _open_source(name)
+                source, stream, plain = _open_source(name)
                 readline = stream.readline
+                # lazy lines of a plain file carry their offset (a worker may read them there)
+                offset = 0 if lazy and plain else -1
                 try:
                     lineno = 0
                     try:
@@ -181,12 +187,16 @@ class JsonlReader:
                                     raw = readline(1 << 20)
                                 limit_mb = limit / (1024 * 1024)
                                 self._bad(source, lineno, f"line longer than {limit_mb:g} MiB", head)
+                                offset = -1  # not counted through: the lines after it carry none
+                                continue
+                            if lazy:
+                                line_offset = offset
+                                if offset >= 0:
+                                    offset += len(raw)
+                                yield LazyRecord(raw if raw[-1] == 10 else raw + b"\n", source, lineno, line_offset)
                                 continue
                             if raw[-1] != 10:
                                 raw += b"\n"
-                            if lazy:
-                                yield LazyRecord(raw, source, lineno)
-                                continue
                             try:
                                 data = loads(raw)
                             except decode_error:

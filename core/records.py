@@ -45,12 +45,13 @@ class LazyRecord(Record):
     each line with :func:`still.core.jsonl.parse_object` before using ``data``.
     """
 
-    __slots__ = ()
+    __slots__ = ("offset",)
 
-    def __init__(self, raw: bytes, source: str, line: int) -> None:
+    def __init__(self, raw: bytes, source: str, line: int, offset: int = -1) -> None:
         self.raw = raw
         self.source = source
         self.line = line
+        self.offset = offset  # where the line starts in ``source``, a plain file (-1: not known)
 
     @property
     def data(self) -> dict[str, Any]:

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_still
 
 from still.core.dedup import DedupConfig, dedup
-from still.core.jsonl import Record
+from still.core.jsonl import ErrorPolicy, Record, read_records
 from still.core.stats import RunStats
 
 sys.path.insert(0, str(ROOT / "bench"))
 import corpus  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _wait_for_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool starts in the background and the command signs blocks itself until it is up: on
+    these small inputs it would sign them all. Wait for it (the commands run here inherit this)."""
+    monkeypatch.setenv("STILL_DEDUP_WAIT_FOR_POOL", "1")
 
 
 def _lines(n: int = 900, seed: int = 5) -> list[bytes]:
@@ -195,3 +204,71 @@ def test_workers_import_the_installed_still_whatever_the_working_directory(tmp_p
     )
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout == run_still(["dedup", "--block-size", "16"], stdin=data).stdout
+
+
+def test_workers_read_blocks_of_plain_files_where_they_are(tmp_path: Path) -> None:
+    """Blocks of a plain file go to the workers as stretches of that file (they read the lines
+    themselves); every other input (stdin, gzip, a line too long, a file given twice, a last line
+    without a newline) gives the same bytes as one process."""
+    import gzip
+
+    lines = _lines(400, seed=9)
+    first = tmp_path / "a.jsonl"
+    too_long = b'{"id": "long", "query": "' + b"x" * 1_100_000 + b'"}\n'
+    first.write_bytes(b"".join(lines[:120]) + too_long + b"".join(lines[120:250]))
+    second = tmp_path / "b.jsonl"
+    second.write_bytes(b"".join(lines[250:]).rstrip(b"\n"))  # no newline after the last line
+    packed = tmp_path / "c.jsonl.gz"
+    packed.write_bytes(gzip.compress(b"".join(lines[100:200])))
+    again = tmp_path / "d.jsonl"  # given twice in a row: a block holds its end and its start
+    again.write_bytes(b"".join(lines[300:345]))
+    inputs = [str(first), str(second), str(packed), str(again), str(again)]
+    common = ["dedup", "--max-line-mb", "1", "--on-error", "skip", "--block-size", "32"]
+    one = run_still([*common, "--workers", "1", *inputs])
+    assert "errors 1 (line longer than 1 MiB 1)" in one.stderr, one.stderr
+    # the reader's offsets: each line where it is in its plain file, none after a line too long
+    # (not counted through) and none in a gzip file
+    stats = RunStats("dedup")
+    seen = {name: [] for name in inputs[:3]}
+    for rec in read_records(inputs[:3], stats, ErrorPolicy("skip"), 1 << 20, parse=False):
+        seen[rec.source].append((rec.offset, rec.raw))  # type: ignore[attr-defined]
+    raw_first = first.read_bytes()
+    assert all(raw_first[o : o + len(raw)] == raw for o, raw in seen[str(first)][:120])
+    assert {o for o, _ in seen[str(first)][120:]} == {-1}
+    assert (seen[str(second)][-1][0], seen[str(second)][-1][1][-1:]) == (len(b"".join(lines[250:-1])), b"\n")
+    assert {o for o, _ in seen[str(packed)]} == {-1}
+    for workers in ("2", "3"):
+        assert run_still([*common, "--workers", workers, *inputs]).stdout == one.stdout
+    fifo = tmp_path / "fifo"  # a named pipe has a name but no offsets
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(first.read_bytes(),))
+    writer.start()
+    piped = run_still([*common, "--workers", "2", str(fifo)])
+    writer.join()
+    assert piped.stdout == run_still([*common, "--workers", "1", str(first)]).stdout
+    stdin = run_still([*common, "--workers", "2", "-"], stdin=first.read_bytes() + second.read_bytes())
+    assert (
+        stdin.stdout
+        == run_still([*common, "--workers", "1", "-"], stdin=first.read_bytes() + second.read_bytes()).stdout
+    )
+
+
+def test_a_file_changed_under_a_worker_fails_the_run(tmp_path: Path) -> None:
+    """A worker checks the length and hash of the stretch it reads against what this process read:
+    a file rewritten in the meantime fails the run instead of giving another answer."""
+    import xxhash
+
+    from still.core.dedup_features import FileStretch
+    from still.core.errors import StillError
+
+    path = tmp_path / "in.jsonl"
+    data = b"".join(_lines(20))
+    path.write_bytes(data)
+    stretch = FileStretch(str(path), 10, 500, xxhash.xxh3_64_intdigest(data[10:510]))
+    assert stretch.read() == data[10:510]
+    path.write_bytes(data[:100] + b"X" + data[101:])
+    with pytest.raises(StillError, match="changed while still dedup was reading it"):
+        stretch.read()
+    path.write_bytes(data[:300])
+    with pytest.raises(StillError, match="changed"):
+        stretch.read()
