@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import gc
+import os
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -27,9 +30,30 @@ def command() -> None:
 
 
 _GROUP = cast(click.Group, command)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _before_numpy(fn: F) -> F:
+    """What must happen before the options' handling imports numpy."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("semantic_model") is None:
+            # MinHash makes no BLAS call, but OpenBLAS's threads (started with numpy) spin on the
+            # cores the workers need (~1% of the CPU time measured); the workers' server inherits this
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        if kwargs.get("workers") != 1 and not kwargs.get("explain"):
+            from still.core.procpool import start_forkserver
+
+            # the workers' server starts (and imports numpy and the signing code) meanwhile
+            start_forkserver(["still.core.dedup_features"])
+        return fn(*args, **kwargs)
+
+    return cast(F, wrapper)
 
 
 @_GROUP.command("run")
+@_before_numpy
 @index_options
 @click.option(
     "--keep",
@@ -150,11 +174,6 @@ def run(
       still dedup --mark --clusters clusters.jsonl data.jsonl | jq -c .dedup
       still dedup --semantic ./embedder --embeddings emb.npz data.jsonl   # + "semantic duplicate"
     """
-    if workers != 1 and not explain:
-        from still.core.procpool import start_forkserver
-
-        # before this process imports numpy: the workers' server starts (and imports) meanwhile
-        start_forkserver(["still.core.dedup_features"])
     from still.core import minhash as mh
     from still.core.dedup import DedupConfig, dedup
 
@@ -207,6 +226,9 @@ def run(
         raise UsageError("--semantic-only needs --semantic MODEL")
     # the streaming path's workers (or its one process) parse and check every line themselves
     parse = keep != "first" or semantic_model is not None
+    # what is alive now (the imported modules) lives to the end: the collector need not walk it
+    # again on every full collection (~1% of the CPU time measured)
+    gc.freeze()
     run_stream("dedup", stream, process, on_success=commit, parse=parse)
 
 

@@ -176,7 +176,7 @@ class ShingleStore:
         for s in sets:
             end += int(s.size)
             self.offsets.append(end)
-        self.file.write(np.concatenate(sets).astype("<u8", copy=False).tobytes())
+        self.file.write(np.concatenate(sets).astype("<u8", copy=False).data)  # no copy into bytes
         self._dirty = True
 
     def get(self, rep: int) -> np.ndarray:
