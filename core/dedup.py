@@ -55,6 +55,7 @@ from still.core.errors import BadInput, StillError, UsageError
 from still.core.fields import Fields, get_path, is_missing
 from still.core.jsonl import Record
 from still.core.lshindex import KeyIndex
+from still.core.memtune import keep_freed_memory
 from still.core.stats import RunStats
 
 STATE_FORMAT = 1
@@ -628,6 +629,7 @@ def dedup(
     renamed (else a failed output would leave state saying the lost records were seen)."""
     bands, rows = config.lsh_params()
     stats.extra["lsh"] = {"num_perm": config.num_perm, "bands": bands, "rows": rows, "threshold": config.threshold}
+    keep_freed_memory()  # this process frees and takes the same arrays again for every block
     source = FeatureSource(config.feature_params(), config.workers)
     stats.extra["workers"] = source.workers
     success = False

@@ -29,6 +29,7 @@ from still.core.errors import BadInput, StillError
 from still.core.fields import Fields
 from still.core.jsonl import parse_object
 from still.core.lshindex import PublishedRun, Run, load_run, lookup_runs
+from still.core.memtune import keep_freed_memory
 from still.core.procpool import start_forkserver
 from still.core.records import Record
 
@@ -242,6 +243,7 @@ _worker_runs: dict[str, dict[str, Run]] = {}  # per index: the published runs th
 
 def _init_worker(params: FeatureParams, spill_dir: str) -> None:
     global _worker_maker, _worker_spill
+    keep_freed_memory()
     _worker_maker = FeatureMaker(params)
     _worker_spill = spill_dir
 
