@@ -43,10 +43,10 @@ def _before_numpy(fn: F) -> F:
             # cores the workers need (~1% of the CPU time measured); the workers' server inherits this
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         if kwargs.get("workers") != 1 and not kwargs.get("explain"):
-            from still.core.procpool import start_forkserver
+            from still.core.dedup_features import prestart_workers
 
-            # the workers' server starts (and imports numpy and the signing code) meanwhile
-            start_forkserver(["still.core.dedup_features"])
+            # before any file is open: the workers inherit none (see prestart_workers)
+            prestart_workers(kwargs.get("workers", 1))
         return fn(*args, **kwargs)
 
     return cast(F, wrapper)

@@ -14,10 +14,13 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -236,16 +239,51 @@ class FeatureMaker:
 
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 WORKER_PRELOAD = [__name__]  # what the workers' forkserver imports once
+_worker_job: tuple[FeatureParams, str] | None = None  # what this worker's maker was made for
 _worker_maker: FeatureMaker | None = None
-_worker_spill: str = ""
 _worker_runs: dict[str, dict[str, Run]] = {}  # per index: the published runs this worker has mapped
+_prestarted: tuple[int, Any] | None = None  # (workers, pool) forked by prestart_workers
 
 
-def _init_worker(params: FeatureParams, spill_dir: str) -> None:
-    global _worker_maker, _worker_spill
-    keep_freed_memory()
-    _worker_maker = FeatureMaker(params)
-    _worker_spill = spill_dir
+@dataclass(frozen=True)
+class WorkerJob:
+    """What every task tells its worker: the signing parameters and where to spill (a pool
+    started before the command knew them serves it all the same)."""
+
+    params: FeatureParams
+    spill_dir: str
+
+
+def _maker(job: WorkerJob) -> FeatureMaker:
+    global _worker_job, _worker_maker
+    if _worker_maker is None or _worker_job != (job.params, job.spill_dir):
+        keep_freed_memory()
+        _worker_maker, _worker_job = FeatureMaker(job.params), (job.params, job.spill_dir)
+    return _worker_maker
+
+
+def prestart_workers(workers: int) -> None:
+    """Fork ``still dedup --workers`` pool now, for the next :class:`FeatureSource` of that many
+    workers to take. The command calls this once the signing code is imported and before it
+    opens any file, takes a lock or starts a thread, so the workers inherit none of those and
+    start ready to sign (a forkserver would import everything again: ~0.25 CPU-s and ~0.15 s
+    later). Where there is no fork, the FeatureSource starts its own pool."""
+    global _prestarted
+    n = resolve_workers(workers)
+    if n > 1 and _prestarted is None and "fork" in multiprocessing.get_all_start_methods():
+        keep_freed_memory()  # the workers inherit it
+        ctx = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(n - 1, mp_context=ctx, initializer=_plain_signals)
+        pool.submit(_plain_signals)  # a fork pool forks every worker at its first task: now
+        _prestarted = (n, pool)
+
+
+def _plain_signals() -> None:
+    """A forked worker has the command's signal handlers: SIGTERM (the pool's or a whole process
+    group's) ends it quietly, and Ctrl-C is the command's to handle (it then ends the pool)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _runs(kind: str, published: list[PublishedRun], tables: int, key_dtype: np.dtype[Any]) -> list[Run]:
@@ -260,7 +298,7 @@ def _runs(kind: str, published: list[PublishedRun], tables: int, key_dtype: np.d
     return [mapped[path] for path, _ in published]
 
 
-def _finish(seq: int, feats: BlockFeatures, snapshot: IndexSnapshot | None) -> BlockFeatures:
+def _finish(seq: int, spill_dir: str, feats: BlockFeatures, snapshot: IndexSnapshot | None) -> BlockFeatures:
     """Search the snapshot's runs for the block, then write its shingle sets to a file for the
     parent to map instead of sending them back through the pool's pipe: they are as large as the
     input, and unpickling them was the parent's largest cost after its decisions (0.9 CPU-s per
@@ -273,25 +311,32 @@ def _finish(seq: int, feats: BlockFeatures, snapshot: IndexSnapshot | None) -> B
         if feats.band_keys.shape[1]:
             band_runs = _runs("bands", snapshot.bands, feats.band_keys.shape[1], band_dtype)
             feats.known_bands = lookup_runs(band_runs, feats.band_keys, band_dtype)
-    path = os.path.join(_worker_spill, f"{seq}.bin")
+    path = os.path.join(spill_dir, f"{seq}.bin")
     with open(path, "wb") as f:
         f.write(np.ascontiguousarray(feats.shingle_data).data)
     feats.shingle_data, feats.spilled = _EMPTY_U64, path
     return feats
 
 
-def _worker_features(seq: int, work: tuple[list[str], IndexSnapshot | None]) -> BlockFeatures:
-    assert _worker_maker is not None
+def _worker_features(seq: int, job: WorkerJob, work: tuple[list[str], IndexSnapshot | None]) -> BlockFeatures:
     texts, snapshot = work
-    return _finish(seq, _worker_maker(texts), snapshot)
+    return _finish(seq, job.spill_dir, _maker(job)(texts), snapshot)
 
 
-def _worker_record_features(seq: int, work: tuple[FileStretch, IndexSnapshot | None]) -> RecordFeatures:
-    assert _worker_maker is not None
+def _worker_record_features(seq: int, job: WorkerJob, work: tuple[FileStretch, IndexSnapshot | None]) -> RecordFeatures:
     stretch, snapshot = work
-    found = _worker_maker.records(stretch.read())
-    _finish(seq, found.features, snapshot)
+    found = _maker(job).records(stretch.read())
+    _finish(seq, job.spill_dir, found.features, snapshot)
     return found
+
+
+def _result(future: Any) -> Any:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise StillError(
+            "a --workers process ended unexpectedly (killed, or out of memory?); run again, with fewer --workers"
+        ) from exc
 
 
 def _map_spilled(feats: BlockFeatures) -> None:
@@ -342,22 +387,24 @@ class FeatureSource:
         self._starting: threading.Thread | None = None
         self._started: list[Any] = []  # the pool, or what stopped it from starting
         if self.workers > 1:
+            global _prestarted
             self.spill_dir = tempfile.mkdtemp(prefix="still-dedup-spill-")
-            # The pool starts in a thread: its workers fork from the forkserver once that has
-            # imported the signing code (~0.1 s after the command began reading); until then
-            # this process signs every block itself rather than wait.
-            self._starting = threading.Thread(target=self._start_pool, args=(params,), daemon=True)
-            self._starting.start()
+            self.job = WorkerJob(params, self.spill_dir)
+            if _prestarted is not None and _prestarted[0] == self.workers:
+                self.pool, _prestarted = _prestarted[1], None
+            else:
+                # The pool starts in a thread: its workers fork from the forkserver once that has
+                # imported the signing code; until then this process signs every block itself.
+                self._starting = threading.Thread(target=self._start_pool, daemon=True)
+                self._starting.start()
 
-    def _start_pool(self, params: FeatureParams) -> None:
+    def _start_pool(self) -> None:
         try:
-            # forkserver: workers do not inherit the parent's open files, locks or threads; the
+            # forkserver: workers do not inherit this process's open files, locks or threads; the
             # server imports the signing code once and each worker forks from it ready to sign
             ctx = multiprocessing.get_context("forkserver")
-            start_forkserver(WORKER_PRELOAD)  # at once when the command started it already
-            self._started.append(
-                ctx.Pool(self.workers - 1, initializer=_init_worker, initargs=(params, self.spill_dir))
-            )
+            start_forkserver(WORKER_PRELOAD)
+            self._started.append(ProcessPoolExecutor(self.workers - 1, mp_context=ctx))
         except BaseException as exc:  # raised again by the thread that reads blocks
             self._started.append(exc)
 
@@ -446,7 +493,7 @@ class FeatureSource:
             if pool is not None:
                 # a worker's finished block waits here until its turn comes; what keeps the
                 # workers busy is how many blocks they have not finished yet
-                unfinished = [r for r in unfinished if not r.ready()]
+                unfinished = [r for r in unfinished if not r.done()]
                 while (
                     not exhausted
                     and len(unfinished) < self.pool_in_flight
@@ -454,7 +501,7 @@ class FeatureSource:
                     and (block := take()) is not None
                 ):
                     payload, work, snapshot = block
-                    result = pool.apply_async(there, (seq, (self._ship(seq, work), snapshot)))
+                    result = pool.submit(there, seq, self.job, (self._ship(seq, work), snapshot))
                     pending.append((payload, result, False))
                     unfinished.append(result)
             if not pending:
@@ -463,13 +510,13 @@ class FeatureSource:
                 payload, work, _ = block  # the pool has not started yet
                 pending.append((payload, here(work), True))
             head, result, here_signed = pending[0]
-            waiting = not here_signed and not result.ready()
+            waiting = not here_signed and not result.done()
             if waiting and not exhausted and len(pending) < self.in_flight and (block := take()) is not None:
                 payload, work, _ = block  # signed here: no snapshot search, the decisions search it all
                 pending.append((payload, here(work), True))
                 continue
             pending.popleft()
-            yield head, (result if here_signed else result.get())
+            yield head, (result if here_signed else _result(result))
 
     def close(self) -> None:
         if self._starting is not None:
@@ -477,8 +524,9 @@ class FeatureSource:
             self._starting = None
             self.pool = next((p for p in self._started if not isinstance(p, BaseException)), None)
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            # a worker's death fails the pool's futures instead of hanging it (as a Pool whose
+            # worker died holding its task queue's lock did, e.g. on a process group's SIGTERM)
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
         if self.spill_dir is not None:
             shutil.rmtree(self.spill_dir, ignore_errors=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -204,6 +206,30 @@ def test_workers_import_the_installed_still_whatever_the_working_directory(tmp_p
     )
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout == run_still(["dedup", "--block-size", "16"], stdin=data).stdout
+    # the library (no command to fork its workers early) starts a forkserver pool instead
+    caller = tmp_path / "elsewhere" / "call.py"
+    caller.parent.mkdir()
+    caller.write_text(
+        "import sys\n"
+        "from still.core.dedup import DedupConfig, dedup\n"
+        "from still.core.jsonl import read_records\n"
+        "from still.core.stats import RunStats\n"
+        "if __name__ == '__main__':\n"
+        "    stats = RunStats('dedup')\n"
+        "    records = read_records(['-'], stats)\n"
+        "    for rec in dedup(records, DedupConfig(workers=2, block_size=16), stats):\n"
+        "        sys.stdout.buffer.write(rec.to_bytes())\n"
+    )
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "python"), str(caller)],
+        input=data,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "STILL_DEDUP_WAIT_FOR_POOL": "1"},
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout == run_still(["dedup", "--block-size", "16"], stdin=data).stdout
 
 
 def test_workers_read_blocks_of_plain_files_where_they_are(tmp_path: Path) -> None:
@@ -272,3 +298,40 @@ def test_a_file_changed_under_a_worker_fails_the_run(tmp_path: Path) -> None:
     path.write_bytes(data[:300])
     with pytest.raises(StillError, match="changed"):
         stretch.read()
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_workers_end_quietly_with_the_command(tmp_path: Path, signum: int, code: int) -> None:
+    """The workers are forked from the command: Ctrl-C or SIGTERM ends the command with its exit
+    code and one line, and takes the workers (and their temporary files) with it."""
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b"".join(_lines(3000, seed=1)))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "still", "dedup", "--workers", "3", "--block-size", "64", str(data)]
+    # stdout is never read: the command blocks writing once the pipe is full, workers started
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) >= 2
+    time.sleep(0.5)
+    os.killpg(proc.pid, signum)  # to every process of the group, as Ctrl-C or a kill of a job does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert b"Traceback" not in err and err.count(b"\n") <= 2, err
+    time.sleep(0.2)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not list(tmp_path.glob("still-*"))
