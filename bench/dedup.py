@@ -179,8 +179,8 @@ TOOLS = {
 def _run_usage(cmd: list[str]) -> tuple[float, float, float]:
     """Wall seconds, peak RSS (MB) and CPU seconds (user + system) of a child process.
 
-    The CPU time is the child's own plus that of the children it waited for; `still dedup
-    --workers N` workers are children of a forkserver, so for it this is the parent's share."""
+    The CPU time is the child's own plus that of the children it waited for (`still dedup
+    --workers N`'s workers are; the jobs of `plan run` are a forkserver's or Ray's, not counted)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     _, status, usage = os.wait4(proc.pid, 0)
@@ -204,8 +204,7 @@ def scale_out(
     data: Path, work: Path, ids: list[str], reference: set[str], truth: tuple[set[str], set[str]], rounds: int = 3
 ) -> None:
     """`--workers 1` vs `2` on two cores, and the staged plan with 2 shards (the stages of each
-    kind run 2 at once): wall time, peak RSS, and CPU time. The parent's CPU time bounds the
-    speed-up any number of cores gives (it decides every record in input order).
+    kind run 2 at once): wall time, peak RSS, and CPU time.
 
     `--workers 1` and `2` alternate for ``rounds`` rounds and the run of median wall time of each
     is reported, with every round's ratio: on a shared machine whose speed drifts by a third over
@@ -261,10 +260,9 @@ def scale_out(
             print(f"datatrove's wall time / {name}'s: {anchor[0][1] / secs:.2f}x")
     share = rows[1][3] / rows[0][3]
     print(
-        "(--workers 2 and plan run: CPU s is the command's own process alone; its workers are a "
-        "forkserver's or Ray's children.) With --workers 2 that process decides every record and "
-        f"signs blocks while it would wait: {share:.2f} of the one-process CPU work, an upper bound "
-        "on the serial part (docs/dedup.md has the breakdown)"
+        "(CPU s: --workers 2's of all its processes, its workers being its children; plan run's of "
+        "the command's own process alone, its jobs being a forkserver's or Ray's.) --workers 2 "
+        f"spent {share:.2f}x the CPU time of one process for the same work (docs/dedup.md has the breakdown)"
     )
 
 
