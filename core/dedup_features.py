@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections import deque
@@ -267,10 +268,11 @@ def prestart_workers(workers: int) -> None:
     workers to take. The command calls this once the signing code is imported and before it
     opens any file, takes a lock or starts a thread, so the workers inherit none of those and
     start ready to sign (a forkserver would import everything again: ~0.25 CPU-s and ~0.15 s
-    later). Where there is no fork, the FeatureSource starts its own pool."""
+    later). Elsewhere the FeatureSource starts its own (forkserver) pool."""
     global _prestarted
     n = resolve_workers(workers)
-    if n > 1 and _prestarted is None and "fork" in multiprocessing.get_all_start_methods():
+    # fork only on Linux: on macOS system libraries are not safe to use in a forked child
+    if n > 1 and _prestarted is None and sys.platform.startswith("linux"):
         keep_freed_memory()  # the workers inherit it
         ctx = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(n - 1, mp_context=ctx, initializer=_plain_signals)
