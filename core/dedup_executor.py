@@ -20,6 +20,7 @@ from still.core.dedup_plan import PlanParams, Shard, candidate_pairs, replay_clu
 from still.core.dedup_plan_inputs import filter_shard, forget_other_inputs, sign, write_rejected
 from still.core.dedup_plan_state import commit_into, open_state, snapshot
 from still.core.errors import StillError, UsageError
+from still.core.procpool import start_forkserver
 from still.core.stats import RunStats
 
 EXECUTORS = ("local", "ray")
@@ -90,7 +91,10 @@ class LocalExecutor:
         self.jobs = jobs
         self.pool: ProcessPoolExecutor | None = None
         if jobs > 1:
-            # forkserver: jobs do not inherit this process's open files, locks or threads
+            # forkserver: jobs do not inherit this process's open files, locks or threads; its
+            # server imports the jobs' code once, in a neutral folder (see start_forkserver); each
+            # job is then started in this process's folder, with its sys.path
+            start_forkserver([__name__])
             self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("forkserver"))
 
     def map(self, job: Job, args: Sequence[tuple[Any, ...]]) -> list[JobCounts]:

@@ -176,8 +176,8 @@ class KillablePool:
         self.memory_mb = memory_mb
         methods = multiprocessing.get_all_start_methods()
         self.ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if preload and "forkserver" in methods:
-            self.ctx.set_forkserver_preload(list(preload))
+        if "forkserver" in methods:
+            start_forkserver(list(preload))  # in a neutral folder: see start_forkserver
         self.workers: list[_Worker] = []
         self.queue: deque[Task] = deque()
         self.restarts = 0
