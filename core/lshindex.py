@@ -82,7 +82,7 @@ def _flat(keys: np.ndarray, table_axis: int) -> np.ndarray:
     return (keys.astype(np.uint64) | (tables[:, None] if table_axis == 0 else tables[None, :])).ravel()
 
 
-_FILTER_BITS = 22  # 4 MiB of flags: ~1/20 filled by 7 blocks of 2048 x 21 keys
+_FILTER_BITS = 22  # 4 MiB of flags: ~7% filled by 7 blocks of 2048 x 21 keys
 _FILTER_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -166,7 +166,7 @@ class KeyIndex:
         return lookup_runs(runs, keys, self.key_dtype)
 
     def _lookup_recent(self, keys: np.ndarray, since: int) -> dict[int, set[int]]:
-        """Only the queries the recent blocks' filter lets through (their hits, and ~5% of the
+        """Only the queries the recent blocks' filter lets through (their hits, and ~7% of the
         others) are searched, in one search per recent block over all tables at once. Searching
         every query cost this process more than the rest of its deciding."""
         hits: dict[int, set[int]] = {}
