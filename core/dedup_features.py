@@ -240,7 +240,6 @@ class FeatureMaker:
 
 _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 WORKER_PRELOAD = [__name__]  # what the workers' forkserver imports once
-_worker_job: tuple[FeatureParams, str] | None = None  # what this worker's maker was made for
 _worker_maker: FeatureMaker | None = None
 _worker_runs: dict[str, dict[str, Run]] = {}  # per index: the published runs this worker has mapped
 _prestarted: tuple[int, Any] | None = None  # (workers, pool) forked by prestart_workers
@@ -256,10 +255,11 @@ class WorkerJob:
 
 
 def _maker(job: WorkerJob) -> FeatureMaker:
-    global _worker_job, _worker_maker
-    if _worker_maker is None or _worker_job != (job.params, job.spill_dir):
+    """This worker's maker for the job's parameters (made again only when they change)."""
+    global _worker_maker
+    if _worker_maker is None or _worker_maker.params != job.params:
         keep_freed_memory()
-        _worker_maker, _worker_job = FeatureMaker(job.params), (job.params, job.spill_dir)
+        _worker_maker = FeatureMaker(job.params)
     return _worker_maker
 
 
