@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A shell starts background jobs (`make test &`, nohup, some cron and CI wrappers) with SIGINT
+# ignored, and the commands the tests start would inherit that: the tests that interrupt them with
+# SIGINT would see them run to the end. A handler here is reset to the default in each command.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 DATA = ROOT / "tests" / "data"  # carried by the project (tests/data/README.md: origin, license)
 
 
