@@ -82,7 +82,8 @@ def _flat(keys: np.ndarray, table_axis: int) -> np.ndarray:
     return (keys.astype(np.uint64) | (tables[:, None] if table_axis == 0 else tables[None, :])).ravel()
 
 
-_FILTER_BITS = 22  # 4 MiB of flags: ~7% filled by 7 blocks of 2048 x 21 keys
+_FILTER_BITS = 22  # 4M slots: ~7% filled by 7 blocks of 2048 x 21 keys
+_STAMPS = 65535  # blocks told apart by the filter (far more than are ever searched)
 _FILTER_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -111,11 +112,14 @@ class KeyIndex:
         self.run_files: list[str | None] = []  # with publish_dir: each run's file, once published
         self._serial = 0
         self._refs: Counter[str] = Counter()  # snapshots not yet released, per file
-        # the last blocks' runs, flattened (_flat) into one sorted array each: lowest, highest id, keys, ids
-        self.recent: deque[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=recent_blocks or None)
-        # a one-hash Bloom filter over the recent blocks' keys (their filter slots, last above)
-        self._filter = np.zeros(1 << _FILTER_BITS if recent_blocks else 0, dtype=bool)
-        self._filter_dirty = False
+        # the last blocks' runs, flattened (_flat) into one sorted array each: lowest, highest id,
+        # keys, ids, and the block's stamp in the filter
+        self.recent: deque[tuple[int, int, np.ndarray, np.ndarray, int]] = deque(maxlen=recent_blocks or None)
+        # a one-hash Bloom filter over the recent blocks' keys that forgets old blocks by itself:
+        # each slot holds the stamp of the last block with a key there (0: none yet), so a slot
+        # whose stamp is older than the blocks searched lets nothing through
+        self._stamps = np.zeros(1 << _FILTER_BITS if recent_blocks else 0, dtype=np.uint16)
+        self._stamp = 0
 
     def __len__(self) -> int:
         return sum(r[0].shape[1] for r in self.runs)
@@ -134,8 +138,9 @@ class KeyIndex:
         run = (np.take_along_axis(k, order, axis=1), np.take_along_axis(i, order, axis=1))
         if self.recent.maxlen:
             flat = _flat(run[0], 0)
-            self.recent.append((int(ids.min()), int(ids.max()), flat, run[1].ravel(), _filter_slots(flat)))
-            self._filter_dirty = True
+            self._stamp = self._stamp % _STAMPS + 1
+            self._stamps[_filter_slots(flat)] = self._stamp
+            self.recent.append((int(ids.min()), int(ids.max()), flat, run[1].ravel(), self._stamp))
         self._push(run, int(ids.max()))
         while len(self.runs) > 1 and self.runs[-2][0].shape[1] <= 4 * self.runs[-1][0].shape[1]:
             b, top_b = self._pop()
@@ -166,31 +171,28 @@ class KeyIndex:
         return lookup_runs(runs, keys, self.key_dtype)
 
     def _lookup_recent(self, keys: np.ndarray, since: int) -> dict[int, set[int]]:
-        """Only the queries the recent blocks' filter lets through (their hits, and ~7% of the
-        others) are searched, in one search per recent block over all tables at once. Searching
-        every query cost this process more than the rest of its deciding."""
+        """Only the queries the filter lets through for the recent blocks holding ids from
+        ``since`` on (their hits, and a few percent of the others) are searched, in sorted order,
+        in one search per such block over all tables at once. Searching every query cost this
+        process more than the rest of its deciding."""
         hits: dict[int, set[int]] = {}
+        searched = [block for block in self.recent if block[1] >= since]  # the newest ones
+        if not searched:
+            return hits
         queries = _flat(keys.astype(self.key_dtype, copy=False), 1)
-        passed = np.flatnonzero(self._recent_filter()[_filter_slots(queries)])
+        stamps = self._stamps[_filter_slots(queries)].astype(np.int32)
+        # a stamp's age in blocks (stamps count 1.._STAMPS round, 0 is no block)
+        age = (self._stamp - stamps) % _STAMPS
+        passed = np.flatnonzero((stamps != 0) & (age <= (self._stamp - searched[0][4]) % _STAMPS))
         if passed.size == 0:
             return hits
+        passed = passed[np.argsort(queries[passed], kind="stable")]
         queries = queries[passed]
-        for _, top, flat_keys, flat_ids, _ in self.recent:
-            if top < since:
-                continue
+        for _, _, flat_keys, flat_ids, _ in searched:
             found, starts, stops = _matches(flat_keys, queries)
             for flat_row, start, stop in zip(passed[found].tolist(), starts.tolist(), stops.tolist()):
                 hits.setdefault(flat_row // self.tables, set()).update(flat_ids[start:stop].tolist())
         return hits
-
-    def _recent_filter(self) -> np.ndarray:
-        """Which filter slots the recent blocks' keys fill (rebuilt after each block added)."""
-        if self._filter_dirty:
-            self._filter.fill(False)
-            for *_, slots in self.recent:
-                self._filter[slots] = True
-            self._filter_dirty = False
-        return self._filter
 
     def snapshot(self) -> list[PublishedRun]:
         """Every run now as a file (written on first use: runs merged away before any snapshot

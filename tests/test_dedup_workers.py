@@ -141,17 +141,29 @@ def test_lines_are_checked_where_they_are_parsed_with_the_readers_messages(tmp_p
         assert failed.stderr == by_reader.stderr and "<stdin>:8: invalid JSON" in failed.stderr, failed.stderr
 
 
-def test_worker_and_deciding_process_together_find_every_hit(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "distinct, stamps",
+    [(50, None), (5000, None), (5000, 9)],
+    ids=["every-query-hits", "filter-rejects-most", "filter-stamps-wrap-round"],
+)
+def test_worker_and_deciding_process_together_find_every_hit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, distinct: int, stamps: int | None
+) -> None:
     """A worker searches the published runs of a snapshot, the deciding process the representatives
     added since (from the recent blocks, or from every run when those do not reach back far
-    enough): together, exactly what one search of the whole index finds."""
+    enough): together, exactly what one search of the whole index finds. Also when the recent
+    blocks' filter turns most queries away, and when its block stamps have wrapped round many
+    times (a stamp count just above the blocks searched)."""
     import numpy as np
 
+    from still.core import lshindex
     from still.core.lshindex import KeyIndex, load_run, lookup_runs
 
+    if stamps is not None:
+        monkeypatch.setattr(lshindex, "_STAMPS", stamps)
     rng = np.random.default_rng(0)
-    keys = rng.integers(0, 50, size=(3000, 4), dtype=np.uint64).astype(np.uint32)  # many shared keys
-    for recent in (0, 3, 40):
+    keys = rng.integers(0, distinct, size=(3000, 4), dtype=np.uint64).astype(np.uint32)
+    for recent in (0, 3, 40) if stamps is None else (8,):
         index = KeyIndex(4, np.uint32, str(tmp_path), f"t{recent}", recent_blocks=recent)
         whole = KeyIndex(4, np.uint32)
         snapshots: list[tuple[int, list[tuple[str, int]]]] = []
