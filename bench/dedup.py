@@ -32,6 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from sample import WRAPPER  # noqa: E402  (bench/sample.py: peak RSS and CPU time of one fresh process)
+
 NUM_PERM = 128
 THRESHOLD = 0.8
 NGRAM = 5
@@ -176,18 +178,30 @@ TOOLS = {
 }
 
 
-def _run_usage(cmd: list[str]) -> tuple[float, float, float]:
-    """Wall seconds, peak RSS (MB) and CPU seconds (user + system) of a child process.
+def _start(cmd: list[str]) -> subprocess.Popen[str]:
+    """Start a command through bench/sample.py's small wrapper process, which reports its peak RSS
+    and CPU time: a child forked from this process (hundreds of MB after making the corpus)
+    reports this process's size as its own peak."""
+    env = {**os.environ, "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", WRAPPER, *cmd], env=env, stdout=subprocess.PIPE, text=True)
 
-    The CPU time is the child's own plus that of the children it waited for (`still dedup
-    --workers N`'s workers are; the jobs of `plan run` are a forkserver's or Ray's, not counted)."""
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[float, float]:
+    """Peak RSS (MB) and CPU seconds (user + system) of a command started by :func:`_start`: its
+    own and its waited-for children's (`still dedup --workers N`'s workers are; the jobs of `plan
+    run` are a forkserver's or Ray's, not counted)."""
+    out, _ = proc.communicate()
+    rc, _, cpu, rss_kb = out.split()  # the wrapper also times the command: timed here instead
+    if int(rc) != 0:
+        raise SystemExit(f"failed: {proc.args!r}")
+    return int(rss_kb) / 1024, float(cpu)
+
+
+def _run_usage(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and CPU seconds of a command (see :func:`_finish`)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    rss, cpu = _finish(_start(cmd))
+    return time.perf_counter() - start, rss, cpu
 
 
 def _run(cmd: list[str]) -> tuple[float, float]:
@@ -215,6 +229,7 @@ def scale_out(
     for _ in range(max(1, rounds)):
         for workers in (1, 2):
             out = work / f"workers-{workers}.jsonl"
+            out.unlink(missing_ok=True)  # untimed: replacing the last round's output frees its pages
             runs[workers].append(_run_usage(cores + _still("-q", "--workers", str(workers), str(data), "-o", str(out))))
     for workers in (1, 2):
         secs, rss, cpu = sorted(runs[workers])[len(runs[workers]) // 2]
@@ -289,13 +304,10 @@ def staged(data: Path, work: Path, cores: list[str]) -> tuple[str, float, float,
     start = time.perf_counter()
     peak, cpu = 0.0, 0.0
     for jobs in stages:
-        procs = [subprocess.Popen(cores + cmd) for cmd in jobs]
+        procs = [_start(cores + cmd) for cmd in jobs]
         for proc in procs:
-            _, status, usage = os.wait4(proc.pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise SystemExit(f"failed: {' '.join(proc.args)}")  # type: ignore[arg-type]
-            peak = max(peak, usage.ru_maxrss / 1024)
-            cpu += usage.ru_utime + usage.ru_stime
+            rss, used = _finish(proc)
+            peak, cpu = max(peak, rss), cpu + used
     secs = time.perf_counter() - start
     kept: set[str] = set()
     for path in Path(out).iterdir():
