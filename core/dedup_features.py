@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import xxhash
@@ -86,6 +86,8 @@ class BlockFeatures:
     # rows sharing a band with earlier rows of the block (first of their exact key only)
     earlier: dict[int, set[int]] = field(default_factory=dict)
     spilled: str | None = None  # from a worker: shingle_data is in this file, not here
+    # from a worker: the arrays are in this slot of the ring, placed so (see SpillRing.put)
+    in_ring: dict[str, tuple[int, str, tuple[int, ...]]] | None = None
     # from a worker given an IndexSnapshot: the hits among representatives numbered below ``since``
     since: int = 0
     known_exact: dict[int, set[int]] = field(default_factory=dict)
@@ -242,7 +244,54 @@ _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 WORKER_PRELOAD = [__name__]  # what the workers' forkserver imports once
 _worker_maker: FeatureMaker | None = None
 _worker_runs: dict[str, dict[str, Run]] = {}  # per index: the published runs this worker has mapped
-_prestarted: tuple[int, Any] | None = None  # (workers, pool) forked by prestart_workers
+_prestarted: tuple[int, Any, SpillRing] | None = None  # (workers, pool, ring) forked by prestart_workers
+_forked_ring: SpillRing | None = None  # the ring forked workers inherit (None in a forkserver's workers)
+_RING_ARRAYS = ("shingle_data", "shingle_offsets", "exact", "band_keys")  # the BlockFeatures put in a ring slot
+_SLOT_BYTES = 16 << 20  # a block of 2,048 texts of ~1,000 words fits (250 words: 4 MB)
+_RING_BYTES = 1 << 30  # address space at most (pages are taken when first written, then kept)
+
+
+@dataclass(frozen=True)
+class SpillRing:
+    """Memory shared with the pool's workers, who write each block's arrays (shingle sets, exact
+    and band keys) into its slot (one slot per block in flight); this process reads them there.
+    The shingle sets in a file per block instead cost a worker ~10 ms of kernel time per 4 MB
+    written on ext4 (~0.5 CPU-s per 100k documents of 250 words) and this process its page
+    faults and unlinks; the keys through the pool's pipe (~200 kB per block, the pipe holds 64
+    kB) kept a worker waiting ~3% of the run for this process to read them. Made before the
+    workers fork, which is how they have it; a block larger than a slot goes as before."""
+
+    memory: mmap.mmap
+    slots: int
+    slot_words: int
+
+    @classmethod
+    def create(cls, slots: int) -> SpillRing:
+        slot_words = min(_SLOT_BYTES, _RING_BYTES // slots) // 8
+        return cls(mmap.mmap(-1, slots * slot_words * 8, flags=mmap.MAP_SHARED), slots, slot_words)
+
+    def put(self, slot: int, arrays: dict[str, np.ndarray]) -> dict[str, tuple[int, str, tuple[int, ...]]] | None:
+        """Copy C-contiguous arrays into a slot (each at a multiple of 8 bytes); where each went
+        (word, dtype, shape), or None when they do not fit."""
+        sizes = [(a.nbytes + 7) // 8 for a in arrays.values()]
+        if sum(sizes) > self.slot_words:
+            return None
+        placed: dict[str, tuple[int, str, tuple[int, ...]]] = {}
+        at = slot * self.slot_words
+        for (name, array), words in zip(arrays.items(), sizes):
+            target = np.frombuffer(self.memory, np.uint8, count=array.nbytes, offset=at * 8)
+            target[:] = array.reshape(-1).view(np.uint8)
+            placed[name] = (at, array.dtype.str, array.shape)
+            at += words
+        return placed
+
+    def take(self, placed: dict[str, tuple[int, str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+        """Views of what :meth:`put` placed (valid until its slot is written again)."""
+        out: dict[str, np.ndarray] = {}
+        for name, (at, dtype, shape) in placed.items():
+            count = int(np.prod(shape, dtype=np.int64))
+            out[name] = np.frombuffer(self.memory, np.dtype(dtype), count=count, offset=at * 8).reshape(shape)
+        return out
 
 
 @dataclass(frozen=True)
@@ -268,16 +317,18 @@ def prestart_workers(workers: int) -> None:
     workers to take. The command calls this once the signing code is imported and before it
     opens any file, takes a lock or starts a thread, so the workers inherit none of those and
     start ready to sign (a forkserver would import everything again: ~0.25 CPU-s and ~0.15 s
-    later). Elsewhere the FeatureSource starts its own (forkserver) pool."""
-    global _prestarted
+    later), and share a :class:`SpillRing` with it. Elsewhere the FeatureSource starts its own
+    (forkserver) pool, whose workers spill to files."""
+    global _prestarted, _forked_ring
     n = resolve_workers(workers)
     # fork only on Linux: on macOS system libraries are not safe to use in a forked child
     if n > 1 and _prestarted is None and sys.platform.startswith("linux"):
         keep_freed_memory()  # the workers inherit it
+        _forked_ring = SpillRing.create(_blocks_in_flight(n) + 1)
         ctx = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(n - 1, mp_context=ctx, initializer=_plain_signals)
         pool.submit(_plain_signals)  # a fork pool forks every worker at its first task: now
-        _prestarted = (n, pool)
+        _prestarted = (n, pool, _forked_ring)
 
 
 def _plain_signals() -> None:
@@ -300,11 +351,13 @@ def _runs(kind: str, published: list[PublishedRun], tables: int, key_dtype: np.d
     return [mapped[path] for path, _ in published]
 
 
-def _finish(seq: int, spill_dir: str, feats: BlockFeatures, snapshot: IndexSnapshot | None) -> BlockFeatures:
-    """Search the snapshot's runs for the block, then write its shingle sets to a file for the
-    parent to map instead of sending them back through the pool's pipe: they are as large as the
-    input, and unpickling them was the parent's largest cost after its decisions (0.9 CPU-s per
-    100k documents of 250 words)."""
+def _finish(
+    seq: int, spill_dir: str, feats: BlockFeatures, snapshot: IndexSnapshot | None, slot: int | None
+) -> BlockFeatures:
+    """Search the snapshot's runs for the block, then put its arrays in its ring slot (or its
+    shingle sets in a file) for the parent to take there instead of through the pool's pipe: the
+    shingle sets are as large as the input, and unpickling them was the parent's largest cost
+    after its decisions (0.9 CPU-s per 100k documents of 250 words)."""
     if snapshot is not None:
         feats.since = snapshot.since
         exact_dtype, band_dtype = np.dtype(np.uint64), np.dtype(np.uint32)
@@ -313,6 +366,15 @@ def _finish(seq: int, spill_dir: str, feats: BlockFeatures, snapshot: IndexSnaps
         if feats.band_keys.shape[1]:
             band_runs = _runs("bands", snapshot.bands, feats.band_keys.shape[1], band_dtype)
             feats.known_bands = lookup_runs(band_runs, feats.band_keys, band_dtype)
+    ring = _forked_ring
+    if slot is not None and ring is not None:
+        arrays = {name: np.ascontiguousarray(getattr(feats, name)) for name in _RING_ARRAYS}
+        placed = ring.put(slot, arrays)
+        if placed is not None:
+            for name in _RING_ARRAYS:
+                setattr(feats, name, _EMPTY_U64)
+            feats.in_ring = placed
+            return feats
     path = os.path.join(spill_dir, f"{seq}.bin")
     with open(path, "wb") as f:
         f.write(np.ascontiguousarray(feats.shingle_data).data)
@@ -320,15 +382,19 @@ def _finish(seq: int, spill_dir: str, feats: BlockFeatures, snapshot: IndexSnaps
     return feats
 
 
-def _worker_features(seq: int, job: WorkerJob, work: tuple[list[str], IndexSnapshot | None]) -> BlockFeatures:
-    texts, snapshot = work
-    return _finish(seq, job.spill_dir, _maker(job)(texts), snapshot)
+def _worker_features(
+    seq: int, job: WorkerJob, work: tuple[list[str], IndexSnapshot | None, int | None]
+) -> BlockFeatures:
+    texts, snapshot, slot = work
+    return _finish(seq, job.spill_dir, _maker(job)(texts), snapshot, slot)
 
 
-def _worker_record_features(seq: int, job: WorkerJob, work: tuple[FileStretch, IndexSnapshot | None]) -> RecordFeatures:
-    stretch, snapshot = work
+def _worker_record_features(
+    seq: int, job: WorkerJob, work: tuple[FileStretch, IndexSnapshot | None, int | None]
+) -> RecordFeatures:
+    stretch, snapshot, slot = work
     found = _maker(job).records(stretch.read())
-    _finish(seq, job.spill_dir, found.features, snapshot)
+    _finish(seq, job.spill_dir, found.features, snapshot, slot)
     return found
 
 
@@ -341,9 +407,16 @@ def _result(future: Any) -> Any:
         ) from exc
 
 
-def _map_spilled(feats: BlockFeatures) -> None:
-    """Map a worker's spilled shingle file (read only, zero copy) and unlink it at once: the
-    mapping keeps the data until the last array viewing it is gone."""
+def _map_spilled(feats: BlockFeatures, ring: SpillRing | None) -> None:
+    """Take a worker's arrays where it put them: in its ring slot (views: the slot is not written
+    again before the block is decided), or its shingle sets in a file, mapped (read only, zero
+    copy) and unlinked at once: the mapping keeps the data until the last array viewing it is gone."""
+    if feats.in_ring is not None:
+        assert ring is not None
+        for name, array in ring.take(feats.in_ring).items():
+            setattr(feats, name, array)
+        feats.in_ring = None
+        return
     if feats.spilled is None:
         return
     path, feats.spilled = feats.spilled, None
@@ -352,6 +425,18 @@ def _map_spilled(feats: BlockFeatures) -> None:
         if size:
             feats.shingle_data = np.frombuffer(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint64)
     os.unlink(path)
+
+
+def _blocks_in_flight(workers: int) -> int:
+    """Blocks out at once with ``workers`` processes: the pool's (three per pool worker), as many
+    finished ones waiting their turn, and those signed ahead here."""
+    return 2 * _pool_in_flight(workers) + FeatureSource.LOCAL_AHEAD if workers > 1 else 0
+
+
+def _pool_in_flight(workers: int) -> int:
+    """Three per pool worker: one it signs and two queued, so that it does not run dry while
+    this process signs a block of its own (measured: with two, a worker waited 5% of the run)."""
+    return 3 * (workers - 1)
 
 
 def resolve_workers(workers: int) -> int:
@@ -364,6 +449,19 @@ def resolve_workers(workers: int) -> int:
         return os.cpu_count() or 1
 
 
+@dataclass(slots=True)
+class _Pending(Generic[T]):
+    """A block out for signing: its result (a future of the pool's, or the features when signed
+    here), and for a pool's block its work (signed here instead if no worker has started it) and
+    the ring slot its arrays come back in."""
+
+    payload: T
+    result: Any
+    here: bool
+    work: Any = None
+    slot: int | None = None
+
+
 class FeatureSource:
     """Features of blocks in submission order, from this process alone (1 worker) or with a pool.
 
@@ -372,9 +470,10 @@ class FeatureSource:
 
     With N workers, N - 1 are pool processes and the Nth is this one: rather than wait for the
     next block in order, it signs a block further on itself (it searches the whole index for
-    those). On 2 cores that is 2 busy processes instead of 2 workers and a mostly waiting parent
-    competing for the cores (measured: 28% more CPU in all for the same work). At most
-    ``in_flight`` blocks are out at once, which bounds memory.
+    those), or takes back the newest block no worker has started. On 2 cores that is 2 busy
+    processes instead of 2 workers and a mostly waiting parent competing for the cores
+    (measured: 28% more CPU in all for the same work). At most ``in_flight`` blocks are out at
+    once, which bounds memory.
     """
 
     LOCAL_AHEAD = 2  # blocks this process may sign ahead of the one it waits for
@@ -383,9 +482,10 @@ class FeatureSource:
         self.workers = resolve_workers(workers)
         self.maker = FeatureMaker(params)
         self.pool: Any = None
+        self.ring: SpillRing | None = None  # with a pool forked by prestart_workers
         self.spill_dir: str | None = None
-        self.pool_in_flight = 2 * (self.workers - 1)
-        self.in_flight = 2 * self.pool_in_flight + self.LOCAL_AHEAD if self.workers > 1 else 0
+        self.pool_in_flight = _pool_in_flight(self.workers)
+        self.in_flight = _blocks_in_flight(self.workers)
         self._starting: threading.Thread | None = None
         self._started: list[Any] = []  # the pool, or what stopped it from starting
         if self.workers > 1:
@@ -393,7 +493,8 @@ class FeatureSource:
             self.spill_dir = tempfile.mkdtemp(prefix="still-dedup-spill-")
             self.job = WorkerJob(params, self.spill_dir)
             if _prestarted is not None and _prestarted[0] == self.workers:
-                self.pool, _prestarted = _prestarted[1], None
+                _, self.pool, self.ring = _prestarted
+                _prestarted = None
             else:
                 # The pool starts in a thread: its workers fork from the forkserver once that has
                 # imported the signing code; until then this process signs every block itself.
@@ -451,7 +552,7 @@ class FeatureSource:
     ) -> Iterator[tuple[T, BlockFeatures]]:
         """Features of blocks of key texts (with a snapshot, a worker also searches its runs)."""
         for payload, feats in self._in_order(blocks, self.maker, _worker_features):
-            _map_spilled(feats)
+            _map_spilled(feats, self.ring)
             yield payload, feats
 
     def record_features(
@@ -461,7 +562,7 @@ class FeatureSource:
         key texts)."""
         here = self._local_records
         for payload, found in self._in_order(blocks, here, _worker_record_features):
-            _map_spilled(found.features)
+            _map_spilled(found.features, self.ring)
             yield payload, found
 
     def _local_records(self, block: RawBlock) -> RecordFeatures:
@@ -474,7 +575,9 @@ class FeatureSource:
             for payload, work, _ in blocks:
                 yield payload, here(work)
             return
-        pending: deque[tuple[T, Any, bool]] = deque()  # payload, result, signed here
+        pending: deque[_Pending[T]] = deque()
+        # ring slots not holding a block's arrays, lowest first (so the fewest pages are ever used)
+        free_slots = list(range(self.ring.slots - 1, -1, -1)) if self.ring is not None else []
         source = iter(blocks)
         seq = 0
         exhausted = False
@@ -503,22 +606,42 @@ class FeatureSource:
                     and (block := take()) is not None
                 ):
                     payload, work, snapshot = block
-                    result = pool.submit(there, seq, self.job, (self._ship(seq, work), snapshot))
-                    pending.append((payload, result, False))
+                    slot = free_slots.pop() if free_slots else None  # None: through a file
+                    result = pool.submit(there, seq, self.job, (self._ship(seq, work), snapshot, slot))
+                    pending.append(_Pending(payload, result, False, work, slot))
                     unfinished.append(result)
             if not pending:
                 if exhausted or (block := take()) is None:
                     return
                 payload, work, _ = block  # the pool has not started yet
-                pending.append((payload, here(work), True))
-            head, result, here_signed = pending[0]
-            waiting = not here_signed and not result.done()
+                pending.append(_Pending(payload, here(work), True))
+            head = pending[0]
+            waiting = not head.here and not head.result.done()
             if waiting and not exhausted and len(pending) < self.in_flight and (block := take()) is not None:
                 payload, work, _ = block  # signed here: no snapshot search, the decisions search it all
-                pending.append((payload, here(work), True))
+                pending.append(_Pending(payload, here(work), True))
+                continue
+            if waiting and self._sign_unstarted(pending, here, free_slots):
                 continue
             pending.popleft()
-            yield head, (result if here_signed else _result(result))
+            yield head.payload, (head.result if head.here else _result(head.result))
+            if head.slot is not None:  # decided by now: its arrays are no longer read
+                free_slots.append(head.slot)
+
+    @staticmethod
+    def _sign_unstarted(pending: deque[_Pending[T]], here: Any, free_slots: list[int]) -> bool:
+        """Sign here the newest pool block no worker has started, rather than wait for the head
+        (at the end of the input, or with every place in flight taken): the workers' queue is
+        deep enough never to run dry while this process signs a block, and this keeps this
+        process from waiting on what is left in it at the end."""
+        for entry in reversed(pending):
+            if not entry.here and entry.result.cancel():  # only a block no worker has taken
+                entry.result, entry.here, entry.work = here(entry.work), True, None
+                if entry.slot is not None:
+                    free_slots.append(entry.slot)
+                    entry.slot = None
+                return True
+        return False
 
     def close(self) -> None:
         if self._starting is not None:
@@ -530,6 +653,7 @@ class FeatureSource:
             # worker died holding its task queue's lock did, e.g. on a process group's SIGTERM)
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+        self.ring = None  # unmapped with the last array viewing it
         if self.spill_dir is not None:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
             self.spill_dir = None

@@ -199,6 +199,119 @@ def test_workers_leave_no_files_behind(tmp_path: Path) -> None:
     assert list(scratch.iterdir()) == []
 
 
+# run in a process of its own: it forks workers the way the command does (prestart_workers)
+_RING_SCRIPT = r"""
+import json, sys
+from still.core import dedup_features as features
+features._SLOT_BYTES = int(sys.argv[1])
+features.prestart_workers(2)
+used = {"ring": 0, "file": 0}
+take = features._map_spilled
+def counted(feats, ring):
+    if feats.in_ring is not None:
+        used["ring"] += 1
+    elif feats.spilled is not None:
+        used["file"] += 1
+    take(feats, ring)
+features._map_spilled = counted
+from still.core.dedup import DedupConfig, dedup
+from still.core.jsonl import Record
+from still.core.stats import RunStats
+lines = open(sys.argv[2], "rb").readlines()
+def run(workers, **options):
+    records = [Record(json.loads(raw), raw, "<test>", i + 1) for i, raw in enumerate(lines)]
+    out = dedup(records, DedupConfig(block_size=64, workers=workers, **options), RunStats("dedup"))
+    return b"".join(r.to_bytes() for r in out)
+print(json.dumps({"same": run(1) == run(2) and run(1, keep="longest") == run(2, keep="longest"), **used}))
+"""
+
+
+def test_blocks_too_large_for_their_ring_slot_go_through_a_file(tmp_path: Path) -> None:
+    """Forked workers put a block's arrays in its slot of memory shared with the command; a block
+    that does not fit goes through a file. Blocks of short and long texts in turn, with slots that
+    hold only the short ones: both ways in one run, the same bytes as one process."""
+    short = _lines(320, seed=13)
+    long = [
+        json.dumps({"id": d["id"], "query": d["query"]}).encode() + b"\n"
+        for d in corpus.documents(320, words=400, dup_rate=0.3, seed=14)
+    ]
+    lines = [line for start in range(0, 320, 64) for line in short[start : start + 64] + long[start : start + 64]]
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b"".join(lines))
+    res = subprocess.run(
+        [sys.executable, "-c", _RING_SCRIPT, str(64 << 10), str(data)], capture_output=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    found = json.loads(res.stdout)
+    assert found["same"], found
+    assert found["ring"] > 0 and found["file"] > 0, found
+
+
+def test_a_ring_slot_holds_its_arrays_and_nothing_past_its_end() -> None:
+    import numpy as np
+
+    from still.core.dedup_features import SpillRing
+
+    ring = SpillRing.create(3)
+    fill = np.frombuffer(ring.memory, np.uint8)
+    fill[:] = 0xAB
+    arrays = {
+        "sets": np.arange(5, dtype=np.uint64),
+        "keys": np.arange(6, dtype=np.uint32).reshape(3, 2),  # 24 bytes: the next starts 8-aligned
+        "empty": np.empty((4, 0), dtype=np.uint32),
+    }
+    placed = ring.put(1, arrays)
+    assert placed is not None
+    taken = ring.take(placed)
+    for name, array in arrays.items():
+        assert taken[name].dtype == array.dtype and taken[name].shape == array.shape
+        assert np.array_equal(taken[name], array)
+    used = 5 * 8 + 24
+    start = ring.slot_words * 8
+    assert (fill[:start] == 0xAB).all() and (fill[start + used :] == 0xAB).all()  # the other slots untouched
+    assert ring.put(2, {"big": np.zeros(ring.slot_words + 1, dtype=np.uint64)}) is None
+    assert ring.put(2, {"a": np.zeros(ring.slot_words, dtype=np.uint64), "b": np.zeros(1, np.uint8)}) is None
+    assert ring.put(2, {"whole": np.ones(ring.slot_words, dtype=np.uint64)}) is not None
+    assert (fill[:start] == 0xAB).all()  # slot 2 filled to its end: slot 0 as it was, slot 1 too
+    assert np.array_equal(ring.take(placed)["sets"], arrays["sets"])
+
+
+_STEAL_SCRIPT = r"""
+import json, time
+from still.core import dedup_features as features
+from still.core.dedup import DedupConfig
+def slow(seq, job, work):
+    time.sleep(0.3)
+    return ("pool", work[0])
+features.prestart_workers(2)
+source = features.FeatureSource(DedupConfig().feature_params(), 2)
+submitted = []
+submit = source.pool.submit
+def counted(fn, seq, job, work):
+    submitted.append(work[0])
+    return submit(fn, seq, job, work)
+source.pool.submit = counted
+try:
+    blocks = ((n, n, None) for n in range(12))
+    got = list(source._in_order(blocks, lambda work: ("here", work), slow))
+finally:
+    source.close()
+print(json.dumps({"order": [n for n, _ in got], "values": [v for _, (_, v) in got],
+                  "here": [n for n, (where, _) in got if where == "here"], "submitted": submitted}))
+"""
+
+
+def test_blocks_no_worker_has_started_are_signed_by_the_command_rather_than_waited_for() -> None:
+    """With every place in flight taken (and at the end of the input), the command signs the newest
+    block the pool has not started instead of waiting for the oldest: results still come in order."""
+    res = subprocess.run([sys.executable, "-c", _STEAL_SCRIPT], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    found = json.loads(res.stdout)
+    assert found["order"] == found["values"] == list(range(12))
+    taken_back = set(found["submitted"]) & set(found["here"])
+    assert taken_back, found
+
+
 def test_workers_import_the_installed_still_whatever_the_working_directory(tmp_path: Path) -> None:
     """The workers' server runs as `python -c`, whose sys.path starts with its working directory:
     started from a folder holding another `still/` (a second checkout), it imported that one."""
