@@ -79,3 +79,34 @@ def test_still_generate_with_vllm_matches_the_engine(engine: Any, tiny_model: Pa
     direct = {(r.query_id, r.sample_idx): res.text for r, res in engine.generate(requests)}
     assert {(d["id"], d["sample_idx"]): d["response"] for d in lines} == direct
     assert lines[0]["seed"] == request_seed(0, "a", 0)
+
+
+def test_a_closed_engine_leaves_no_thread_or_process_behind(tiny_model: Path) -> None:
+    """vLLM's output thread is a daemon: left to the interpreter's exit, it could still be freeing
+    the last results' tensors when the interpreter stopped it, and the process aborted after a
+    successful run (exit 134 in one `still score --engine vllm` run in four). close() returns
+    once that thread and the engine's processes have ended."""
+    import threading
+
+    import psutil
+
+    threads_before = set(threading.enumerate())
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    engine = open_engine(
+        "vllm", str(tiny_model), dtype="float32", kv_cache_memory_bytes=KV_CACHE_BYTES, enforce_eager=True
+    )
+    try:
+        assert len(list(engine.generate(_requests(["What is 1 + 2?"], 1, SamplingParams(max_tokens=4))))) == 1
+        started = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        # multiprocessing's resource tracker serves this whole process and ends with it
+        children = [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if p.pid not in children_before and "resource_tracker" not in " ".join(p.cmdline())
+        ]
+        assert started and children  # what close() has to stop
+    finally:
+        engine.close()
+    assert [t.name for t in started if t.is_alive()] == []
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert [" ".join(p.cmdline()) for p in alive] == []
