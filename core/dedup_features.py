@@ -74,6 +74,10 @@ def response_key(key: str, fields: Fields, rec: Record) -> int | None:
     return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
 
 
+# where SpillRing.put placed each array: its first word, dtype and shape
+Placement = dict[str, tuple[int, str, tuple[int, ...]]]
+
+
 @dataclass
 class BlockFeatures:
     """Features of one block; shingle sets travel as one concatenated array and offsets (the
@@ -86,8 +90,8 @@ class BlockFeatures:
     # rows sharing a band with earlier rows of the block (first of their exact key only)
     earlier: dict[int, set[int]] = field(default_factory=dict)
     spilled: str | None = None  # from a worker: shingle_data is in this file, not here
-    # from a worker: the arrays are in this slot of the ring, placed so (see SpillRing.put)
-    in_ring: dict[str, tuple[int, str, tuple[int, ...]]] | None = None
+    # from a worker: the arrays are in its slot of the ring, placed so
+    in_ring: Placement | None = None
     # from a worker given an IndexSnapshot: the hits among representatives numbered below ``since``
     since: int = 0
     known_exact: dict[int, set[int]] = field(default_factory=dict)
@@ -244,8 +248,9 @@ _EMPTY_U64 = np.empty(0, dtype=np.uint64)
 WORKER_PRELOAD = [__name__]  # what the workers' forkserver imports once
 _worker_maker: FeatureMaker | None = None
 _worker_runs: dict[str, dict[str, Run]] = {}  # per index: the published runs this worker has mapped
-_prestarted: tuple[int, Any, SpillRing] | None = None  # (workers, pool, ring) forked by prestart_workers
-_forked_ring: SpillRing | None = None  # the ring forked workers inherit (None in a forkserver's workers)
+_prestarted: tuple[int, Any] | None = None  # (workers, pool) forked by prestart_workers
+# the ring prestart_workers shares with the workers it forks (None in a forkserver's workers)
+_forked_ring: SpillRing | None = None
 _RING_ARRAYS = ("shingle_data", "shingle_offsets", "exact", "band_keys")  # the BlockFeatures put in a ring slot
 _SLOT_BYTES = 16 << 20  # a block of 2,048 texts of ~1,000 words fits (250 words: 4 MB)
 _RING_BYTES = 1 << 30  # address space at most (pages are taken when first written, then kept)
@@ -270,13 +275,13 @@ class SpillRing:
         slot_words = min(_SLOT_BYTES, _RING_BYTES // slots) // 8
         return cls(mmap.mmap(-1, slots * slot_words * 8, flags=mmap.MAP_SHARED), slots, slot_words)
 
-    def put(self, slot: int, arrays: dict[str, np.ndarray]) -> dict[str, tuple[int, str, tuple[int, ...]]] | None:
+    def put(self, slot: int, arrays: dict[str, np.ndarray]) -> Placement | None:
         """Copy C-contiguous arrays into a slot (each at a multiple of 8 bytes); where each went
         (word, dtype, shape), or None when they do not fit."""
         sizes = [(a.nbytes + 7) // 8 for a in arrays.values()]
         if sum(sizes) > self.slot_words:
             return None
-        placed: dict[str, tuple[int, str, tuple[int, ...]]] = {}
+        placed: Placement = {}
         at = slot * self.slot_words
         for (name, array), words in zip(arrays.items(), sizes):
             target = np.frombuffer(self.memory, np.uint8, count=array.nbytes, offset=at * 8)
@@ -285,7 +290,7 @@ class SpillRing:
             at += words
         return placed
 
-    def take(self, placed: dict[str, tuple[int, str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    def take(self, placed: Placement) -> dict[str, np.ndarray]:
         """Views of what :meth:`put` placed (valid until its slot is written again)."""
         out: dict[str, np.ndarray] = {}
         for name, (at, dtype, shape) in placed.items():
@@ -328,7 +333,7 @@ def prestart_workers(workers: int) -> None:
         ctx = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(n - 1, mp_context=ctx, initializer=_plain_signals)
         pool.submit(_plain_signals)  # a fork pool forks every worker at its first task: now
-        _prestarted = (n, pool, _forked_ring)
+        _prestarted = (n, pool)
 
 
 def _plain_signals() -> None:
@@ -493,8 +498,7 @@ class FeatureSource:
             self.spill_dir = tempfile.mkdtemp(prefix="still-dedup-spill-")
             self.job = WorkerJob(params, self.spill_dir)
             if _prestarted is not None and _prestarted[0] == self.workers:
-                _, self.pool, self.ring = _prestarted
-                _prestarted = None
+                self.pool, self.ring, _prestarted = _prestarted[1], _forked_ring, None
             else:
                 # The pool starts in a thread: its workers fork from the forkserver once that has
                 # imported the signing code; until then this process signs every block itself.
