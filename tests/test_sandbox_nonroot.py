@@ -169,8 +169,12 @@ refused = [int(ln.split()[1]) for ln in res.stdout.decode().splitlines() if ln.s
 out["bomb"] = [res.timed_out, refused]
 res = sb.run([PY, "-c", "x = bytearray(1 << 30)"], limits=Limits(memory_mb=256))
 out["memory"] = [res.exit_code, "MemoryError" in res.stderr.decode()]
+# a sleeper spends no CPU time: only the deadline can end it
+res = sb.run([PY, "-c", "import time; time.sleep(60)"], limits=Limits(wall_s=1.0))
+out["deadline"] = [res.timed_out, res.cpu_limited, res.wall_s]
+# a spinner reaches the CPU limit (wall_s by default) and the deadline together: either may end it
 res = sb.run([PY, "-c", "while True: pass"], limits=Limits(wall_s=1.0))
-out["deadline"] = res.timed_out
+out["spin"] = [res.timed_out or res.cpu_limited, res.wall_s]
 daemon = (
     "import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n    if os.fork() == 0:\\n        time.sleep(60)\\n"
     "    os._exit(0)\\nprint('parent done')\\n"
@@ -212,7 +216,10 @@ def test_sandbox_holds_for_an_unprivileged_caller(backend, can_become_nobody):
         timed_out, refused = out["bomb"]
         assert timed_out and refused and max(refused) <= 16 + 3, out["bomb"]
         assert out["memory"][0] != 0 and out["memory"][1], out["memory"]
-        assert out["deadline"] is True
+        timed_out, cpu_limited, wall_s = out["deadline"]
+        assert timed_out and not cpu_limited and wall_s < 2.0, out["deadline"]
+        limited, wall_s = out["spin"]
+        assert limited and wall_s < 2.5, out["spin"]
         assert out["daemon_parent"] == "parent done"
         # nothing of that process's sandboxes is left, the daemon included
         assert processes_with("environ", f"STILL_SANDBOX={out['tag']}".encode()) == []
